@@ -1,0 +1,120 @@
+//! Wires the daemon together: store, listener, receiver, sinks and sweeper, under one shutdown.
+//!
+//! Start-up order: open the store (recovering whatever a crash left), bind the listener, start
+//! the sinks (they resume from their durable cursors), then serve. Shutdown order is the
+//! reverse: stop accepting and drain in-flight requests, let the sinks deliver what is committed,
+//! then flush and close the store; all within one drain deadline.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, SinkKind};
+use crate::handler::{ReceiveSettings, Receiver};
+use crate::server::{self, Limits};
+use crate::sinks::stdout::StdoutSink;
+use crate::store::Store;
+
+/// How often the retention sweep runs.
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
+
+/// Runs the daemon until `shutdown` is cancelled and the drain has finished.
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let sink_names = config.sinks.iter().map(|s| s.name.clone()).collect();
+    let store_path = config.store.path.clone();
+    let store = tokio::task::spawn_blocking(move || Store::open(&store_path, sink_names))
+        .await
+        .context("store open task failed")?
+        .with_context(|| format!("cannot open the store at {}", config.store.path.display()))?;
+
+    let listener = TcpListener::bind(config.server.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (server.listen)", config.server.listen))?;
+    let addr = listener.local_addr().context("listener has no local address")?;
+
+    let stop_sinks = CancellationToken::new();
+    let mut sinks = JoinSet::new();
+    for sink in &config.sinks {
+        match sink.kind {
+            SinkKind::Stdout => {
+                let sink = StdoutSink::new(sink.name.clone());
+                sinks.spawn(crate::dispatch::run(store.clone(), sink, stop_sinks.clone()));
+            }
+        }
+    }
+
+    let sweeper = tokio::spawn(sweep_forever(
+        store.clone(),
+        Duration::from_secs(u64::from(config.store.retention_days) * 86_400),
+    ));
+
+    let receiver = Arc::new(Receiver::new(
+        ReceiveSettings {
+            path: config.server.path.clone(),
+            max_body_bytes: config.server.max_body_bytes,
+            body_timeout: config.server.request_timeout,
+            tolerance_secs: config.verify.tolerance_secs,
+            secrets: config.verify.secrets.clone().into(),
+        },
+        store.clone(),
+    ));
+    let limits = Limits {
+        max_connections: config.server.max_connections,
+        header_timeout: config.server.request_timeout,
+    };
+    let drain = config.server.shutdown_timeout;
+    tracing::info!(
+        addr = %addr,
+        path = %config.server.path,
+        store = %config.store.path.display(),
+        secrets = config.verify.secrets.len(),
+        sinks = config.sinks.len(),
+        "listening"
+    );
+
+    let server = tokio::spawn(server::serve(
+        listener,
+        receiver,
+        limits,
+        shutdown.clone(),
+        drain,
+    ));
+    shutdown.cancelled().await;
+    let deadline = tokio::time::Instant::now() + drain;
+    if let Err(e) = server.await {
+        tracing::error!(error = %e, "server task failed");
+    }
+
+    // No new events can arrive now; let every sink deliver what is committed.
+    stop_sinks.cancel();
+    let drained = tokio::time::timeout_at(deadline, async {
+        while sinks.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!("sinks did not finish before the drain deadline; the rest is delivered after the next start");
+        sinks.abort_all();
+    }
+    sweeper.abort();
+    store.close().await.context("closing the store")?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn sweep_forever(store: Store, retention: Duration) {
+    let mut every = tokio::time::interval(SWEEP_EVERY);
+    loop {
+        every.tick().await;
+        match store.sweep(SystemTime::now(), retention).await {
+            Ok(swept) if swept.keys > 0 || swept.events > 0 => {
+                tracing::info!(keys = swept.keys, events = swept.events, "retention sweep");
+            }
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %e, "retention sweep failed"),
+        }
+    }
+}

@@ -1,0 +1,278 @@
+//! The receive path of one request: body limit -> verify -> classify -> admit.
+//!
+//! This is the only module that knows HTTP status codes. It reads at most `max_body_bytes`,
+//! verifies the signature on the raw bytes before anything parses them, classifies the body,
+//! and answers 200 only after [`Store::admit`] has the delivery on disk. It never answers 3xx,
+//! never refuses an authentic delivery for its content (unrecognised bodies go to quarantine),
+//! and never panics.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::Body;
+use hyper::header::{HeaderMap, HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
+use hyper::{Method, Request, Response, StatusCode};
+use tracing::Instrument;
+
+use crate::envelope::{self, Classified, Hints};
+use crate::signature::{self, SigningSecret, VerifyError};
+use crate::store::{self, Admission, Destination, NewDelivery, RecordMeta, Store};
+
+/// The response type of every request.
+pub type HttpResponse = Response<Full<Bytes>>;
+
+/// Seconds a client is asked to wait after a 503.
+const RETRY_AFTER_SECS: &str = "5";
+
+/// Settings of the receive path.
+#[derive(Debug, Clone)]
+pub struct ReceiveSettings {
+    /// The one path deliveries are accepted on.
+    pub path: String,
+    /// Largest body accepted.
+    pub max_body_bytes: usize,
+    /// Time allowed for the body to arrive.
+    pub body_timeout: Duration,
+    /// Allowed clock difference for the signature timestamp; 0 disables the check.
+    pub tolerance_secs: u64,
+    /// Secrets tried in order.
+    pub secrets: Arc<[SigningSecret]>,
+}
+
+/// Handles requests against one store.
+pub struct Receiver {
+    settings: ReceiveSettings,
+    store: Store,
+    clock: fn() -> SystemTime,
+}
+
+impl Receiver {
+    /// A receiver using the system clock.
+    pub fn new(settings: ReceiveSettings, store: Store) -> Self {
+        Self::with_clock(settings, store, SystemTime::now)
+    }
+
+    /// A receiver with an injected clock (tests).
+    pub fn with_clock(settings: ReceiveSettings, store: Store, clock: fn() -> SystemTime) -> Self {
+        Receiver {
+            settings,
+            store,
+            clock,
+        }
+    }
+
+    /// Answers one request. Infallible: every failure is a response.
+    pub async fn handle<B>(self: Arc<Self>, req: Request<B>) -> Result<HttpResponse, Infallible>
+    where
+        B: Body,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
+        if req.uri().path() != self.settings.path {
+            return Ok(json(StatusCode::NOT_FOUND, r#"{"error":"not_found"}"#));
+        }
+        if req.method() != Method::POST {
+            let mut response = json(
+                StatusCode::METHOD_NOT_ALLOWED,
+                r#"{"error":"method_not_allowed"}"#,
+            );
+            response
+                .headers_mut()
+                .insert(ALLOW, HeaderValue::from_static("POST"));
+            return Ok(response);
+        }
+        let span = tracing::info_span!(
+            "delivery",
+            delivery_id = header_str(req.headers(), "x-kirim-delivery-id").unwrap_or("-"),
+            event_id = header_str(req.headers(), "x-kirim-event-id").unwrap_or("-"),
+        );
+        Ok(self.receive(req).instrument(span).await)
+    }
+
+    async fn receive<B>(&self, req: Request<B>) -> HttpResponse
+    where
+        B: Body,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
+        let received_at = (self.clock)();
+        let (parts, body) = req.into_parts();
+        let headers = &parts.headers;
+
+        let signature = headers
+            .get(signature::SIGNATURE_HEADER)
+            .or_else(|| headers.get(signature::SIGNATURE_HEADER_ALT));
+        if signature.is_none() {
+            return self.unauthorized(&VerifyError::Missing, headers);
+        }
+
+        let declared = headers
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|len| len > self.settings.max_body_bytes as u64) {
+            return self.too_large();
+        }
+        let limited = Limited::new(body, self.settings.max_body_bytes);
+        let body = match tokio::time::timeout(self.settings.body_timeout, limited.collect()).await {
+            Err(_) => {
+                tracing::warn!("request body did not arrive in time");
+                return json(StatusCode::REQUEST_TIMEOUT, r#"{"error":"body_timeout"}"#);
+            }
+            Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
+                return self.too_large();
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "reading the request body failed");
+                return json(StatusCode::BAD_REQUEST, r#"{"error":"unreadable_body"}"#);
+            }
+            Ok(Ok(collected)) => collected.to_bytes(),
+        };
+
+        let now = received_at
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        let verified = match signature::verify(
+            signature.map(HeaderValue::as_bytes),
+            &body,
+            &self.settings.secrets,
+            now,
+            self.settings.tolerance_secs,
+        ) {
+            Ok(verified) => verified,
+            Err(e) => return self.unauthorized(&e, headers),
+        };
+
+        // Authentic from here on: never refused for its content.
+        let hints = Hints {
+            source: header_str(headers, "x-kirim-source"),
+            event: header_str(headers, "x-kirim-event"),
+            event_id: header_str(headers, "x-kirim-event-id"),
+        };
+        let mut meta = RecordMeta {
+            received_at_ms: store::millis(received_at),
+            secret_id: String::new(),
+            headers: kirim_headers(headers),
+            keys: Vec::new(),
+            shape: None,
+            source: None,
+            event_type: None,
+            event_id: None,
+            phone_number_ids: Vec::new(),
+            quarantine_reason: None,
+        };
+        let destination = match envelope::classify(hints, &body) {
+            Classified::Event(info) => {
+                meta.keys = info.keys;
+                meta.shape = Some(info.shape);
+                meta.source = Some(info.source);
+                meta.event_type = info.event_type;
+                meta.event_id = info.event_id;
+                meta.phone_number_ids = info.phone_number_ids;
+                Destination::Events
+            }
+            Classified::Unrecognized(unrecognized) => {
+                meta.keys = vec![unrecognized.key];
+                meta.event_type = hints.event.map(str::to_owned);
+                meta.event_id = hints.event_id.map(str::to_owned);
+                meta.quarantine_reason = Some(unrecognized.reason.as_str().to_owned());
+                Destination::Quarantine
+            }
+        };
+        let quarantine_reason = meta.quarantine_reason.clone();
+        let delivery = NewDelivery {
+            verified,
+            destination,
+            meta,
+            body,
+        };
+
+        match self.store.admit(delivery).await {
+            Ok(Admission::New { seq }) => match quarantine_reason {
+                None => {
+                    tracing::debug!(seq, "accepted");
+                    json(StatusCode::OK, r#"{"status":"accepted"}"#)
+                }
+                Some(reason) => {
+                    tracing::error!(
+                        seq,
+                        reason,
+                        "authentic delivery with an unrecognised body kept in quarantine"
+                    );
+                    json(StatusCode::OK, r#"{"status":"quarantined"}"#)
+                }
+            },
+            Ok(Admission::Duplicate) => {
+                tracing::debug!("duplicate");
+                json(StatusCode::OK, r#"{"status":"duplicate"}"#)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "store unavailable; answering 503");
+                let mut response = json(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    r#"{"error":"store_unavailable"}"#,
+                );
+                response
+                    .headers_mut()
+                    .insert(RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECS));
+                response
+            }
+        }
+    }
+
+    fn unauthorized(&self, error: &VerifyError, headers: &HeaderMap) -> HttpResponse {
+        tracing::warn!(
+            reason = error.reason(),
+            detail = %error,
+            attempt = header_str(headers, "x-kirim-attempt").unwrap_or("-"),
+            "signature verification failed; answering 401",
+        );
+        let body = match error.reason() {
+            "missing_signature" => r#"{"error":"missing_signature"}"#,
+            "signature_expired" => r#"{"error":"signature_expired"}"#,
+            _ => r#"{"error":"invalid_signature"}"#,
+        };
+        json(StatusCode::UNAUTHORIZED, body)
+    }
+
+    fn too_large(&self) -> HttpResponse {
+        tracing::warn!(
+            limit = self.settings.max_body_bytes,
+            "request body over the limit; answering 413"
+        );
+        json(StatusCode::PAYLOAD_TOO_LARGE, r#"{"error":"body_too_large"}"#)
+    }
+}
+
+fn json(status: StatusCode, body: &'static str) -> HttpResponse {
+    let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+}
+
+/// Every `X-Kirim-*` header, lower-case name and value (non-UTF-8 bytes replaced).
+fn kirim_headers(headers: &HeaderMap) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .filter(|(name, _)| name.as_str().starts_with("x-kirim-"))
+        .map(|(name, value)| {
+            (
+                name.as_str().to_owned(),
+                String::from_utf8_lossy(value.as_bytes()).into_owned(),
+            )
+        })
+        .collect()
+}

@@ -1,0 +1,31 @@
+//! kirimhook: a small, fast and trustworthy receiver for kirim.dev webhooks.
+//!
+//! kirim.dev POSTs signed deliveries; kirimhook verifies each one on its raw bytes, dedupes it
+//! against every event it has seen, stores it durably (fsync, shared across concurrent requests)
+//! before answering 200, and hands it to its sinks from the store, at least once and never twice
+//! because kirim.dev retried.
+//!
+//! Codemap, in the order a delivery travels:
+//! - [`server`]: hyper accept loop, connection limits, graceful drain.
+//! - [`handler`]: body limit -> [`signature`] -> [`envelope`] -> [`store`]; the only place that
+//!   knows HTTP status codes.
+//! - [`signature`]: `X-Kirim-Signature` parsing and HMAC verification; pure.
+//! - [`envelope`]: body shapes and dedupe keys; pure.
+//! - [`store`]: the only code that knows fjall; group-committed admissions, cursors, sweep.
+//! - [`dispatch`]: drains the store into each [`sinks`] `Sink` and records its progress.
+//! - [`app`]: wires it all under one shutdown token; [`config`], [`cli`], [`telemetry`],
+//!   [`shutdown`] and [`send`] are the edges.
+
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod dispatch;
+pub mod envelope;
+pub mod handler;
+pub mod send;
+pub mod server;
+pub mod shutdown;
+pub mod signature;
+pub mod sinks;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,68 @@
+//! The `kirimhook` binary: parse the command line, then hand over to the library.
+
+use std::process::ExitCode;
+
+use clap::Parser as _;
+use kirimhook::cli::{Cli, Command};
+use kirimhook::config::Config;
+use kirimhook::{app, send, shutdown, signature::SigningSecret, telemetry};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Serve { config } => {
+            telemetry::init(cli.log_format);
+            let config = Config::load(&config)?;
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(async {
+                let token = shutdown::on_signals()?;
+                app::run(config, token).await
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::CheckConfig { config } => {
+            let config = Config::load(&config)?;
+            eprintln!(
+                "config OK: listen {}, {} secret(s), {} sink(s)",
+                config.server.listen,
+                config.verify.secrets.len(),
+                config.sinks.len()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Sign {
+            secret,
+            timestamp,
+            file,
+        } => {
+            let secret = SigningSecret::new("cli", secret.resolve()?);
+            let body = std::fs::read(&file)
+                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
+            println!("{}", secret.sign(timestamp.unwrap_or_else(send::unix_now), &body));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Send(args) => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let (status, body) = runtime.block_on(send::send(&args))?;
+            println!("{status}");
+            println!("{body}");
+            Ok(if (200..300).contains(&status) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+    }
+}

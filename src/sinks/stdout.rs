@@ -1,0 +1,179 @@
+//! The stdout sink: one JSON object per line per event, for piping into the user's own code.
+//!
+//! A line carries the event's identity and routing fields and the original body embedded
+//! byte-for-byte (never re-serialised). The only change ever made to the body: CR and LF bytes,
+//! which in valid JSON can only be insignificant whitespace between tokens, become spaces, so that
+//! one event is always exactly one line. Lines are written and flushed as soon as they are read
+//! from the store; nothing waits in a buffer. Logs never come here (they go to stderr).
+
+use serde::Serialize;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+
+use super::{Sink, SinkError};
+use crate::envelope::{DedupeKey, Source};
+use crate::store::StoredEvent;
+
+/// Writes events as JSON lines to stdout (or any writer, in tests).
+pub struct StdoutSink<W = tokio::io::Stdout> {
+    name: String,
+    out: W,
+    buf: Vec<u8>,
+}
+
+impl StdoutSink {
+    /// A sink named `name` writing to the process's stdout.
+    pub fn new(name: impl Into<String>) -> Self {
+        Self::with_writer(name, tokio::io::stdout())
+    }
+}
+
+impl<W> StdoutSink<W> {
+    /// A sink writing to `out`.
+    pub fn with_writer(name: impl Into<String>, out: W) -> Self {
+        StdoutSink {
+            name: name.into(),
+            out,
+            buf: Vec::with_capacity(64 * 1024),
+        }
+    }
+
+    /// The writer (tests read back what was written).
+    pub fn into_writer(self) -> W {
+        self.out
+    }
+}
+
+impl<W: AsyncWrite + Unpin + Send + 'static> Sink for StdoutSink<W> {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn deliver(&mut self, events: &[StoredEvent]) -> Result<(), SinkError> {
+        self.buf.clear();
+        for event in events {
+            write_line(event, &mut self.buf);
+        }
+        let io = |e: std::io::Error| SinkError::Retryable(format!("writing to stdout: {e}"));
+        self.out.write_all(&self.buf).await.map_err(io)?;
+        self.out.flush().await.map_err(io)
+    }
+}
+
+#[derive(Serialize)]
+struct Line<'a> {
+    event_id: Option<&'a str>,
+    keys: &'a [DedupeKey],
+    #[serde(rename = "type")]
+    event_type: Option<&'a str>,
+    source: Option<Source>,
+    delivery_id: Option<&'a str>,
+    attempt: Option<u32>,
+    received_at: String,
+    secret_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    phone_number_id: Option<&'a str>,
+}
+
+/// Appends the JSON line of `event` (with its trailing newline) to `out`.
+pub fn write_line(event: &StoredEvent, out: &mut Vec<u8>) {
+    let meta = &event.meta;
+    let line = Line {
+        event_id: meta.event_id.as_deref(),
+        keys: &meta.keys,
+        event_type: meta.event_type.as_deref(),
+        source: meta.source,
+        delivery_id: meta.delivery_id(),
+        attempt: meta.attempt(),
+        received_at: humantime::format_rfc3339_millis(meta.received_at()).to_string(),
+        secret_id: &meta.secret_id,
+        phone_number_id: meta.phone_number_ids.first().map(String::as_str),
+    };
+    let start = out.len();
+    // Serialising plain strings and numbers into a Vec cannot fail.
+    serde_json::to_writer(&mut *out, &line).expect("a Line always serialises");
+    // Replace the closing brace with the body field.
+    if out.last() == Some(&b'}') && out.len() > start {
+        out.pop();
+    }
+    out.extend_from_slice(b",\"body\":");
+    out.extend(event.body.iter().map(|&b| match b {
+        b'\r' | b'\n' => b' ',
+        other => other,
+    }));
+    out.extend_from_slice(b"}\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::envelope::Shape;
+    use crate::store::RecordMeta;
+
+    fn event(body: &[u8], phone: Vec<String>) -> StoredEvent {
+        StoredEvent {
+            seq: 1,
+            meta: RecordMeta {
+                received_at_ms: 1_795_381_200_123,
+                secret_id: "sec_A".into(),
+                headers: vec![
+                    ("x-kirim-delivery-id".into(), "wbd_X".into()),
+                    ("x-kirim-attempt".into(), "2".into()),
+                ],
+                keys: vec![serde_json::from_str("\"kirim:evt_1\"").unwrap()],
+                shape: Some(Shape::KirimEnvelope),
+                source: Some(Source::Kirim),
+                event_type: Some("contact.created".into()),
+                event_id: Some("evt_1".into()),
+                phone_number_ids: phone,
+                quarantine_reason: None,
+            },
+            body: body.to_vec(),
+        }
+    }
+
+    #[test]
+    fn line_embeds_body_bytes_and_names_every_field() {
+        let body = br#"{"id":"evt_1","n":1.50,"z":1,"a":2}"#;
+        let mut out = Vec::new();
+        write_line(&event(body, vec![]), &mut out);
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(
+            text,
+            concat!(
+                r#"{"event_id":"evt_1","keys":["kirim:evt_1"],"type":"contact.created","source":"kirim","#,
+                r#""delivery_id":"wbd_X","attempt":2,"received_at":"2026-11-22T21:00:00.123Z","secret_id":"sec_A","#,
+                r#""body":{"id":"evt_1","n":1.50,"z":1,"a":2}}"#,
+                "\n"
+            )
+        );
+        let parsed: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(parsed["body"]["a"], 2);
+    }
+
+    #[test]
+    fn multi_line_body_stays_one_line_and_phone_number_id_is_added() {
+        let body = b"{\r\n  \"object\": \"x\"\n}";
+        let mut out = Vec::new();
+        write_line(&event(body, vec!["1065".into(), "2".into()]), &mut out);
+        assert_eq!(out.iter().filter(|&&b| b == b'\n').count(), 1);
+        assert_eq!(out.last(), Some(&b'\n'));
+        let parsed: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(parsed["phone_number_id"], "1065");
+        assert_eq!(parsed["body"]["object"], "x");
+    }
+
+    #[tokio::test]
+    async fn deliver_writes_one_line_per_event_in_order() {
+        let mut sink = StdoutSink::with_writer("stdout", Vec::<u8>::new());
+        let mut a = event(b"{\"a\":1}", vec![]);
+        let mut b = event(b"{\"b\":2}", vec![]);
+        a.seq = 1;
+        b.seq = 2;
+        sink.deliver(&[a, b]).await.unwrap();
+        let written = String::from_utf8(sink.into_writer()).unwrap();
+        let lines: Vec<&str> = written.lines().collect();
+        assert_eq!(lines.len(), 2);
+        assert!(lines[0].ends_with(r#""body":{"a":1}}"#));
+        assert!(lines[1].ends_with(r#""body":{"b":2}}"#));
+    }
+}

@@ -1,0 +1,285 @@
+//! The store's single writer thread: group commit.
+//!
+//! It blocks for one command, then takes every other command already waiting (up to
+//! [`MAX_BATCH`]), decides each admission against the dedupe keyspace and the keys seen earlier in
+//! the same batch, writes all of it as one atomic fjall batch and persists it with one
+//! `fdatasync` before answering anyone. So a 200 is never sent before its event is on disk, and
+//! N concurrent requests cost one flush, not N. Sweeps run here too, so a sweep can never delete
+//! a key that a concurrent admission has just written.
+
+use std::collections::HashSet;
+
+use fjall::{Database, PersistMode};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::{be_u64, Admission, Destination, Keyspaces, StoreError, Swept, NEXT_SEQ};
+use crate::envelope::DedupeKey;
+
+/// Most commands folded into one batch.
+const MAX_BATCH: usize = 4096;
+/// Most keys or events one sweep step removes (keeps admissions from waiting behind a sweep).
+const SWEEP_STEP: usize = 2048;
+
+pub(super) struct AdmitCommand {
+    pub keys: Vec<DedupeKey>,
+    pub destination: Destination,
+    pub received_at_ms: u64,
+    pub record: Vec<u8>,
+    pub reply: oneshot::Sender<Result<Admission, StoreError>>,
+}
+
+pub(super) struct SweepReport {
+    pub swept: Swept,
+    pub more: bool,
+}
+
+pub(super) enum Command {
+    Admit(AdmitCommand),
+    Ack {
+        sink: String,
+        seq: u64,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+    Sweep {
+        cutoff_ms: u64,
+        reply: oneshot::Sender<Result<SweepReport, StoreError>>,
+    },
+    Close {
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+}
+
+pub(super) struct Writer {
+    db: Database,
+    ks: Keyspaces,
+    next_seq: u64,
+    sinks: Vec<String>,
+    committed: watch::Sender<u64>,
+}
+
+/// What one batch will answer once it is persisted.
+enum Pending {
+    Admit(oneshot::Sender<Result<Admission, StoreError>>, Admission),
+    Ack(oneshot::Sender<Result<(), StoreError>>),
+}
+
+impl Writer {
+    pub fn new(
+        db: Database,
+        ks: Keyspaces,
+        next_seq: u64,
+        sinks: Vec<String>,
+        committed: watch::Sender<u64>,
+    ) -> Self {
+        Writer {
+            db,
+            ks,
+            next_seq,
+            sinks,
+            committed,
+        }
+    }
+
+    /// Runs until every sender is dropped or a `Close` arrives.
+    pub fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+        let mut commands = Vec::with_capacity(MAX_BATCH);
+        while let Some(first) = rx.blocking_recv() {
+            commands.push(first);
+            while commands.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(c) => commands.push(c),
+                    Err(_) => break,
+                }
+            }
+            if self.apply(&mut commands) {
+                return;
+            }
+        }
+        if let Err(e) = self.db.persist(PersistMode::SyncData) {
+            tracing::error!(error = %e, "final store flush failed");
+        }
+    }
+
+    /// Applies a batch of commands. Returns true when the writer must stop.
+    fn apply(&mut self, commands: &mut Vec<Command>) -> bool {
+        let mut batch = self.db.batch().durability(Some(PersistMode::SyncData));
+        let mut pending = Vec::with_capacity(commands.len());
+        let mut seen: HashSet<DedupeKey> = HashSet::new();
+        let mut sweeps = Vec::new();
+        let mut close = None;
+        let first_seq = self.next_seq;
+        let mut last_event_seq = None;
+
+        let mut failure: Option<String> = None;
+        for command in commands.drain(..) {
+            match command {
+                Command::Admit(admit) => {
+                    if failure.is_some() {
+                        let _ = admit.reply.send(Err(StoreError::Unavailable(
+                            "an earlier read in the same batch failed".into(),
+                        )));
+                        continue;
+                    }
+                    match self.is_new(&admit.keys, &seen) {
+                        Ok(new_keys) if new_keys.is_empty() => {
+                            pending.push(Pending::Admit(admit.reply, Admission::Duplicate));
+                        }
+                        Ok(new_keys) => {
+                            let seq = self.next_seq;
+                            self.next_seq += 1;
+                            let tree = match admit.destination {
+                                Destination::Events => {
+                                    last_event_seq = Some(seq);
+                                    &self.ks.events
+                                }
+                                Destination::Quarantine => &self.ks.quarantine,
+                            };
+                            batch.insert(tree, seq.to_be_bytes(), admit.record);
+                            let ts = admit.received_at_ms.to_be_bytes();
+                            for key in new_keys {
+                                batch.insert(&self.ks.dedupe, key.as_str(), ts);
+                                let mut by_time = Vec::with_capacity(8 + key.as_str().len());
+                                by_time.extend_from_slice(&ts);
+                                by_time.extend_from_slice(key.as_str().as_bytes());
+                                batch.insert(&self.ks.dedupe_by_time, by_time, []);
+                                seen.insert(key);
+                            }
+                            pending.push(Pending::Admit(admit.reply, Admission::New { seq }));
+                        }
+                        Err(e) => {
+                            failure = Some(e.to_string());
+                            let _ = admit.reply.send(Err(e));
+                        }
+                    }
+                }
+                Command::Ack { sink, seq, reply } => {
+                    batch.insert(&self.ks.cursors, sink.as_str(), seq.to_be_bytes());
+                    pending.push(Pending::Ack(reply));
+                }
+                Command::Sweep { cutoff_ms, reply } => sweeps.push((cutoff_ms, reply)),
+                Command::Close { reply } => close = Some(reply),
+            }
+        }
+
+        if let Some(reason) = failure {
+            // A read failed: the engine is unhealthy. Answer everyone; write nothing.
+            tracing::error!(error = %reason, "store read failed; batch refused");
+            self.next_seq = first_seq;
+            fail_all(pending, &reason);
+        } else if !pending.is_empty() {
+            if self.next_seq != first_seq {
+                batch.insert(&self.ks.meta, NEXT_SEQ, self.next_seq.to_be_bytes());
+            }
+            match batch.commit() {
+                Ok(()) => {
+                    for p in pending {
+                        match p {
+                            Pending::Admit(reply, outcome) => {
+                                let _ = reply.send(Ok(outcome));
+                            }
+                            Pending::Ack(reply) => {
+                                let _ = reply.send(Ok(()));
+                            }
+                        }
+                    }
+                    if let Some(seq) = last_event_seq {
+                        self.committed.send_replace(seq);
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "store commit failed");
+                    self.next_seq = first_seq;
+                    fail_all(pending, &e.to_string());
+                }
+            }
+        }
+
+        for (cutoff_ms, reply) in sweeps {
+            let _ = reply.send(self.sweep_step(cutoff_ms));
+        }
+
+        if let Some(reply) = close {
+            let _ = reply.send(self.db.persist(PersistMode::SyncData).map_err(Into::into));
+            return true;
+        }
+        false
+    }
+
+    /// The keys of `keys` that are neither stored nor earlier in this batch.
+    fn is_new(
+        &self,
+        keys: &[DedupeKey],
+        seen: &HashSet<DedupeKey>,
+    ) -> Result<Vec<DedupeKey>, StoreError> {
+        let mut new = Vec::new();
+        for key in keys {
+            if seen.contains(key) || new.contains(key) {
+                continue;
+            }
+            if !self.ks.dedupe.contains_key(key.as_str())? {
+                new.push(key.clone());
+            }
+        }
+        Ok(new)
+    }
+
+    /// One bounded step of the retention sweep. Buffered, not fsync'd: a lost sweep is redone.
+    fn sweep_step(&self, cutoff_ms: u64) -> Result<SweepReport, StoreError> {
+        let mut batch = self.db.batch();
+        let mut swept = Swept::default();
+        let mut more = false;
+
+        for guard in self.ks.dedupe_by_time.range(..cutoff_ms.to_be_bytes()) {
+            if swept.keys == SWEEP_STEP {
+                more = true;
+                break;
+            }
+            let index_key = guard.key()?;
+            let ts = be_u64(&index_key);
+            let key = index_key.get(8..).unwrap_or_default();
+            // Remove the key only if it still carries this timestamp.
+            if self.ks.dedupe.get(key)?.is_some_and(|v| be_u64(&v) == ts) {
+                batch.remove(&self.ks.dedupe, key);
+            }
+            batch.remove(&self.ks.dedupe_by_time, index_key);
+            swept.keys += 1;
+        }
+
+        let mut min_cursor = u64::MAX;
+        for sink in &self.sinks {
+            let cursor = self
+                .ks
+                .cursors
+                .get(sink.as_str())?
+                .map(|v| be_u64(&v))
+                .unwrap_or(0);
+            min_cursor = min_cursor.min(cursor);
+        }
+        if min_cursor > 0 && min_cursor != u64::MAX {
+            for guard in self.ks.events.range(..=min_cursor.to_be_bytes()) {
+                if swept.events == SWEEP_STEP {
+                    more = true;
+                    break;
+                }
+                batch.remove(&self.ks.events, guard.key()?);
+                swept.events += 1;
+            }
+        }
+        batch.commit()?;
+        Ok(SweepReport { swept, more })
+    }
+}
+
+fn fail_all(pending: Vec<Pending>, reason: &str) {
+    for p in pending {
+        let error = StoreError::Unavailable(reason.to_owned());
+        match p {
+            Pending::Admit(reply, _) => {
+                let _ = reply.send(Err(error));
+            }
+            Pending::Ack(reply) => {
+                let _ = reply.send(Err(error));
+            }
+        }
+    }
+}
