@@ -34,7 +34,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let listener = TcpListener::bind(config.server.listen)
         .await
         .with_context(|| format!("cannot listen on {} (server.listen)", config.server.listen))?;
-    let addr = listener.local_addr().context("listener has no local address")?;
+    let addr = listener
+        .local_addr()
+        .context("listener has no local address")?;
 
     let stop_sinks = CancellationToken::new();
     let mut sinks = JoinSet::new();
@@ -42,7 +44,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         match sink.kind {
             SinkKind::Stdout => {
                 let sink = StdoutSink::new(sink.name.clone());
-                sinks.spawn(crate::dispatch::run(store.clone(), sink, stop_sinks.clone()));
+                sinks.spawn(crate::dispatch::run(
+                    store.clone(),
+                    sink,
+                    stop_sinks.clone(),
+                ));
             }
         }
     }

@@ -90,8 +90,9 @@ impl SecretArg {
     pub fn resolve(&self) -> anyhow::Result<String> {
         match (&self.secret, &self.secret_env) {
             (Some(value), _) => Ok(value.clone()),
-            (None, Some(var)) => std::env::var(var)
-                .map_err(|_| anyhow::anyhow!("--secret-env: environment variable {var} is not set")),
+            (None, Some(var)) => std::env::var(var).map_err(|_| {
+                anyhow::anyhow!("--secret-env: environment variable {var} is not set")
+            }),
             (None, None) => anyhow::bail!("give --secret or --secret-env"),
         }
     }

@@ -242,7 +242,10 @@ impl Receiver {
             limit = self.settings.max_body_bytes,
             "request body over the limit; answering 413"
         );
-        json(StatusCode::PAYLOAD_TOO_LARGE, r#"{"error":"body_too_large"}"#)
+        json(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            r#"{"error":"body_too_large"}"#,
+        )
     }
 }
 

@@ -48,7 +48,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let secret = SigningSecret::new("cli", secret.resolve()?);
             let body = std::fs::read(&file)
                 .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
-            println!("{}", secret.sign(timestamp.unwrap_or_else(send::unix_now), &body));
+            println!(
+                "{}",
+                secret.sign(timestamp.unwrap_or_else(send::unix_now), &body)
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Send(args) => {

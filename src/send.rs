@@ -55,12 +55,13 @@ pub fn delivery_headers(
         Classified::Event(info) => Some(info),
         Classified::Unrecognized(_) => None,
     };
-    let source = args.source.clone().unwrap_or_else(|| {
-        match sniffed.as_ref().map(|i| i.source) {
+    let source = args
+        .source
+        .clone()
+        .unwrap_or_else(|| match sniffed.as_ref().map(|i| i.source) {
             Some(Source::Meta) => "meta".into(),
             _ => "kirim".into(),
-        }
-    });
+        });
     let event = args
         .event
         .clone()
@@ -75,7 +76,10 @@ pub fn delivery_headers(
         .unwrap_or(0);
     let mut headers = vec![
         ("content-type", "application/json".to_owned()),
-        ("user-agent", concat!("kirimhook-send/", env!("CARGO_PKG_VERSION")).to_owned()),
+        (
+            "user-agent",
+            concat!("kirimhook-send/", env!("CARGO_PKG_VERSION")).to_owned(),
+        ),
         ("x-kirim-source", source),
     ];
     if let Some(event) = event {
@@ -104,7 +108,10 @@ pub async fn send(args: &SendArgs) -> anyhow::Result<(u16, String)> {
     }
     let host = uri.host().context("--url: no host")?;
     let port = uri.port_u16().unwrap_or(80);
-    let authority = uri.authority().map(|a| a.as_str().to_owned()).unwrap_or_default();
+    let authority = uri
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .unwrap_or_default();
     let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
 
     let mut request = Request::post(path).header("host", authority);

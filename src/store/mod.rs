@@ -137,7 +137,9 @@ impl Store {
     /// configured sink names: an event is removed by the sweep once all of them have taken it.
     pub fn open(path: &Path, sinks: Vec<String>) -> Result<Store, StoreError> {
         std::fs::create_dir_all(path).map_err(|e| StoreError::Engine(e.into()))?;
-        let db = Database::builder(path).manual_journal_persist(true).open()?;
+        let db = Database::builder(path)
+            .manual_journal_persist(true)
+            .open()?;
         let ks = |name: &str| db.keyspace(name, KeyspaceCreateOptions::default);
         let keyspaces = Keyspaces {
             events: ks("events")?,
@@ -159,7 +161,8 @@ impl Store {
             cursors: keyspaces.cursors.clone(),
             meta: keyspaces.meta.clone(),
         };
-        let writer = writer::Writer::new(db.clone(), inner_keyspaces, next_seq, sinks, committed_tx);
+        let writer =
+            writer::Writer::new(db.clone(), inner_keyspaces, next_seq, sinks, committed_tx);
         let handle = std::thread::Builder::new()
             .name("kirimhook-store".into())
             .spawn(move || writer.run(rx))
@@ -216,7 +219,8 @@ impl Store {
         loop {
             let (reply, answer) = oneshot::channel();
             self.send(Command::Sweep { cutoff_ms, reply }).await?;
-            let SweepReport { swept, more } = answer.await.map_err(|_| StoreError::WriterGone)??;
+            let SweepReport { swept, more } =
+                answer.await.map_err(|_| StoreError::WriterGone)??;
             total.keys += swept.keys;
             total.events += swept.events;
             if !more {
@@ -236,7 +240,11 @@ impl Store {
     }
 
     /// Up to `limit` events with seq greater than `after`, in seq order.
-    pub async fn read_after(&self, after: u64, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
+    pub async fn read_after(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
         let events = self.inner.events.clone();
         tokio::task::spawn_blocking(move || read_range(&events, after, limit))
             .await
@@ -316,7 +324,8 @@ fn read_range(ks: &Keyspace, after: u64, limit: usize) -> Result<Vec<StoredEvent
     for guard in ks.range(start.to_be_bytes()..).take(limit) {
         let (key, value) = guard.into_inner()?;
         let seq = be_u64(&key);
-        let event = record::decode(seq, &value).map_err(|source| StoreError::Decode { seq, source })?;
+        let event =
+            record::decode(seq, &value).map_err(|source| StoreError::Decode { seq, source })?;
         out.push(event);
     }
     Ok(out)

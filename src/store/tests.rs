@@ -48,11 +48,17 @@ async fn admits_new_and_refuses_duplicates_across_restarts() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
     assert_eq!(
-        store.admit(event(&["kirim:evt_1"], "{\"a\":1}")).await.unwrap(),
+        store
+            .admit(event(&["kirim:evt_1"], "{\"a\":1}"))
+            .await
+            .unwrap(),
         Admission::New { seq: 1 }
     );
     assert_eq!(
-        store.admit(event(&["kirim:evt_1"], "{\"a\":2}")).await.unwrap(),
+        store
+            .admit(event(&["kirim:evt_1"], "{\"a\":2}"))
+            .await
+            .unwrap(),
         Admission::Duplicate
     );
     // A delivery with one known and one new key is new.
@@ -160,7 +166,12 @@ async fn sweep_keeps_events_a_sink_has_not_taken_and_forgets_old_keys() {
     let day = 86_400_000;
     let now = store_now_ms();
     store
-        .admit(delivery(&["kirim:old"], "{}", Destination::Events, now - 40 * day))
+        .admit(delivery(
+            &["kirim:old"],
+            "{}",
+            Destination::Events,
+            now - 40 * day,
+        ))
         .await
         .unwrap();
     store
