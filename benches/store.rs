@@ -41,9 +41,14 @@ async fn round(secs: u64, writers: u64) -> (f64, Duration, Duration) {
                 let body = body(w, i);
                 i += 1;
                 let header = secret.sign(1000, &body);
-                let verified =
-                    signature::verify(Some(header.as_bytes()), &body, &[secret.clone()], 1000, 0)
-                        .expect("own signature verifies");
+                let verified = signature::verify(
+                    Some(header.as_bytes()),
+                    &body,
+                    std::slice::from_ref(&secret),
+                    1000,
+                    0,
+                )
+                .expect("own signature verifies");
                 let Classified::Event(info) = envelope::classify(Hints::default(), &body) else {
                     panic!("bench body is an envelope");
                 };
