@@ -1,8 +1,14 @@
-//! Logging: tracing to stderr, filtered by `RUST_LOG` (default `info`), human or JSON format.
+//! Logging: tracing to stderr, filtered by `RUST_LOG` (default `info`, with the storage engine's
+//! own chatter at `warn`), human or JSON format. Colours only when stderr is a terminal.
 //!
 //! stdout is reserved for the event stream, so nothing here ever writes to it.
 
+use std::io::IsTerminal as _;
+
 use tracing_subscriber::EnvFilter;
+
+/// The filter used when `RUST_LOG` is not set.
+const DEFAULT_FILTER: &str = "info,fjall=warn,lsm_tree=warn";
 
 /// Log line format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -15,9 +21,11 @@ pub enum LogFormat {
 
 /// Installs the global subscriber. Call once, before anything logs.
 pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Pretty => builder.init(),
