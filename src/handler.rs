@@ -100,10 +100,9 @@ impl Receiver {
         let (parts, body) = req.into_parts();
         let headers = &parts.headers;
 
-        let signature = headers
-            .get(signature::SIGNATURE_HEADER)
-            .or_else(|| headers.get(signature::SIGNATURE_HEADER_ALT));
-        if signature.is_none() {
+        let primary = headers.get(signature::SIGNATURE_HEADER);
+        let alternate = headers.get(signature::SIGNATURE_HEADER_ALT);
+        if primary.is_none() && alternate.is_none() {
             return self.unauthorized(&VerifyError::Missing, headers);
         }
 
@@ -134,15 +133,26 @@ impl Receiver {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs() as i64)
             .unwrap_or(0);
-        let verified = match signature::verify(
-            signature.map(HeaderValue::as_bytes),
-            &body,
-            &self.settings.secrets,
-            now,
-            self.settings.tolerance_secs,
-        ) {
+        // X-Kirim-Signature is preferred; when both headers are present, either verifying is
+        // enough (spec 10, row 1), and a failure reports the preferred header's reason.
+        let verify = |header: Option<&HeaderValue>| {
+            signature::verify(
+                header.map(HeaderValue::as_bytes),
+                &body,
+                &self.settings.secrets,
+                now,
+                self.settings.tolerance_secs,
+            )
+        };
+        let verified = match verify(primary.or(alternate)) {
             Ok(verified) => verified,
-            Err(e) => return self.unauthorized(&e, headers),
+            Err(first) => match (primary, alternate) {
+                (Some(_), Some(_)) => match verify(alternate) {
+                    Ok(verified) => verified,
+                    Err(_) => return self.unauthorized(&first, headers),
+                },
+                _ => return self.unauthorized(&first, headers),
+            },
         };
 
         // Authentic from here on: never refused for its content.
@@ -199,6 +209,7 @@ impl Receiver {
                     tracing::error!(
                         seq,
                         reason,
+                        quarantined = self.store.quarantine_count(),
                         "authentic delivery with an unrecognised body kept in quarantine"
                     );
                     json(StatusCode::OK, r#"{"status":"quarantined"}"#)

@@ -1,1 +1,17 @@
-//! End-to-end tests (being written).
+//! End-to-end tests: the real `kirimhook` binary, started on 127.0.0.1:0 with a temp config
+//! and store, spoken to over HTTP, its stdout read as the event stream.
+//!
+//! Every test runs its own daemon in its own temp dir, so tests run in parallel without
+//! locks. Helpers: [`daemon`] (spawn, wait for lines, stop, kill), [`http`] (client and raw
+//! requests), [`fixtures`] (spec fixtures F1-F9 and signed deliveries). Tests: [`accept`],
+//! [`reject`], [`durability`], [`cli`], [`stdout_only`].
+
+mod daemon;
+mod fixtures;
+mod http;
+
+mod accept;
+mod cli;
+mod durability;
+mod reject;
+mod stdout_only;
