@@ -1,1 +1,953 @@
-fn main() {}
+//! Throughput and latency of kirimhook's full receive path, compared with a minimal hyper server
+//! measured in the same run on the same machine.
+//!
+//! Each round starts two servers as separate processes on `127.0.0.1:0`, one after the other:
+//! "minimal" (this binary re-executed with `KIRIMHOOK_BENCH_ROLE=minimal`: a hyper 1.x HTTP/1.1
+//! server on a multi-threaded tokio runtime that reads the body and answers 200) and "kirimhook"
+//! (the real daemon, `kirimhook serve`, on a fresh temporary store). A load generator in this
+//! process drives each with the same pre-signed, unique Kirim deliveries over N keep-alive
+//! connections, one request in flight per connection, and reports the rate of 200 answers and the
+//! latency from send to the end of the response body. The store alone ("durable path only") is
+//! measured by `benches/store.rs`.
+//!
+//! It does not fix or tune anything, does not talk to kirim.dev, and proves nothing about another
+//! machine: the load generator shares the CPUs with the server, so only figures from one run are
+//! comparable with each other. See `bench/README.md` for the settings and how to read the output.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{anyhow, bail, Context as _};
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full};
+use hyper::body::Incoming;
+use hyper::header::{HeaderName, HeaderValue, CONTENT_TYPE, HOST, USER_AGENT};
+use hyper::{Method, Request, Response, StatusCode, Uri};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+
+use kirimhook::signature::SigningSecret;
+
+/// Selects what this process is: unset for the benchmark, `minimal` for the minimal server.
+const ROLE_ENV: &str = "KIRIMHOOK_BENCH_ROLE";
+const SECRET_ID: &str = "sec_BENCH0000000000000000000000";
+const SECRET_VALUE: &str = "whsec_YmVuY2gtb25seS1raXJpbWhvb2stc2VjcmV0";
+const PATH: &str = "/webhooks/kirim";
+/// Requests per second assumed before any run has been measured (sizes the first pool).
+const FIRST_RATE_GUESS: f64 = 100_000.0;
+/// Pre-built requests per expected request, so that a faster run does not run out.
+const POOL_MARGIN: f64 = 1.6;
+/// How long a server may take to say where it listens.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// Target from the issue: kirimhook's rate at least this share of the minimal server's ...
+const TARGET_RATIO: f64 = 0.5;
+/// ... with a p99 below this.
+const TARGET_P99_MS: f64 = 5.0;
+
+fn main() -> anyhow::Result<()> {
+    if std::env::var(ROLE_ENV).as_deref() == Ok("minimal") {
+        return minimal_server();
+    }
+    let settings = Settings::from_env()?;
+    bench(&settings)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Settings
+
+struct Settings {
+    rounds: usize,
+    window: Duration,
+    warmup: Duration,
+    connections: usize,
+    /// `RUST_LOG` for the daemon; `None` keeps its default filter.
+    rust_log: Option<String>,
+    /// Not run by `cargo bench` (no `--bench` argument): a short smoke run.
+    smoke: bool,
+}
+
+impl Settings {
+    fn from_env() -> anyhow::Result<Settings> {
+        let smoke = !std::env::args().any(|a| a == "--bench");
+        let (rounds, secs, warmup) = if smoke { (1, 0.5, 0.2) } else { (3, 5.0, 1.0) };
+        Ok(Settings {
+            rounds: env_parse("BENCH_ROUNDS", rounds)?,
+            window: secs_env("BENCH_SECS", secs)?,
+            warmup: secs_env("BENCH_WARMUP_SECS", warmup)?,
+            connections: env_parse("BENCH_CONNS", 32)?,
+            rust_log: std::env::var("BENCH_RUST_LOG").ok(),
+            smoke,
+        })
+        .and_then(|s: Settings| {
+            if s.rounds == 0 || s.connections == 0 || s.window.is_zero() {
+                bail!("BENCH_ROUNDS, BENCH_CONNS and BENCH_SECS must be greater than 0");
+            }
+            Ok(s)
+        })
+    }
+}
+
+fn env_parse<T: std::str::FromStr>(name: &str, default: T) -> anyhow::Result<T> {
+    match std::env::var(name) {
+        Ok(text) => text
+            .trim()
+            .parse()
+            .map_err(|_| anyhow!("{name}={text:?} is not a valid number")),
+        Err(_) => Ok(default),
+    }
+}
+
+fn secs_env(name: &str, default: f64) -> anyhow::Result<Duration> {
+    let secs: f64 = env_parse(name, default)?;
+    Duration::try_from_secs_f64(secs).map_err(|_| anyhow!("{name}={secs} is not a duration"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// The benchmark
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Server {
+    Minimal,
+    Kirimhook,
+}
+
+impl Server {
+    fn name(self) -> &'static str {
+        match self {
+            Server::Minimal => "minimal",
+            Server::Kirimhook => "kirimhook",
+        }
+    }
+}
+
+/// What one timed window measured.
+#[derive(Default)]
+struct Measured {
+    /// 200 answers completed in the window (for kirimhook: accepted, quarantined or duplicate).
+    ok: u64,
+    /// Of those, answered `duplicate` (nothing was written, no fsync).
+    duplicates: u64,
+    /// Non-200 answers, unexpected bodies and transport errors, warm-up included.
+    errors: u64,
+    first_error: Option<String>,
+    /// Latency of each `ok` request in microseconds.
+    latencies_us: Vec<u32>,
+    window: Duration,
+    /// The pre-built requests ran out before the window ended: the rate is too low.
+    exhausted: bool,
+}
+
+impl Measured {
+    fn rate(&self) -> f64 {
+        self.ok as f64 / self.window.as_secs_f64()
+    }
+
+    fn merge(&mut self, other: Measured) {
+        self.ok += other.ok;
+        self.duplicates += other.duplicates;
+        self.errors += other.errors;
+        if self.first_error.is_none() {
+            self.first_error = other.first_error;
+        }
+        self.latencies_us.extend(other.latencies_us);
+        self.exhausted |= other.exhausted;
+    }
+}
+
+/// Figures of one row of the table.
+struct Row {
+    round: usize,
+    what: &'static str,
+    rate: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+    duplicates: u64,
+    errors: u64,
+}
+
+impl Row {
+    fn new(round: usize, what: &'static str, mut m: Measured) -> Row {
+        m.latencies_us.sort_unstable();
+        let q = |p: f64| percentile_ms(&m.latencies_us, p);
+        Row {
+            round,
+            what,
+            rate: m.rate(),
+            p50_ms: q(0.50),
+            p99_ms: q(0.99),
+            max_ms: q(1.0),
+            duplicates: m.duplicates,
+            errors: m.errors,
+        }
+    }
+
+    fn print(&self) {
+        println!(
+            "{:<6} {:<10} {:>8.0} {:>7.2} {:>7.2} {:>7.2} {:>8} {:>7}",
+            self.round,
+            self.what,
+            self.rate,
+            self.p50_ms,
+            self.p99_ms,
+            self.max_ms,
+            self.duplicates,
+            self.errors
+        );
+    }
+}
+
+/// Nearest-rank percentile of sorted microseconds, in milliseconds (0 when empty).
+fn percentile_ms(sorted_us: &[u32], p: f64) -> f64 {
+    if sorted_us.is_empty() {
+        return 0.0;
+    }
+    let rank = ((p * sorted_us.len() as f64).ceil() as usize).clamp(1, sorted_us.len());
+    f64::from(sorted_us[rank - 1]) / 1000.0
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    match values.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => values[n / 2],
+        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
+}
+
+fn bench(settings: &Settings) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the tokio runtime")?;
+    let secret = SigningSecret::new(SECRET_ID, SECRET_VALUE);
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let sample = delivery(0, 0).body;
+    serde_json::from_slice::<serde_json::Value>(&sample).context("the bench's body is not JSON")?;
+    println!(
+        "kirimhook receive bench{}: {} connections, {}-byte bodies, {:.1} s warm-up, {:.1} s \
+         window, {} round(s), RUST_LOG={}, {} CPU(s) shared by the load generator and the server",
+        if settings.smoke {
+            " (smoke run: pass --bench or use cargo bench)"
+        } else {
+            ""
+        },
+        settings.connections,
+        sample.len(),
+        settings.warmup.as_secs_f64(),
+        settings.window.as_secs_f64(),
+        settings.rounds,
+        settings.rust_log.as_deref().unwrap_or("(daemon default)"),
+        cpus,
+    );
+
+    println!();
+    println!(
+        "{:<6} {:<10} {:>8} {:>7} {:>7} {:>7} {:>8} {:>7}",
+        "round", "server", "req/s", "p50_ms", "p99_ms", "max_ms", "dup", "errors"
+    );
+    let mut rows: Vec<Row> = Vec::new();
+    let mut notes: Vec<String> = Vec::new();
+    let mut best_rate = FIRST_RATE_GUESS;
+    let mut run_number = 0u64;
+    for round in 1..=settings.rounds {
+        for server in [Server::Minimal, Server::Kirimhook] {
+            run_number += 1;
+            let pool = Pool::build(
+                pool_size(best_rate, settings),
+                run_number,
+                &secret,
+                unix_now(),
+            );
+            let measured = match server {
+                Server::Minimal => {
+                    let child = MinimalChild::start()?;
+                    runtime.block_on(drive(child.addr, pool, settings))?
+                }
+                Server::Kirimhook => {
+                    let daemon = Daemon::start(settings.rust_log.as_deref())?;
+                    let measured = runtime.block_on(drive(daemon.addr, pool, settings))?;
+                    let (total, warn, error) = daemon.log.counts();
+                    if warn + error > 0 {
+                        notes.push(format!(
+                            "round {round}: kirimhook logged {error} ERROR and {warn} WARN \
+                             line(s) ({total} lines in all); last: {}",
+                            daemon.log.last().unwrap_or_default()
+                        ));
+                    }
+                    measured
+                }
+            };
+            if measured.exhausted {
+                notes.push(format!(
+                    "round {round} {}: ran out of pre-built requests before the window ended; \
+                     its rate is understated (the next runs build more)",
+                    server.name()
+                ));
+            }
+            if let Some(e) = &measured.first_error {
+                notes.push(format!("round {round} {}: first error: {e}", server.name()));
+            }
+            best_rate = best_rate.max(measured.rate());
+            let row = Row::new(round, server.name(), measured);
+            row.print();
+            rows.push(row);
+        }
+    }
+
+    let med = |what: &str, f: fn(&Row) -> f64| {
+        let mut v: Vec<f64> = rows.iter().filter(|r| r.what == what).map(f).collect();
+        median(&mut v)
+    };
+    let (min_rate, min_p99) = (med("minimal", |r| r.rate), med("minimal", |r| r.p99_ms));
+    let (kh_rate, kh_p99) = (med("kirimhook", |r| r.rate), med("kirimhook", |r| r.p99_ms));
+    let ratio = if min_rate > 0.0 {
+        kh_rate / min_rate
+    } else {
+        0.0
+    };
+    println!();
+    println!(
+        "median minimal {min_rate:.0} req/s p99 {min_p99:.2} ms | kirimhook {kh_rate:.0} req/s \
+         p99 {kh_p99:.2} ms | ratio {ratio:.2}"
+    );
+    let met = ratio >= TARGET_RATIO && kh_p99 < TARGET_P99_MS;
+    println!(
+        "target (kirimhook >= {TARGET_RATIO:.2} x minimal, p99 < {TARGET_P99_MS} ms, {} \
+         connections): {}",
+        settings.connections,
+        match (settings.smoke, met) {
+            (true, _) => "not judged in a smoke run",
+            (false, true) => "MET",
+            (false, false) => "MISSED",
+        }
+    );
+    let duplicates: u64 = rows
+        .iter()
+        .filter(|r| r.what == "kirimhook")
+        .map(|r| r.duplicates)
+        .sum();
+    if duplicates > 0 {
+        println!(
+            "WARNING: kirimhook answered {duplicates} unique deliveries as duplicates: those \
+             wrote nothing and waited for no fsync, so the kirimhook rows do not measure the \
+             durable path (do distinct events get the same dedupe key from envelope::classify?)"
+        );
+    }
+    for note in notes {
+        println!("note: {note}");
+    }
+    Ok(())
+}
+
+fn pool_size(rate: f64, settings: &Settings) -> usize {
+    let secs = (settings.warmup + settings.window).as_secs_f64();
+    (rate * secs * POOL_MARGIN) as usize + settings.connections * 4
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pre-built deliveries
+
+/// One signed delivery, built before the clock starts so that signing costs nothing in the
+/// window.
+struct Prebuilt {
+    body: Bytes,
+    event_id: HeaderValue,
+    delivery_id: HeaderValue,
+    signature: HeaderValue,
+}
+
+/// Deliveries handed out once each, in order, to every connection of one run.
+struct Pool {
+    items: Vec<Prebuilt>,
+    next: AtomicUsize,
+}
+
+impl Pool {
+    /// `n` unique deliveries (ids unique across runs through `run`), signed at `now`.
+    fn build(n: usize, run: u64, secret: &SigningSecret, now: i64) -> Arc<Pool> {
+        let threads = std::thread::available_parallelism().map_or(1, |t| t.get());
+        let per = n.div_ceil(threads);
+        let items = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..threads)
+                .map(|t| {
+                    let range = (t * per).min(n)..((t + 1) * per).min(n);
+                    scope.spawn(move || {
+                        range
+                            .map(|i| {
+                                let d = delivery(run, i as u64);
+                                let signature = secret.sign(now, &d.body);
+                                Prebuilt {
+                                    body: Bytes::from(d.body),
+                                    event_id: header(d.event_id),
+                                    delivery_id: header(d.delivery_id),
+                                    signature: header(signature),
+                                }
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().expect("building requests does not panic"))
+                .collect()
+        });
+        Arc::new(Pool {
+            items,
+            next: AtomicUsize::new(0),
+        })
+    }
+
+    fn take(&self) -> Option<&Prebuilt> {
+        self.items.get(self.next.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+fn header(value: String) -> HeaderValue {
+    HeaderValue::try_from(value).expect("ids and signatures are visible ASCII")
+}
+
+/// The parts of one delivery: a ~420-byte `contact.created` envelope like fixture F7, unique ids.
+struct Delivery {
+    body: Vec<u8>,
+    event_id: String,
+    delivery_id: String,
+}
+
+fn delivery(run: u64, i: u64) -> Delivery {
+    let event_id = format!("evt_{}", ulid_like(run, i, 0));
+    let contact_id = format!("ctc_{}", ulid_like(run, i, 1));
+    let delivery_id = format!("wbd_{}", ulid_like(run, i, 2));
+    let body = format!(
+        concat!(
+            r#"{{"id":"{event_id}","type":"contact.created","created_at":"2026-06-10T03:15:07Z","#,
+            r#""livemode":true,"data":{{"contact":{{"id":"{contact_id}","object":"contact","#,
+            r#""phone_number":"+6281398765432","name":"Siti Rahmawati","email":null,"#,
+            r#""metadata":null,"whatsapp_account":{{"phone_number":"+62 815-1122-3344"}},"#,
+            r#""created_at":"2026-06-10T03:15:07Z","updated_at":"2026-06-10T03:15:07Z"}}}}}}"#,
+        ),
+        event_id = event_id,
+        contact_id = contact_id,
+    );
+    Delivery {
+        body: body.into_bytes(),
+        event_id,
+        delivery_id,
+    }
+}
+
+/// 26 Crockford base32 characters, unique for each (run, i, kind), shaped like a ULID.
+fn ulid_like(run: u64, i: u64, kind: u8) -> String {
+    const ALPHABET: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+    let value = (u128::from(run) << 72) | (u128::from(kind) << 64) | u128::from(i);
+    (0..26)
+        .rev()
+        .map(|k| char::from(ALPHABET[((value >> (5 * k)) & 31) as usize]))
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Load generator
+
+/// Drives `addr` with one task per connection for warm-up + window, then returns the figures.
+async fn drive(addr: SocketAddr, pool: Arc<Pool>, settings: &Settings) -> anyhow::Result<Measured> {
+    // Connect everything before the clock starts.
+    let mut senders = Vec::with_capacity(settings.connections);
+    for _ in 0..settings.connections {
+        senders.push(
+            connect(addr)
+                .await
+                .with_context(|| format!("cannot connect to {addr}"))?,
+        );
+    }
+    let start = Instant::now();
+    let window_start = start + settings.warmup;
+    let window_end = window_start + settings.window;
+    let uri: Uri = PATH.parse().context("the request path is a valid URI")?;
+    let host = HeaderValue::try_from(addr.to_string()).context("an address is a valid Host")?;
+    let tasks: Vec<_> = senders
+        .into_iter()
+        .map(|sender| {
+            let ctx = ConnCtx {
+                addr,
+                pool: pool.clone(),
+                uri: uri.clone(),
+                host: host.clone(),
+                window_start,
+                window_end,
+            };
+            tokio::spawn(ctx.run(sender))
+        })
+        .collect();
+    let mut total = Measured {
+        window: settings.window,
+        ..Measured::default()
+    };
+    for task in tasks {
+        total.merge(task.await.context("a load task panicked")?);
+    }
+    Ok(total)
+}
+
+type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
+async fn connect(addr: SocketAddr) -> anyhow::Result<Sender> {
+    let stream = TcpStream::connect(addr).await?;
+    stream.set_nodelay(true)?;
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(async move {
+        // Errors surface on the sender too; nothing to add here.
+        let _ = connection.await;
+    });
+    Ok(sender)
+}
+
+struct ConnCtx {
+    addr: SocketAddr,
+    pool: Arc<Pool>,
+    uri: Uri,
+    host: HeaderValue,
+    window_start: Instant,
+    window_end: Instant,
+}
+
+enum Answer {
+    Ok,
+    Duplicate,
+}
+
+impl ConnCtx {
+    async fn run(self, mut sender: Sender) -> Measured {
+        let mut m = Measured::default();
+        let error = |m: &mut Measured, e: String| {
+            m.errors += 1;
+            if m.first_error.is_none() {
+                m.first_error = Some(e);
+            }
+        };
+        loop {
+            if Instant::now() >= self.window_end {
+                break;
+            }
+            let Some(item) = self.pool.take() else {
+                m.exhausted = true;
+                break;
+            };
+            let request = self.request(item);
+            let sent = Instant::now();
+            let answer = self.send(&mut sender, request).await;
+            let done = Instant::now();
+            let in_window = done >= self.window_start && done < self.window_end;
+            match answer {
+                Ok(answer) if in_window => {
+                    m.ok += 1;
+                    if matches!(answer, Answer::Duplicate) {
+                        m.duplicates += 1;
+                    }
+                    let us = done.duration_since(sent).as_micros();
+                    m.latencies_us.push(u32::try_from(us).unwrap_or(u32::MAX));
+                }
+                Ok(_) => {}
+                Err(SendError::Answer(e)) => error(&mut m, e),
+                Err(SendError::Transport(e)) => {
+                    error(&mut m, e);
+                    // The connection may be dead: open a new one and carry on.
+                    match connect(self.addr).await {
+                        Ok(fresh) => sender = fresh,
+                        Err(e) => {
+                            error(&mut m, format!("reconnect failed: {e:#}"));
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                        }
+                    }
+                }
+            }
+        }
+        m
+    }
+
+    fn request(&self, item: &Prebuilt) -> Request<Full<Bytes>> {
+        const EVENT_ID: HeaderName = HeaderName::from_static("x-kirim-event-id");
+        const DELIVERY_ID: HeaderName = HeaderName::from_static("x-kirim-delivery-id");
+        const SIGNATURE: HeaderName = HeaderName::from_static("x-kirim-signature");
+        const SOURCE: HeaderName = HeaderName::from_static("x-kirim-source");
+        const EVENT: HeaderName = HeaderName::from_static("x-kirim-event");
+        const ATTEMPT: HeaderName = HeaderName::from_static("x-kirim-attempt");
+        let mut request = Request::new(Full::new(item.body.clone()));
+        *request.method_mut() = Method::POST;
+        *request.uri_mut() = self.uri.clone();
+        let h = request.headers_mut();
+        h.insert(HOST, self.host.clone());
+        h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        h.insert(USER_AGENT, HeaderValue::from_static("Kirim-Webhook/1.0"));
+        h.insert(SOURCE, HeaderValue::from_static("kirim"));
+        h.insert(EVENT, HeaderValue::from_static("contact.created"));
+        h.insert(EVENT_ID, item.event_id.clone());
+        h.insert(DELIVERY_ID, item.delivery_id.clone());
+        h.insert(ATTEMPT, HeaderValue::from_static("1"));
+        h.insert(SIGNATURE, item.signature.clone());
+        request
+    }
+
+    async fn send(
+        &self,
+        sender: &mut Sender,
+        request: Request<Full<Bytes>>,
+    ) -> Result<Answer, SendError> {
+        let transport = |e: hyper::Error| SendError::Transport(e.to_string());
+        sender.ready().await.map_err(transport)?;
+        let response = sender.send_request(request).await.map_err(transport)?;
+        let status = response.status();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(transport)?
+            .to_bytes();
+        if status != StatusCode::OK {
+            return Err(SendError::Answer(format!(
+                "HTTP {status}: {}",
+                String::from_utf8_lossy(&body)
+            )));
+        }
+        let has = |word: &[u8]| body.windows(word.len()).any(|w| w == word);
+        if has(b"\"accepted\"") || has(b"\"quarantined\"") {
+            Ok(Answer::Ok)
+        } else if has(b"\"duplicate\"") {
+            Ok(Answer::Duplicate)
+        } else {
+            Err(SendError::Answer(format!(
+                "HTTP 200 with an unexpected body: {}",
+                String::from_utf8_lossy(&body)
+            )))
+        }
+    }
+}
+
+enum SendError {
+    /// The server answered, but not 200 with an expected body.
+    Answer(String),
+    /// The request or its response could not be exchanged.
+    Transport(String),
+}
+
+// ---------------------------------------------------------------------------------------------
+// Child processes
+
+/// The minimal server, started from this binary. Killed when dropped; it also exits by itself
+/// when its stdin closes, so it cannot outlive the bench even if the bench is killed.
+struct MinimalChild {
+    child: Child,
+    _stdin: ChildStdin,
+    addr: SocketAddr,
+}
+
+impl MinimalChild {
+    fn start() -> anyhow::Result<MinimalChild> {
+        let exe = std::env::current_exe().context("cannot find the bench binary")?;
+        let mut child = Command::new(&exe)
+            .env(ROLE_ENV, "minimal")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("cannot start the minimal server {}", exe.display()))?;
+        let stdin = child.stdin.take().context("minimal server has no stdin")?;
+        let stdout = child
+            .stdout
+            .take()
+            .context("minimal server has no stdout")?;
+        // Keep ownership in a guard from here on, so that a failure below still kills it.
+        let mut guard = KillOnDrop(Some(child));
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = tx.send(BufReader::new(stdout).read_line(&mut line).map(|_| line));
+        });
+        let line = match rx.recv_timeout(START_TIMEOUT) {
+            Ok(Ok(line)) => line,
+            Ok(Err(e)) => bail!("reading the minimal server's address failed: {e}"),
+            Err(_) => bail!("the minimal server did not print its address in time"),
+        };
+        let addr = line.trim().parse().with_context(|| {
+            format!("the minimal server printed {line:?} instead of its address")
+        })?;
+        let child = guard.0.take().context("the guard holds the child")?;
+        Ok(MinimalChild {
+            child,
+            _stdin: stdin,
+            addr,
+        })
+    }
+}
+
+impl Drop for MinimalChild {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Kills a child that has not been handed over yet.
+struct KillOnDrop(Option<Child>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The real daemon on a fresh store in a temporary directory. Killed when dropped (before the
+/// directory is removed).
+struct Daemon {
+    child: Child,
+    addr: SocketAddr,
+    log: Arc<LogTail>,
+    _dir: tempfile::TempDir,
+}
+
+/// What the daemon wrote on stderr: counts and the last lines, read by a thread that keeps the
+/// pipe drained so the daemon never blocks on logging.
+#[derive(Default)]
+struct LogTail {
+    lines: Mutex<VecDeque<String>>,
+    total: AtomicUsize,
+    warn: AtomicUsize,
+    error: AtomicUsize,
+}
+
+impl LogTail {
+    const KEEP: usize = 40;
+
+    fn push(&self, line: String) {
+        self.total.fetch_add(1, Ordering::Relaxed);
+        if line.contains(r#""level":"ERROR""#) {
+            self.error.fetch_add(1, Ordering::Relaxed);
+        } else if line.contains(r#""level":"WARN""#) {
+            self.warn.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Ok(mut lines) = self.lines.lock() {
+            if lines.len() == Self::KEEP {
+                lines.pop_front();
+            }
+            lines.push_back(line);
+        }
+    }
+
+    /// Lines in all, WARN lines and ERROR lines so far.
+    fn counts(&self) -> (usize, usize, usize) {
+        (
+            self.total.load(Ordering::Relaxed),
+            self.warn.load(Ordering::Relaxed),
+            self.error.load(Ordering::Relaxed),
+        )
+    }
+
+    fn last(&self) -> Option<String> {
+        self.lines.lock().ok()?.back().cloned()
+    }
+
+    fn dump(&self) -> String {
+        self.lines
+            .lock()
+            .map(|l| l.iter().cloned().collect::<Vec<_>>().join("\n"))
+            .unwrap_or_default()
+    }
+}
+
+impl Daemon {
+    fn start(rust_log: Option<&str>) -> anyhow::Result<Daemon> {
+        let dir = tempfile::tempdir().context("cannot create a temporary directory")?;
+        let store = dir.path().join("store");
+        let config = dir.path().join("kirimhook.toml");
+        std::fs::write(&config, daemon_config(&store)).context("cannot write the config")?;
+        let exe = PathBuf::from(env!("CARGO_BIN_EXE_kirimhook"));
+        let mut command = Command::new(&exe);
+        // Unset, the daemon uses its production default filter.
+        match rust_log {
+            Some(filter) => command.env("RUST_LOG", filter),
+            None => command.env_remove("RUST_LOG"),
+        };
+        let mut child = command
+            .args(["--log-format", "json", "serve", "--config"])
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("cannot start {}", exe.display()))?;
+        let stderr = child.stderr.take().context("the daemon has no stderr")?;
+        let mut guard = KillOnDrop(Some(child));
+
+        let log = Arc::new(LogTail::default());
+        let (tx, rx) = mpsc::channel();
+        {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stderr);
+                let mut buf = Vec::new();
+                let mut tx = Some(tx);
+                while matches!(reader.read_until(b'\n', &mut buf), Ok(n) if n > 0) {
+                    let line = String::from_utf8_lossy(&buf).trim_end().to_owned();
+                    buf.clear();
+                    if let Some(addr) = tx.as_ref().and_then(|_| listening_addr(&line)) {
+                        if let Some(tx) = tx.take() {
+                            let _ = tx.send(addr);
+                        }
+                    }
+                    log.push(line);
+                }
+                // Drain anything left (not UTF-8 lines, say) so the daemon never blocks.
+                let _ = std::io::copy(&mut reader.into_inner(), &mut std::io::sink());
+            });
+        }
+
+        let deadline = Instant::now() + START_TIMEOUT;
+        let addr = loop {
+            match rx.recv_timeout(Duration::from_millis(50)) {
+                Ok(addr) => break addr,
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    // Give the reader a moment to record the last lines before reporting.
+                    std::thread::sleep(Duration::from_millis(100));
+                    bail!(
+                        "kirimhook exited or closed stderr before logging `listening` \
+                         ({}); its stderr:\n{}",
+                        guard
+                            .0
+                            .as_mut()
+                            .and_then(|c| c.try_wait().ok().flatten())
+                            .map_or_else(|| "still running".to_owned(), |s| s.to_string()),
+                        log.dump()
+                    );
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+            }
+            if let Some(status) = guard.0.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                std::thread::sleep(Duration::from_millis(100));
+                bail!(
+                    "kirimhook exited with {status} before listening; its stderr:\n{}",
+                    log.dump()
+                );
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "kirimhook did not log `listening` within {:?} (BENCH_RUST_LOG must keep \
+                     kirimhook::app at info); its stderr:\n{}",
+                    START_TIMEOUT,
+                    log.dump()
+                );
+            }
+        };
+        let child = guard.0.take().context("the guard holds the child")?;
+        Ok(Daemon {
+            child,
+            addr,
+            log,
+            _dir: dir,
+        })
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn daemon_config(store: &std::path::Path) -> String {
+    let store = serde_json::Value::String(store.display().to_string());
+    format!(
+        r#"[server]
+listen = "127.0.0.1:0"
+path = "{PATH}"
+
+[[verify.secrets]]
+id = "{SECRET_ID}"
+value = "{SECRET_VALUE}"
+
+[store]
+path = {store}
+
+[[sinks]]
+name = "stdout"
+kind = "stdout"
+"#
+    )
+}
+
+/// The `addr` of the JSON log line whose message is `listening`.
+fn listening_addr(line: &str) -> Option<SocketAddr> {
+    let value: serde_json::Value = serde_json::from_str(line).ok()?;
+    if value.get("message")?.as_str()? != "listening" {
+        return None;
+    }
+    let addr = value
+        .get("addr")
+        .or_else(|| value.get("fields")?.get("addr"))?;
+    addr.as_str()?.parse().ok()
+}
+
+// ---------------------------------------------------------------------------------------------
+// The minimal server (KIRIMHOOK_BENCH_ROLE=minimal)
+
+/// A hyper 1.x HTTP/1.1 server on a multi-threaded runtime, configured like kirimhook's (nodelay,
+/// keep-alive, header timeout), that reads each body and answers 200 with kirimhook's JSON.
+/// Prints its address on stdout; exits when stdin closes.
+fn minimal_server() -> anyhow::Result<()> {
+    std::thread::spawn(|| {
+        let mut buf = [0u8; 64];
+        let mut stdin = std::io::stdin();
+        while matches!(stdin.read(&mut buf), Ok(n) if n > 0) {}
+        std::process::exit(0);
+    });
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the tokio runtime")?;
+    runtime.block_on(async {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let mut out = std::io::stdout();
+        writeln!(out, "{}", listener.local_addr()?)?;
+        out.flush()?;
+        loop {
+            let (stream, _) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(|req: Request<Incoming>| async move {
+                    let _ = req.into_body().collect().await;
+                    let mut response =
+                        Response::new(Full::new(Bytes::from_static(br#"{"status":"accepted"}"#)));
+                    response
+                        .headers_mut()
+                        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                    Ok::<_, Infallible>(response)
+                });
+                let mut builder = hyper::server::conn::http1::Builder::new();
+                builder
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(Duration::from_secs(10))
+                    .keep_alive(true);
+                let _ = builder
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    })
+}

@@ -71,6 +71,7 @@ async fn round(secs: u64, writers: u64) -> (f64, Duration, Duration) {
                         destination: Destination::Events,
                         meta,
                         body: body.into(),
+                        sinks: vec!["bench".into()],
                     })
                     .await
                     .expect("admit");

@@ -1,7 +1,7 @@
 //! Wires the daemon together: store, listener, receiver, sinks and sweeper, under one shutdown.
 //!
 //! Start-up order: open the store (recovering whatever a crash left), bind the listener, start
-//! the sinks (they resume from their durable cursors), then serve. Shutdown order is the
+//! the sinks (they resume from their durable queues), then serve. Shutdown order is the
 //! reverse: stop accepting and drain in-flight requests, let the sinks deliver what is committed,
 //! then flush and close the store; all within one drain deadline.
 
@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, SinkKind};
 use crate::handler::{ReceiveSettings, Receiver};
 use crate::server::{self, Limits};
+use crate::sinks::http::HttpSink;
 use crate::sinks::stdout::StdoutSink;
 use crate::store::Store;
 
@@ -41,14 +42,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let stop_sinks = CancellationToken::new();
     let mut sinks = JoinSet::new();
     for sink in &config.sinks {
-        match sink.kind {
+        let (store, stop, policy) = (store.clone(), stop_sinks.clone(), sink.retry);
+        match &sink.kind {
             SinkKind::Stdout => {
-                let sink = StdoutSink::new(sink.name.clone());
-                sinks.spawn(crate::dispatch::run(
-                    store.clone(),
-                    sink,
-                    stop_sinks.clone(),
-                ));
+                let stdout = StdoutSink::new(sink.name.clone());
+                sinks.spawn(crate::dispatch::run(store, stdout, policy, stop));
+            }
+            SinkKind::Http(http) => {
+                let relay = HttpSink::new(sink.name.clone(), http);
+                sinks.spawn(crate::dispatch::run(store, relay, policy, stop));
             }
         }
     }
@@ -65,6 +67,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             body_timeout: config.server.request_timeout,
             tolerance_secs: config.verify.tolerance_secs,
             secrets: config.verify.secrets.clone().into(),
+            routes: config
+                .sinks
+                .iter()
+                .map(|s| (s.name.clone(), s.filter.clone()))
+                .collect(),
         },
         store.clone(),
     ));

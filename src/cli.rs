@@ -46,6 +46,8 @@ pub enum Command {
     },
     /// Send FILE as a signed delivery, the way kirim.dev would, and print the answer.
     Send(SendArgs),
+    /// List the organisation's connected lines (their phone_number_id) from kirim.dev.
+    Accounts(AccountsArgs),
 }
 
 /// A secret given on the command line or, to keep it out of `ps`, through the environment.
@@ -83,6 +85,20 @@ pub struct SendArgs {
     pub attempt: u32,
     /// The body to send, byte for byte.
     pub file: PathBuf,
+}
+
+/// Arguments of `kirimhook accounts`.
+#[derive(Debug, Args)]
+pub struct AccountsArgs {
+    /// Name of the environment variable holding the kirim.dev API key (never the key itself).
+    #[arg(long, value_name = "NAME", default_value = crate::accounts::DEFAULT_API_KEY_ENV)]
+    pub api_key_env: String,
+    /// kirim.dev API base URL (http:// is allowed, for local testing and proxies).
+    #[arg(long, value_name = "URL", default_value = crate::accounts::DEFAULT_API_BASE)]
+    pub api_base: String,
+    /// Print one JSON array of the accounts instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 impl SecretArg {

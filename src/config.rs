@@ -1,11 +1,14 @@
 //! Configuration: turns the TOML file into a validated [`Config`] in two steps. Serde reads
 //! the text into private `Raw*` structs that reject unknown keys, then `validate` checks every
 //! value, fills in defaults and resolves signing secrets (inline, from an environment variable
-//! or from a file). Every [`ConfigError::Invalid`] names the failing key by its full dotted
-//! path, such as `verify.secrets[1].value_env` or `sinks[0].name`. Indexes count from 0 in file
-//! order. Secret values never appear in an error or in `Debug` output. This module does not
-//! reload the file, does not open sockets or the store, and does no I/O except reading the
-//! config file in [`Config::load`] and the files named by `value_file`.
+//! or from a file), both the receiver's and the HTTP sinks'. Every [`ConfigError::Invalid`]
+//! names the failing key by its full dotted path, such as `verify.secrets[1].value_env` or
+//! `sinks[0].retry.max_attempts`. Indexes count from 0 in file order. Secret values never
+//! appear in an error or in `Debug` output, and sink URLs are not quoted in errors either (they
+//! may carry a token). A sink's `events`, `sources` and `phone_number_ids` become a
+//! [`Filter`] from [`crate::route`]. This module does not reload the file, does not open
+//! sockets or the store, does not resolve host names, and does no I/O except reading the
+//! config file in [`Config::load`] and the files named by `value_file` and `secret_file`.
 
 use std::fmt::Display;
 use std::net::SocketAddr;
@@ -15,6 +18,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::envelope::Source;
+use crate::route::Filter;
 use crate::signature::SigningSecret;
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -33,7 +38,20 @@ const DEFAULT_RETENTION_DAYS: u32 = 35;
 const RETENTION_DAYS_RANGE: RangeInclusive<u32> = 2..=365;
 const SECRET_PREFIX: &str = "whsec_";
 const SINK_NAME_MAX_CHARS: usize = 64;
-const KNOWN_SINK_KINDS: &[&str] = &["stdout"];
+const KNOWN_SINK_KINDS: &[&str] = &["stdout", "http"];
+const DEFAULT_HTTP_TIMEOUT_SECS: u64 = 10;
+const HTTP_TIMEOUT_SECS_RANGE: RangeInclusive<u64> = 1..=300;
+const DEFAULT_HTTP_CONCURRENCY: usize = 8;
+const HTTP_CONCURRENCY_RANGE: RangeInclusive<usize> = 1..=256;
+const DEFAULT_INITIAL_BACKOFF_MS: u64 = 1000;
+const INITIAL_BACKOFF_MS_RANGE: RangeInclusive<u64> = 1..=3_600_000;
+const DEFAULT_MAX_BACKOFF_SECS: u64 = 600;
+const MAX_BACKOFF_SECS_RANGE: RangeInclusive<u64> = 1..=86_400;
+const DEFAULT_MAX_ATTEMPTS: u32 = 20;
+const MAX_ATTEMPTS_RANGE: RangeInclusive<u32> = 1..=1000;
+const URL_EXAMPLE: &str = "http://127.0.0.1:9000/hooks/kirim";
+const TLS_NOT_SUPPORTED: &str = "TLS to a relay target is not supported yet; use http:// on a \
+                                 private network or a local TLS-terminating proxy";
 
 /// The validated configuration of the daemon.
 #[derive(Debug, Clone)]
@@ -90,19 +108,74 @@ pub struct StoreConfig {
 }
 
 /// One event sink (`[[sinks]]`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// Not `PartialEq`: an HTTP sink may hold a [`SigningSecret`], which cannot be compared.
+#[derive(Debug, Clone)]
 pub struct SinkConfig {
     /// Unique name used in logs and in the store: 1 to 64 of `A-Z a-z 0-9 _ -`.
     pub name: String,
     /// What the sink does with events, with its kind-specific settings.
     pub kind: SinkKind,
+    /// Which events are queued for this sink: `events`, `sources` and `phone_number_ids`,
+    /// allowed on every kind. Default: every event.
+    pub filter: Filter,
+    /// How failed deliveries to this sink are retried: `[sinks.retry]`, allowed on every kind.
+    pub retry: RetryPolicy,
 }
 
 /// The kind of a sink, from its `kind` key.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "built once at startup; boxing would only make matching clumsier"
+)]
 pub enum SinkKind {
     /// `kind = "stdout"`: writes one JSON event per line to standard output.
     Stdout,
+    /// `kind = "http"`: POSTs each event to a URL (a relay target).
+    Http(HttpSinkConfig),
+}
+
+/// The settings of an `http` sink. `Debug` shows the secret's id (the sink name), never its
+/// value.
+#[derive(Debug, Clone)]
+pub struct HttpSinkConfig {
+    /// Where events are POSTed, `url`. Required. `http://` with a host; `https://` is refused
+    /// for now, and so are a user name or password in the URL.
+    pub url: hyper::Uri,
+    /// Time allowed for one delivery attempt, `timeout_secs`. Default 10 s; 1..=300 s.
+    pub timeout: Duration,
+    /// Deliveries in flight at once for this sink, `concurrency`. Default 8; 1..=256.
+    pub concurrency: usize,
+    /// Secret the sink signs its deliveries with, from at most one of `secret`, `secret_env`
+    /// and `secret_file` (same rules as `verify.secrets`: `whsec_...`, one trailing line
+    /// ending removed from a file). Its id is the sink name. `None`: deliveries are unsigned.
+    pub secret: Option<SigningSecret>,
+}
+
+/// How a sink retries a failed delivery (`[sinks.retry]`). [`RetryPolicy::default`] gives the
+/// defaults of every key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Backoff cap before the first retry, `initial_backoff_ms`. Default 1000 ms;
+    /// 1..=3 600 000 ms.
+    pub initial_backoff: Duration,
+    /// Largest backoff between two attempts, `max_backoff_secs`. Default 600 s; at least
+    /// `initial_backoff`, at most 86 400 s.
+    pub max_backoff: Duration,
+    /// Attempts in all, the first one included, before the event is dead-lettered,
+    /// `max_attempts`. Default 20; 1..=1000.
+    pub max_attempts: u32,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            initial_backoff: Duration::from_millis(DEFAULT_INITIAL_BACKOFF_MS),
+            max_backoff: Duration::from_secs(DEFAULT_MAX_BACKOFF_SECS),
+            max_attempts: DEFAULT_MAX_ATTEMPTS,
+        }
+    }
 }
 
 /// Why the configuration could not be loaded.
@@ -219,14 +292,46 @@ struct RawStore {
     retention_days: Option<u32>,
 }
 
-/// A sink table. Kind-specific keys (an `http` sink's `url`, say) are added here as `Option`s
-/// and checked per kind in [`validate_sink_kind`], which rejects keys that belong to another
-/// kind. Today no kind has any, so every key but `name` and `kind` is an unknown-field error.
+/// A sink table. Kind-specific keys are `Option`s here too (serde's `flatten` does not work
+/// with `deny_unknown_fields`); [`RawSink::validate`] checks them for their kind and rejects
+/// them on the other kinds. The filters and `retry` belong to every kind.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawSink {
     name: Option<String>,
     kind: Option<String>,
+    // kind = "http" only.
+    url: Option<String>,
+    timeout_secs: Option<u64>,
+    concurrency: Option<usize>,
+    secret: Option<String>,
+    secret_env: Option<String>,
+    secret_file: Option<PathBuf>,
+    // Every kind.
+    events: Option<Vec<String>>,
+    sources: Option<Vec<String>>,
+    phone_number_ids: Option<Vec<String>>,
+    #[serde(default)]
+    retry: RawRetry,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRetry {
+    initial_backoff_ms: Option<u64>,
+    max_backoff_secs: Option<u64>,
+    max_attempts: Option<u32>,
+}
+
+/// The `http`-only keys of a sink table, split off [`RawSink`] so that they can be checked
+/// (kind = "http") or refused (any other kind) together.
+struct RawHttpKeys {
+    url: Option<String>,
+    timeout_secs: Option<u64>,
+    concurrency: Option<usize>,
+    secret: Option<String>,
+    secret_env: Option<String>,
+    secret_file: Option<PathBuf>,
 }
 
 impl RawConfig {
@@ -235,7 +340,7 @@ impl RawConfig {
             server: self.server.validate()?,
             verify: self.verify.validate(env)?,
             store: self.store.validate()?,
-            sinks: validate_sinks(self.sinks)?,
+            sinks: validate_sinks(self.sinks, env)?,
         })
     }
 }
@@ -366,29 +471,70 @@ fn validate_secret(
             ),
         ));
     }
-    let (value, value_key) =
-        resolve_secret_value(&base, raw.value, raw.value_env, raw.value_file, env)?;
-    check_secret_value(&value, &value_key)?;
-    Ok(SigningSecret::new(id, value))
+    let sources = SecretSources {
+        inline: raw.value,
+        env_var: raw.value_env,
+        file: raw.value_file,
+    };
+    match resolve_secret_value(&base, &VERIFY_SECRET_KEYS, sources, env)? {
+        Some((value, value_key)) => {
+            check_secret_value(&value, &value_key)?;
+            Ok(SigningSecret::new(id, value))
+        }
+        None => Err(secret_sources_error(&base, &VERIFY_SECRET_KEYS, "none")),
+    }
 }
 
-/// Returns the secret value and the dotted key that supplied it.
+/// The names of the three keys that can supply one secret, and whether one is required.
+struct SecretKeys {
+    inline: &'static str,
+    env_var: &'static str,
+    file: &'static str,
+    required: bool,
+}
+
+/// `verify.secrets[i]`: exactly one of `value`, `value_env`, `value_file`.
+const VERIFY_SECRET_KEYS: SecretKeys = SecretKeys {
+    inline: "value",
+    env_var: "value_env",
+    file: "value_file",
+    required: true,
+};
+
+/// `sinks[i]`: at most one of `secret`, `secret_env`, `secret_file`.
+const SINK_SECRET_KEYS: SecretKeys = SecretKeys {
+    inline: "secret",
+    env_var: "secret_env",
+    file: "secret_file",
+    required: false,
+};
+
+/// The raw values of the three keys named by a [`SecretKeys`].
+struct SecretSources {
+    inline: Option<String>,
+    env_var: Option<String>,
+    file: Option<PathBuf>,
+}
+
+/// Returns the secret value and the dotted key that supplied it, or `None` when none of the
+/// three keys is set. More than one set is an error on `base`. The value is not checked here
+/// (see [`check_secret_value`]).
 fn resolve_secret_value(
     base: &str,
-    value: Option<String>,
-    value_env: Option<String>,
-    value_file: Option<PathBuf>,
+    keys: &SecretKeys,
+    sources: SecretSources,
     env: &dyn Fn(&str) -> Option<String>,
-) -> Result<(String, String), ConfigError> {
-    match (value, value_env, value_file) {
-        (Some(value), None, None) => Ok((value, format!("{base}.value"))),
+) -> Result<Option<(String, String)>, ConfigError> {
+    match (sources.inline, sources.env_var, sources.file) {
+        (None, None, None) => Ok(None),
+        (Some(value), None, None) => Ok(Some((value, format!("{base}.{}", keys.inline)))),
         (None, Some(var), None) => {
-            let key = format!("{base}.value_env");
+            let key = format!("{base}.{}", keys.env_var);
             if var.is_empty() {
                 return Err(invalid(key, "must name an environment variable"));
             }
             match env(&var) {
-                Some(value) if !value.is_empty() => Ok((value, key)),
+                Some(value) if !value.is_empty() => Ok(Some((value, key))),
                 _ => Err(invalid(
                     key,
                     format!("environment variable `{var}` is unset or empty"),
@@ -396,34 +542,42 @@ fn resolve_secret_value(
             }
         }
         (None, None, Some(path)) => {
-            let key = format!("{base}.value_file");
+            let key = format!("{base}.{}", keys.file);
             if path.as_os_str().is_empty() {
                 return Err(invalid(key, "must name a file"));
             }
             let content = std::fs::read_to_string(&path)
                 .map_err(|err| invalid(&key, format!("cannot read {}: {err}", path.display())))?;
-            Ok((trim_one_line_ending(&content).to_owned(), key))
+            Ok(Some((trim_one_line_ending(&content).to_owned(), key)))
         }
-        (value, value_env, value_file) => {
+        (inline, env_var, file) => {
             let found: Vec<&str> = [
-                ("value", value.is_some()),
-                ("value_env", value_env.is_some()),
-                ("value_file", value_file.is_some()),
+                (keys.inline, inline.is_some()),
+                (keys.env_var, env_var.is_some()),
+                (keys.file, file.is_some()),
             ]
             .into_iter()
             .filter_map(|(name, set)| set.then_some(name))
             .collect();
-            let found = if found.is_empty() {
-                "none".to_owned()
-            } else {
-                found.join(", ")
-            };
-            Err(invalid(
-                base,
-                format!("exactly one of value, value_env, value_file must be set (found: {found})"),
-            ))
+            Err(secret_sources_error(base, keys, &found.join(", ")))
         }
     }
+}
+
+/// The error for a wrong number of secret sources; `found` lists the keys that were set.
+fn secret_sources_error(base: &str, keys: &SecretKeys, found: &str) -> ConfigError {
+    let (how_many, verb) = if keys.required {
+        ("exactly one", "must")
+    } else {
+        ("at most one", "may")
+    };
+    invalid(
+        base,
+        format!(
+            "{how_many} of {}, {}, {} {verb} be set (found: {found})",
+            keys.inline, keys.env_var, keys.file
+        ),
+    )
 }
 
 /// Removes one trailing `"\n"` or `"\r\n"`, as left by editors and `echo`; nothing else.
@@ -476,30 +630,342 @@ impl RawStore {
     }
 }
 
-fn validate_sinks(raw: Vec<RawSink>) -> Result<Vec<SinkConfig>, ConfigError> {
+fn validate_sinks(
+    raw: Vec<RawSink>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Vec<SinkConfig>, ConfigError> {
     if raw.is_empty() {
         return Err(invalid("sinks", "at least one [[sinks]] entry is required"));
     }
     let mut sinks: Vec<SinkConfig> = Vec::with_capacity(raw.len());
     for (index, raw) in raw.into_iter().enumerate() {
+        let sink = raw.validate(index, &sinks, env)?;
+        sinks.push(sink);
+    }
+    Ok(sinks)
+}
+
+impl RawSink {
+    /// Validates sink number `index`; `earlier` are the sinks before it, for the uniqueness
+    /// of names. Keys are checked in this order: name, kind, the kind's own keys, filters,
+    /// retry.
+    fn validate(
+        self,
+        index: usize,
+        earlier: &[SinkConfig],
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<SinkConfig, ConfigError> {
+        let RawSink {
+            name,
+            kind,
+            url,
+            timeout_secs,
+            concurrency,
+            secret,
+            secret_env,
+            secret_file,
+            events,
+            sources,
+            phone_number_ids,
+            retry,
+        } = self;
         let base = format!("sinks[{index}]");
+
         let name_key = format!("{base}.name");
-        let name = raw.name.ok_or_else(|| invalid(&name_key, "is required"))?;
+        let name = name.ok_or_else(|| invalid(&name_key, "is required"))?;
         check_sink_name(&name, &name_key)?;
-        if let Some(first) = sinks.iter().position(|s| s.name == name) {
+        if let Some(first) = earlier.iter().position(|s| s.name == name) {
             return Err(invalid(
                 name_key,
                 format!("duplicate sink name `{name}` (already used by sinks[{first}])"),
             ));
         }
+
         let kind_key = format!("{base}.kind");
-        let kind = raw
-            .kind
-            .ok_or_else(|| invalid(&kind_key, kind_hint("is required")))?;
-        let kind = validate_sink_kind(&kind, &kind_key)?;
-        sinks.push(SinkConfig { name, kind });
+        let kind = kind.ok_or_else(|| invalid(&kind_key, kind_hint("is required")))?;
+        let http = RawHttpKeys {
+            url,
+            timeout_secs,
+            concurrency,
+            secret,
+            secret_env,
+            secret_file,
+        };
+        let kind = match kind.as_str() {
+            "stdout" => {
+                http.refuse(&base, "stdout")?;
+                SinkKind::Stdout
+            }
+            "http" => SinkKind::Http(http.validate(&base, &name, env)?),
+            other => {
+                return Err(invalid(
+                    kind_key,
+                    kind_hint(&format!("unknown sink kind `{}`", other.escape_debug())),
+                ))
+            }
+        };
+
+        let filter = Filter::new(
+            check_list(&base, "events", events, check_event_glob)?,
+            check_list(&base, "sources", sources, parse_source)?,
+            check_list(
+                &base,
+                "phone_number_ids",
+                phone_number_ids,
+                check_phone_number_id,
+            )?,
+        );
+        let retry = retry.validate(&base)?;
+        Ok(SinkConfig {
+            name,
+            kind,
+            filter,
+            retry,
+        })
     }
-    Ok(sinks)
+}
+
+impl RawHttpKeys {
+    /// Fails on the first http-only key that is set, for a sink of another `kind`.
+    fn refuse(&self, base: &str, kind: &str) -> Result<(), ConfigError> {
+        let keys = [
+            ("url", self.url.is_some()),
+            ("timeout_secs", self.timeout_secs.is_some()),
+            ("concurrency", self.concurrency.is_some()),
+            ("secret", self.secret.is_some()),
+            ("secret_env", self.secret_env.is_some()),
+            ("secret_file", self.secret_file.is_some()),
+        ];
+        match keys.into_iter().find(|(_, set)| *set) {
+            Some((key, _)) => Err(invalid(
+                format!("{base}.{key}"),
+                format!("is only for kind = \"http\" (this sink is kind = \"{kind}\")"),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    fn validate(
+        self,
+        base: &str,
+        name: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<HttpSinkConfig, ConfigError> {
+        let url_key = format!("{base}.url");
+        let url = match self.url {
+            Some(url) => validate_url(&url_key, &url)?,
+            None => {
+                return Err(invalid(
+                    url_key,
+                    format!(
+                        "is required for kind = \"http\" (where events are POSTed, \
+                         such as `{URL_EXAMPLE}`)"
+                    ),
+                ))
+            }
+        };
+        let timeout = check_range(
+            &format!("{base}.timeout_secs"),
+            self.timeout_secs.unwrap_or(DEFAULT_HTTP_TIMEOUT_SECS),
+            HTTP_TIMEOUT_SECS_RANGE,
+            " seconds",
+        )?;
+        let concurrency = check_range(
+            &format!("{base}.concurrency"),
+            self.concurrency.unwrap_or(DEFAULT_HTTP_CONCURRENCY),
+            HTTP_CONCURRENCY_RANGE,
+            "",
+        )?;
+        let sources = SecretSources {
+            inline: self.secret,
+            env_var: self.secret_env,
+            file: self.secret_file,
+        };
+        let secret = match resolve_secret_value(base, &SINK_SECRET_KEYS, sources, env)? {
+            Some((value, key)) => {
+                check_secret_value(&value, &key)?;
+                Some(SigningSecret::new(name, value))
+            }
+            None => None,
+        };
+        Ok(HttpSinkConfig {
+            url,
+            timeout: Duration::from_secs(timeout),
+            concurrency,
+            secret,
+        })
+    }
+}
+
+/// Parses a sink URL: absolute `http://` with a host, no user name or password. Messages never
+/// quote the URL, which may carry a token.
+fn validate_url(key: &str, text: &str) -> Result<hyper::Uri, ConfigError> {
+    let url: hyper::Uri = text.parse().map_err(|_| {
+        invalid(
+            key,
+            format!(
+                "is not a valid URL; expected an absolute http:// URL such as `{URL_EXAMPLE}` \
+                 (the value is not shown)"
+            ),
+        )
+    })?;
+    match url.scheme_str() {
+        Some(scheme) if scheme.eq_ignore_ascii_case("http") => {}
+        Some(scheme) if scheme.eq_ignore_ascii_case("https") => {
+            return Err(invalid(key, TLS_NOT_SUPPORTED))
+        }
+        Some(scheme) => {
+            return Err(invalid(
+                key,
+                format!(
+                    "scheme `{}` is not supported; use http://",
+                    scheme.escape_debug()
+                ),
+            ))
+        }
+        None => {
+            return Err(invalid(
+                key,
+                format!("must be an absolute http:// URL such as `{URL_EXAMPLE}`"),
+            ))
+        }
+    }
+    let authority = url.authority().map_or("", |a| a.as_str());
+    if authority.contains('@') {
+        return Err(invalid(
+            key,
+            "must not contain a user name or password (the value is not shown); \
+             use `secret` to let the target authenticate deliveries",
+        ));
+    }
+    let host = match url.host() {
+        Some(host) if !host.is_empty() => host,
+        _ => return Err(invalid(key, "must name a host")),
+    };
+    // `Uri` drops a port it cannot parse (`:99999`), and a client would then connect to
+    // port 80; so look at the text after the host.
+    let port_text = authority
+        .strip_prefix(host)
+        .and_then(|rest| rest.strip_prefix(':'))
+        .unwrap_or("");
+    if !port_text.is_empty() && !matches!(url.port_u16(), Some(1..)) {
+        return Err(invalid(key, "the port must be between 1 and 65535"));
+    }
+    Ok(url)
+}
+
+/// Checks an optional filter list: absent stays `None` (match everything), empty is refused,
+/// and `check` turns each item into its value or says what is wrong with it (the error then
+/// names `base.field[j]`).
+fn check_list<T>(
+    base: &str,
+    field: &str,
+    items: Option<Vec<String>>,
+    check: fn(&str) -> Result<T, String>,
+) -> Result<Option<Vec<T>>, ConfigError> {
+    let Some(items) = items else {
+        return Ok(None);
+    };
+    if items.is_empty() {
+        return Err(invalid(
+            format!("{base}.{field}"),
+            "must not be empty; leave the key out to match everything",
+        ));
+    }
+    items
+        .iter()
+        .enumerate()
+        .map(|(j, item)| {
+            check(item).map_err(|message| invalid(format!("{base}.{field}[{j}]"), message))
+        })
+        .collect::<Result<Vec<T>, ConfigError>>()
+        .map(Some)
+}
+
+/// An `events` glob: 1 or more of `a-z 0-9 . _ - *`.
+fn check_event_glob(glob: &str) -> Result<String, String> {
+    if glob.is_empty() {
+        return Err("must not be empty (use \"*\" to match every event type)".to_owned());
+    }
+    let allowed = |c: char| {
+        c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-' | '*')
+    };
+    if !glob.chars().all(allowed) {
+        return Err(format!(
+            "`{}` may only contain a-z, 0-9, `.`, `_`, `-` and `*` \
+             (`*` matches any run of characters), such as \"message.*\"",
+            glob.escape_debug()
+        ));
+    }
+    Ok(glob.to_owned())
+}
+
+/// A `sources` entry: `kirim` or `meta`.
+fn parse_source(source: &str) -> Result<Source, String> {
+    match source {
+        "kirim" => Ok(Source::Kirim),
+        "meta" => Ok(Source::Meta),
+        other => Err(format!(
+            "`{}` is not a source; use \"kirim\" or \"meta\"",
+            other.escape_debug()
+        )),
+    }
+}
+
+/// A `phone_number_ids` entry: Meta's id of a connected line, all digits.
+fn check_phone_number_id(id: &str) -> Result<String, String> {
+    if id.is_empty() {
+        return Err("must not be empty".to_owned());
+    }
+    if !id.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!(
+            "`{}` must be digits only, such as \"106540352242922\" \
+             (`kirimhook accounts` lists the ids of the connected lines)",
+            id.escape_debug()
+        ));
+    }
+    Ok(id.to_owned())
+}
+
+impl RawRetry {
+    fn validate(self, base: &str) -> Result<RetryPolicy, ConfigError> {
+        let initial_backoff_ms = check_range(
+            &format!("{base}.retry.initial_backoff_ms"),
+            self.initial_backoff_ms
+                .unwrap_or(DEFAULT_INITIAL_BACKOFF_MS),
+            INITIAL_BACKOFF_MS_RANGE,
+            " milliseconds",
+        )?;
+        let max_backoff_key = format!("{base}.retry.max_backoff_secs");
+        let max_backoff_secs = check_range(
+            &max_backoff_key,
+            self.max_backoff_secs.unwrap_or(DEFAULT_MAX_BACKOFF_SECS),
+            MAX_BACKOFF_SECS_RANGE,
+            " seconds",
+        )?;
+        let initial_backoff = Duration::from_millis(initial_backoff_ms);
+        let max_backoff = Duration::from_secs(max_backoff_secs);
+        if max_backoff < initial_backoff {
+            return Err(invalid(
+                max_backoff_key,
+                format!(
+                    "must be at least retry.initial_backoff_ms ({initial_backoff_ms} ms), \
+                     got {max_backoff_secs} seconds"
+                ),
+            ));
+        }
+        let max_attempts = check_range(
+            &format!("{base}.retry.max_attempts"),
+            self.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS),
+            MAX_ATTEMPTS_RANGE,
+            "",
+        )?;
+        Ok(RetryPolicy {
+            initial_backoff,
+            max_backoff,
+            max_attempts,
+        })
+    }
 }
 
 fn check_sink_name(name: &str, key: &str) -> Result<(), ConfigError> {
@@ -525,18 +991,6 @@ fn check_sink_name(name: &str, key: &str) -> Result<(), ConfigError> {
         ));
     }
     Ok(())
-}
-
-/// Maps `kind` to a [`SinkKind`]. When a kind gains its own keys, its arm checks them
-/// (reporting `sinks[i].<key>`) and the other arms reject them.
-fn validate_sink_kind(kind: &str, key: &str) -> Result<SinkKind, ConfigError> {
-    match kind {
-        "stdout" => Ok(SinkKind::Stdout),
-        other => Err(invalid(
-            key,
-            kind_hint(&format!("unknown sink kind `{}`", other.escape_debug())),
-        )),
-    }
 }
 
 fn kind_hint(problem: &str) -> String {
@@ -718,13 +1172,12 @@ mod tests {
                 retention_days: 35,
             }
         );
-        assert_eq!(
-            config.sinks,
-            vec![SinkConfig {
-                name: "out".to_owned(),
-                kind: SinkKind::Stdout,
-            }]
-        );
+        assert_eq!(config.sinks.len(), 1);
+        assert_eq!(config.sinks[0].name, "out");
+        assert!(matches!(config.sinks[0].kind, SinkKind::Stdout));
+        assert!(config.sinks[0].filter.is_everything());
+        assert_eq!(config.sinks[0].filter, Filter::default());
+        assert_eq!(config.sinks[0].retry, RetryPolicy::default());
     }
 
     #[test]
@@ -926,14 +1379,15 @@ mod tests {
         assert_eq!(config.verify.secrets[1].id(), "sec_B");
         assert_eq!(*seen.borrow(), ["KIRIM_SECRET_B"]);
 
-        let (value, key) = resolve_secret_value(
-            "verify.secrets[1]",
-            None,
-            Some("KIRIM_SECRET_B".to_owned()),
-            None,
-            &env,
-        )
-        .unwrap();
+        let sources = SecretSources {
+            inline: None,
+            env_var: Some("KIRIM_SECRET_B".to_owned()),
+            file: None,
+        };
+        let (value, key) =
+            resolve_secret_value("verify.secrets[1]", &VERIFY_SECRET_KEYS, sources, &env)
+                .unwrap()
+                .unwrap();
         assert_eq!(value, "whsec_from_env");
         assert_eq!(key, "verify.secrets[1].value_env");
     }
@@ -967,14 +1421,15 @@ mod tests {
             (b"whsec_file\r\n\r\n", "whsec_file\r\n"),
         ] {
             let file = temp_file(content);
-            let (value, key) = resolve_secret_value(
-                "verify.secrets[0]",
-                None,
-                None,
-                Some(file.path().to_owned()),
-                &no_env,
-            )
-            .unwrap();
+            let sources = SecretSources {
+                inline: None,
+                env_var: None,
+                file: Some(file.path().to_owned()),
+            };
+            let (value, key) =
+                resolve_secret_value("verify.secrets[0]", &VERIFY_SECRET_KEYS, sources, &no_env)
+                    .unwrap()
+                    .unwrap();
             assert_eq!(value, expected, "content {content:?}");
             assert_eq!(key, "verify.secrets[0].value_file");
         }
@@ -1128,7 +1583,10 @@ mod tests {
                 "[[verify.secrets]]\nid = \"sec_A\"\nvalue = \"{SECRET}\"\nsurprise = 1\n"
             )),
             with_store("retention = 3"),
-            with_sinks("[[sinks]]\nname = \"out\"\nkind = \"stdout\"\nurl = \"http://x\"\n"),
+            with_sinks("[[sinks]]\nname = \"out\"\nkind = \"stdout\"\nurll = \"http://x\"\n"),
+            with_sinks(
+                "[[sinks]]\nname = \"out\"\nkind = \"stdout\"\n[sinks.retry]\nattempts = 3\n",
+            ),
         ];
         let names = [
             "surprise",
@@ -1136,7 +1594,8 @@ mod tests {
             "tolerance",
             "surprise",
             "retention",
-            "url",
+            "urll",
+            "attempts",
         ];
         for (text, name) in cases.iter().zip(names) {
             let err = parse_err(text);
@@ -1188,7 +1647,10 @@ mod tests {
             "[[sinks]]\nname = \"a\"\nkind = \"stdout\"\n[[sinks]]\nname = \"b\"\nkind = \"kafka\"\n",
         ));
         assert_invalid(&err, "sinks[1].kind", "unknown sink kind `kafka`");
-        assert!(err.to_string().contains("known kinds: stdout"), "{err}");
+        assert!(
+            err.to_string().contains("known kinds: stdout, http"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -1232,12 +1694,529 @@ mod tests {
         assert_eq!(ids, ["sec_DEMO0000000000000000000000"]);
         assert_eq!(config.store.path, PathBuf::from("./data"));
         assert_eq!(config.store.retention_days, 35);
+        assert_eq!(config.sinks.len(), 1);
+        assert_eq!(config.sinks[0].name, "stdout");
+        assert!(matches!(config.sinks[0].kind, SinkKind::Stdout));
+        assert!(config.sinks[0].filter.is_everything());
+        assert_eq!(config.sinks[0].retry, RetryPolicy::default());
+    }
+
+    /// The commented-out HTTP sink at the end of the example, uncommented by removing the
+    /// first `#` (and the space after it) of each line, parses with the values it documents.
+    #[test]
+    fn example_http_sink_parses_when_uncommented() {
+        let example = include_str!("../config.example.toml");
+        let start = example
+            .find("\n# [[sinks]]\n")
+            .expect("the example has a commented-out [[sinks]] table");
+        let uncommented: String = example[start + 1..]
+            .lines()
+            .map(|line| {
+                let line = line.strip_prefix('#').unwrap_or_else(|| {
+                    panic!("line {line:?} of the example block is not commented out")
+                });
+                format!("{}\n", line.strip_prefix(' ').unwrap_or(line))
+            })
+            .collect();
+        let text = format!("{}\n{uncommented}", &example[..start]);
+        let env = |name: &str| {
+            (name == "KIRIMHOOK_APP_SECRET").then(|| "whsec_app_secret_from_env".to_owned())
+        };
+        let config = Config::from_toml_str_with(&text, &env).unwrap();
+        assert_eq!(config.sinks.len(), 2);
+        let sink = &config.sinks[1];
+        assert_eq!(sink.name, "app");
+        let SinkKind::Http(http) = &sink.kind else {
+            panic!("expected an http sink, got {sink:?}");
+        };
+        assert_eq!(http.url, "http://127.0.0.1:9000/hooks/kirim");
+        assert_eq!(http.timeout, Duration::from_secs(10));
+        assert_eq!(http.concurrency, 8);
+        assert_eq!(http.secret.as_ref().map(|s| s.id()), Some("app"));
         assert_eq!(
-            config.sinks,
-            vec![SinkConfig {
-                name: "stdout".to_owned(),
-                kind: SinkKind::Stdout,
-            }]
+            sink.filter,
+            Filter::new(
+                Some(vec!["message.*".to_owned(), "contact.created".to_owned()]),
+                Some(vec![Source::Meta]),
+                Some(vec!["106540352242922".to_owned()]),
+            )
         );
+        assert_eq!(sink.retry, RetryPolicy::default());
+    }
+
+    fn http_sink(extra: &str) -> String {
+        with_sinks(&format!(
+            "[[sinks]]\nname = \"app\"\nkind = \"http\"\n\
+             url = \"http://127.0.0.1:9000/hooks/kirim\"\n{extra}"
+        ))
+    }
+
+    fn only_http(config: &Config) -> &HttpSinkConfig {
+        match &config.sinks[0].kind {
+            SinkKind::Http(http) => http,
+            other => panic!("expected an http sink, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn full_http_sink_parses() {
+        let text = with_sinks(&format!(
+            "[[sinks]]\n\
+             name = \"app\"\n\
+             kind = \"http\"\n\
+             url = \"http://10.0.0.5:9000/hooks/kirim?x=1\"\n\
+             timeout_secs = 300\n\
+             concurrency = 256\n\
+             secret = \"{SECRET}\"\n\
+             events = [\"message.*\", \"contact.created\"]\n\
+             sources = [\"meta\", \"kirim\"]\n\
+             phone_number_ids = [\"106540352242922\", \"2\"]\n\
+             [sinks.retry]\n\
+             initial_backoff_ms = 250\n\
+             max_backoff_secs = 86400\n\
+             max_attempts = 1000\n\
+             [[sinks]]\nname = \"out\"\nkind = \"stdout\"\n"
+        ));
+        let config = parse(&text).unwrap();
+        let sink = &config.sinks[0];
+        assert_eq!(sink.name, "app");
+        let http = only_http(&config);
+        assert_eq!(http.url, "http://10.0.0.5:9000/hooks/kirim?x=1");
+        assert_eq!(http.url.host(), Some("10.0.0.5"));
+        assert_eq!(http.url.port_u16(), Some(9000));
+        assert_eq!(http.timeout, Duration::from_secs(300));
+        assert_eq!(http.concurrency, 256);
+        assert_eq!(http.secret.as_ref().map(|s| s.id()), Some("app"));
+        assert_eq!(
+            sink.filter,
+            Filter::new(
+                Some(vec!["message.*".to_owned(), "contact.created".to_owned()]),
+                Some(vec![Source::Meta, Source::Kirim]),
+                Some(vec!["106540352242922".to_owned(), "2".to_owned()]),
+            )
+        );
+        assert_eq!(
+            sink.retry,
+            RetryPolicy {
+                initial_backoff: Duration::from_millis(250),
+                max_backoff: Duration::from_secs(86_400),
+                max_attempts: 1000,
+            }
+        );
+        // [sinks.retry] belongs to the sink above it only.
+        assert_eq!(config.sinks[1].retry, RetryPolicy::default());
+        assert!(config.sinks[1].filter.is_everything());
+
+        let shown = format!("{config:?}");
+        assert!(!shown.contains(SECRET), "{shown}");
+    }
+
+    #[test]
+    fn http_sink_defaults() {
+        let config = parse(&http_sink("")).unwrap();
+        let http = only_http(&config);
+        assert_eq!(http.timeout, Duration::from_secs(10));
+        assert_eq!(http.concurrency, 8);
+        assert!(http.secret.is_none());
+        assert!(config.sinks[0].filter.is_everything());
+        assert_eq!(
+            config.sinks[0].retry,
+            RetryPolicy {
+                initial_backoff: Duration::from_millis(1000),
+                max_backoff: Duration::from_secs(600),
+                max_attempts: 20,
+            }
+        );
+        assert_eq!(config.sinks[0].retry, RetryPolicy::default());
+    }
+
+    #[test]
+    fn http_url_rules() {
+        let url = |url: &str| http_sink_with_url(url);
+        let err = parse_err(&with_sinks("[[sinks]]\nname = \"app\"\nkind = \"http\"\n"));
+        assert_invalid(&err, "sinks[0].url", "is required for kind = \"http\"");
+
+        let err = parse_err(&url("https://relay.example.com/hooks"));
+        assert_invalid(
+            &err,
+            "sinks[0].url",
+            "TLS to a relay target is not supported yet; use http:// on a private network \
+             or a local TLS-terminating proxy",
+        );
+        let err = parse_err(&url("HTTPS://relay.example.com/hooks"));
+        assert_invalid(
+            &err,
+            "sinks[0].url",
+            "TLS to a relay target is not supported yet",
+        );
+
+        let err = parse_err(&url("ftp://relay.example.com/hooks"));
+        assert_invalid(&err, "sinks[0].url", "scheme `ftp` is not supported");
+        for relative in ["127.0.0.1:9000", "relay.internal", "/hooks"] {
+            let err = parse_err(&url(relative));
+            assert_invalid(&err, "sinks[0].url", "must be an absolute http:// URL");
+        }
+        for garbage in [
+            "",
+            "127.0.0.1:9000/hooks",
+            "http://exa mple.com/",
+            "http:///a",
+        ] {
+            let err = parse_err(&url(garbage));
+            assert_invalid(&err, "sinks[0].url", "is not a valid URL");
+            assert!(err.to_string().contains("an absolute http:// URL"), "{err}");
+        }
+        let err = parse_err(&url("http://:9000/hooks"));
+        assert_invalid(&err, "sinks[0].url", "must name a host");
+        for port in ["0", "65536", "99999"] {
+            let err = parse_err(&url(&format!("http://127.0.0.1:{port}/hooks")));
+            assert_invalid(&err, "sinks[0].url", "port must be between 1 and 65535");
+        }
+
+        // Credentials in the URL are refused and never shown.
+        let err = parse_err(&url("http://user:TOPSECRET@127.0.0.1:9000/hooks"));
+        assert_invalid(&err, "sinks[0].url", "user name or password");
+        assert!(!err.to_string().contains("TOPSECRET"), "{err}");
+        let err = parse_err(&url("http://127.0.0.1:9000/hooks?token=TOPSECRET x"));
+        assert_invalid(&err, "sinks[0].url", "is not a valid URL");
+        assert!(!err.to_string().contains("TOPSECRET"), "{err}");
+
+        for ok in [
+            "http://127.0.0.1:9000/hooks/kirim",
+            "http://relay.internal/hooks",
+            "http://[::1]:9000/",
+            "HTTP://relay.internal",
+            "http://relay.internal:/",
+            "http://127.0.0.1:65535/a#fragment",
+        ] {
+            let config = parse(&url(ok)).unwrap();
+            assert_eq!(only_http(&config).url.scheme_str(), Some("http"), "{ok}");
+        }
+    }
+
+    fn http_sink_with_url(url: &str) -> String {
+        with_sinks(&format!(
+            "[[sinks]]\nname = \"app\"\nkind = \"http\"\nurl = \"{url}\"\n"
+        ))
+    }
+
+    #[test]
+    fn http_timeout_and_concurrency_ranges() {
+        for (line, key, fragment) in [
+            (
+                "timeout_secs = 0",
+                "sinks[0].timeout_secs",
+                "between 1 and 300 seconds, got 0",
+            ),
+            ("timeout_secs = 301", "sinks[0].timeout_secs", "got 301"),
+            (
+                "concurrency = 0",
+                "sinks[0].concurrency",
+                "between 1 and 256, got 0",
+            ),
+            ("concurrency = 257", "sinks[0].concurrency", "got 257"),
+        ] {
+            let err = parse_err(&http_sink(&format!("{line}\n")));
+            assert_invalid(&err, key, fragment);
+        }
+        let config = parse(&http_sink("timeout_secs = 1\nconcurrency = 1\n")).unwrap();
+        assert_eq!(only_http(&config).timeout, Duration::from_secs(1));
+        assert_eq!(only_http(&config).concurrency, 1);
+    }
+
+    #[test]
+    fn http_only_keys_are_refused_on_stdout() {
+        let file = temp_file(SECRET.as_bytes());
+        for (line, key) in [
+            (
+                "url = \"http://127.0.0.1:9000/\"".to_owned(),
+                "sinks[0].url",
+            ),
+            ("timeout_secs = 10".to_owned(), "sinks[0].timeout_secs"),
+            ("concurrency = 8".to_owned(), "sinks[0].concurrency"),
+            (format!("secret = \"{SECRET}\""), "sinks[0].secret"),
+            (
+                "secret_env = \"APP_SECRET\"".to_owned(),
+                "sinks[0].secret_env",
+            ),
+            (
+                format!("secret_file = {}", toml_path(file.path())),
+                "sinks[0].secret_file",
+            ),
+        ] {
+            let err = parse_err(&with_sinks(&format!(
+                "[[sinks]]\nname = \"out\"\nkind = \"stdout\"\n{line}\n"
+            )));
+            assert_invalid(&err, key, "only for kind = \"http\"");
+            assert!(!err.to_string().contains(SECRET), "{err}");
+        }
+    }
+
+    #[test]
+    fn filters_and_retry_on_a_stdout_sink() {
+        let config = parse(&with_sinks(
+            "[[sinks]]\nname = \"out\"\nkind = \"stdout\"\n\
+             events = [\"*.created\"]\nsources = [\"kirim\"]\nphone_number_ids = [\"1\"]\n\
+             [sinks.retry]\nmax_attempts = 3\n",
+        ))
+        .unwrap();
+        let sink = &config.sinks[0];
+        assert!(matches!(sink.kind, SinkKind::Stdout));
+        assert_eq!(
+            sink.filter,
+            Filter::new(
+                Some(vec!["*.created".to_owned()]),
+                Some(vec![Source::Kirim]),
+                Some(vec!["1".to_owned()]),
+            )
+        );
+        assert_eq!(
+            sink.retry,
+            RetryPolicy {
+                max_attempts: 3,
+                ..RetryPolicy::default()
+            }
+        );
+    }
+
+    #[test]
+    fn filter_value_rules() {
+        let stdout = |line: &str| {
+            with_sinks(&format!(
+                "[[sinks]]\nname = \"a\"\nkind = \"stdout\"\n\
+                 [[sinks]]\nname = \"b\"\nkind = \"stdout\"\n{line}\n"
+            ))
+        };
+        for (line, key, fragment) in [
+            (
+                "events = []",
+                "sinks[1].events",
+                "leave the key out to match everything",
+            ),
+            (
+                "sources = []",
+                "sinks[1].sources",
+                "leave the key out to match everything",
+            ),
+            (
+                "phone_number_ids = []",
+                "sinks[1].phone_number_ids",
+                "leave the key out to match everything",
+            ),
+            (
+                "events = [\"message.*\", \"\"]",
+                "sinks[1].events[1]",
+                "must not be empty",
+            ),
+            (
+                "events = [\"Message.*\"]",
+                "sinks[1].events[0]",
+                "may only contain a-z",
+            ),
+            (
+                "events = [\"message.?\"]",
+                "sinks[1].events[0]",
+                "`message.?`",
+            ),
+            (
+                "events = [\"a b\"]",
+                "sinks[1].events[0]",
+                "may only contain",
+            ),
+            (
+                "sources = [\"meta\", \"whatsapp\"]",
+                "sinks[1].sources[1]",
+                "`whatsapp` is not a source",
+            ),
+            (
+                "sources = [\"Meta\"]",
+                "sinks[1].sources[0]",
+                "use \"kirim\" or \"meta\"",
+            ),
+            (
+                "phone_number_ids = [\"\"]",
+                "sinks[1].phone_number_ids[0]",
+                "must not be empty",
+            ),
+            (
+                "phone_number_ids = [\"1\", \"+6281234\"]",
+                "sinks[1].phone_number_ids[1]",
+                "digits only",
+            ),
+            (
+                "phone_number_ids = [\" 1\"]",
+                "sinks[1].phone_number_ids[0]",
+                "digits only",
+            ),
+        ] {
+            let err = parse_err(&stdout(line));
+            assert_invalid(&err, key, fragment);
+        }
+
+        // A number instead of a string is a parse error naming the line.
+        let err = parse_err(&stdout("phone_number_ids = [106540352242922]"));
+        assert!(matches!(err, ConfigError::Parse(_)), "{err:?}");
+        assert!(err.to_string().contains("line 11"), "{err}");
+        assert!(err.to_string().contains("expected a string"), "{err}");
+
+        let config = parse(&stdout("events = [\"*\", \"a-b_c.9*\"]")).unwrap();
+        assert!(config.sinks[1].filter.is_everything());
+    }
+
+    #[test]
+    fn retry_rules() {
+        let retry = |lines: &str| {
+            with_sinks(&format!(
+                "[[sinks]]\nname = \"out\"\nkind = \"stdout\"\n[sinks.retry]\n{lines}\n"
+            ))
+        };
+        for (lines, key, fragment) in [
+            (
+                "initial_backoff_ms = 0",
+                "sinks[0].retry.initial_backoff_ms",
+                "between 1 and 3600000 milliseconds, got 0",
+            ),
+            (
+                "initial_backoff_ms = 3600001",
+                "sinks[0].retry.initial_backoff_ms",
+                "got 3600001",
+            ),
+            (
+                "max_backoff_secs = 86401",
+                "sinks[0].retry.max_backoff_secs",
+                "between 1 and 86400 seconds, got 86401",
+            ),
+            (
+                "max_backoff_secs = 0",
+                "sinks[0].retry.max_backoff_secs",
+                "got 0",
+            ),
+            (
+                "initial_backoff_ms = 5000\nmax_backoff_secs = 4",
+                "sinks[0].retry.max_backoff_secs",
+                "must be at least retry.initial_backoff_ms (5000 ms), got 4 seconds",
+            ),
+            (
+                "initial_backoff_ms = 3600000",
+                "sinks[0].retry.max_backoff_secs",
+                "must be at least",
+            ),
+            (
+                "max_attempts = 0",
+                "sinks[0].retry.max_attempts",
+                "between 1 and 1000, got 0",
+            ),
+            (
+                "max_attempts = 1001",
+                "sinks[0].retry.max_attempts",
+                "got 1001",
+            ),
+        ] {
+            let err = parse_err(&retry(lines));
+            assert_invalid(&err, key, fragment);
+        }
+
+        let config = parse(&retry(
+            "initial_backoff_ms = 3600000\nmax_backoff_secs = 3600\nmax_attempts = 1",
+        ))
+        .unwrap();
+        assert_eq!(
+            config.sinks[0].retry,
+            RetryPolicy {
+                initial_backoff: Duration::from_secs(3600),
+                max_backoff: Duration::from_secs(3600),
+                max_attempts: 1,
+            }
+        );
+        let config = parse(&retry("initial_backoff_ms = 1\nmax_backoff_secs = 1")).unwrap();
+        assert_eq!(
+            config.sinks[0].retry.initial_backoff,
+            Duration::from_millis(1)
+        );
+    }
+
+    #[test]
+    fn sink_secret_from_env_file_or_inline() {
+        let env = |name: &str| (name == "APP_SECRET").then(|| "whsec_app".to_owned());
+        let config =
+            Config::from_toml_str_with(&http_sink("secret_env = \"APP_SECRET\"\n"), &env).unwrap();
+        let secret = only_http(&config).secret.as_ref().unwrap();
+        assert_eq!(secret.id(), "app");
+        // The resolved value is the one the sink signs with.
+        assert_eq!(
+            secret.sign(1, b"{}"),
+            SigningSecret::new("x", "whsec_app").sign(1, b"{}")
+        );
+
+        let file = temp_file(b"whsec_from_file\n");
+        let config = parse(&http_sink(&format!(
+            "secret_file = {}\n",
+            toml_path(file.path())
+        )))
+        .unwrap();
+        let secret = only_http(&config).secret.as_ref().unwrap();
+        assert_eq!(
+            secret.sign(1, b"{}"),
+            SigningSecret::new("x", "whsec_from_file").sign(1, b"{}")
+        );
+
+        let config = parse(&http_sink(&format!("secret = \"{SECRET}\"\n"))).unwrap();
+        assert_eq!(only_http(&config).secret.as_ref().unwrap().id(), "app");
+    }
+
+    #[test]
+    fn sink_secret_errors_name_the_key_and_hide_the_value() {
+        let err = parse_err(&http_sink("secret_env = \"APP_SECRET\"\n"));
+        assert_invalid(
+            &err,
+            "sinks[0].secret_env",
+            "`APP_SECRET` is unset or empty",
+        );
+        let err = parse_err(&http_sink("secret_env = \"\"\n"));
+        assert_invalid(
+            &err,
+            "sinks[0].secret_env",
+            "must name an environment variable",
+        );
+
+        let leaked = "sk_live_TOPSECRET_1234";
+        let env = |_: &str| Some(leaked.to_owned());
+        let err = Config::from_toml_str_with(&http_sink("secret_env = \"APP_SECRET\"\n"), &env)
+            .unwrap_err();
+        assert_invalid(&err, "sinks[0].secret_env", "must start with `whsec_`");
+        assert!(!err.to_string().contains("TOPSECRET"), "{err}");
+        assert!(!format!("{err:?}").contains("TOPSECRET"), "{err:?}");
+
+        let err = parse_err(&http_sink(&format!("secret = \"{leaked}\"\n")));
+        assert_invalid(&err, "sinks[0].secret", "must start with `whsec_`");
+        assert!(!err.to_string().contains("TOPSECRET"), "{err}");
+
+        let file = temp_file(b"whsec_TOPSECRET \n");
+        let err = parse_err(&http_sink(&format!(
+            "secret_file = {}\n",
+            toml_path(file.path())
+        )));
+        assert_invalid(&err, "sinks[0].secret_file", "whitespace");
+        assert!(!err.to_string().contains("TOPSECRET"), "{err}");
+
+        let env = |_: &str| Some("whsec_TOPSECRET".to_owned());
+        let err = Config::from_toml_str_with(
+            &http_sink("secret = \"whsec_TOPSECRET\"\nsecret_env = \"APP_SECRET\"\n"),
+            &env,
+        )
+        .unwrap_err();
+        assert_invalid(
+            &err,
+            "sinks[0]",
+            "at most one of secret, secret_env, secret_file may be set (found: secret, secret_env)",
+        );
+        assert!(!err.to_string().contains("TOPSECRET"), "{err}");
+
+        // A good secret never shows in Debug either.
+        let config =
+            Config::from_toml_str_with(&http_sink("secret_env = \"APP_SECRET\"\n"), &env).unwrap();
+        let shown = format!("{config:?}");
+        assert!(shown.contains("app"), "{shown}");
+        assert!(!shown.contains("TOPSECRET"), "{shown}");
     }
 }

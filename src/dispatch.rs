@@ -1,91 +1,351 @@
-//! Drains the store into one sink, in seq order, and records the sink's progress durably.
+//! Feeds one sink from its queue in the store: at most `concurrency` deliveries in flight,
+//! failed ones retried with back-off, given-up ones dead-lettered.
 //!
-//! One task per sink: read the next events after the sink's cursor, deliver them, then move the
-//! cursor (an fsync'd write through the store's group commit). An event is therefore delivered
-//! at least once: a crash between delivery and cursor write delivers it again after restart,
-//! never zero times. When there is nothing to read the task sleeps until the store commits new
-//! events. A failing sink is retried with capped exponential back-off and blocks no one else.
+//! Every event a sink must get has a queue entry for that sink, written in the same batch as
+//! the event. The dispatcher starts new entries in seq order (a scan position kept in memory)
+//! and keeps entries waiting for a retry in a timer heap, so neither a backlog nor a long retry
+//! makes it rescan the queue. An outcome (delivered / retry later / dead letter) is recorded
+//! through the store's group commit; the queue entry goes only once the sink has the event, so
+//! every event is delivered at least once across crashes: a crash after the sink took an event
+//! but before its outcome reached the disk delivers it again after the restart.
+//!
+//! A sink with `concurrency() == 1` (stdout) gets events strictly in store order: while one of
+//! its events waits for a retry, no later event is started.
 
-use std::time::Duration;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
+use tokio::task::{Id, JoinSet};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
-use crate::sinks::{Sink, SinkError};
-use crate::store::Store;
+use crate::config::RetryPolicy;
+use crate::retry;
+use crate::sinks::{Attempt, Failure, Sink, SinkError};
+use crate::store::{self, AttemptState, LastError, QueueEntry, Settlement, Store};
 
-/// Most events handed to a sink in one call.
-const BATCH: usize = 512;
-/// First and largest pause after a failure.
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// Queue entries read from the store at a time.
+const SCAN: usize = 1024;
+/// Pause after the store itself failed.
+const STORE_RETRY: Duration = Duration::from_secs(1);
 
-/// Runs `sink` until `stop` is cancelled and every committed event has been delivered
-/// (or until a failure stops progress after `stop`).
-pub async fn run<S: Sink>(store: Store, mut sink: S, stop: CancellationToken) {
+/// What a finished delivery task reports.
+struct Done {
+    batch: Vec<QueueEntry>,
+    started_ms: u64,
+    result: Result<(), Failure>,
+}
+
+/// The dispatcher of one sink.
+struct Dispatcher<S> {
+    store: Store,
+    sink: Arc<S>,
+    policy: RetryPolicy,
+    name: String,
+    /// Entries waiting for a retry: (due time ms, seq), earliest first; their states.
+    retries: BinaryHeap<Reverse<(u64, u64)>>,
+    waiting: HashMap<u64, AttemptState>,
+    /// Entries never attempted, read ahead from the queue.
+    fresh: VecDeque<QueueEntry>,
+    /// Highest seq the fresh scan has passed.
+    scanned: u64,
+    in_flight: HashSet<u64>,
+    running: JoinSet<Done>,
+    batches: HashMap<Id, Vec<u64>>,
+}
+
+/// Runs `sink` until `stop` is cancelled and nothing more can be delivered right now
+/// (entries waiting for a retry stay queued for the next start).
+pub async fn run<S: Sink>(store: Store, sink: S, policy: RetryPolicy, stop: CancellationToken) {
     let name = sink.name().to_owned();
-    let mut committed = store.subscribe();
-    let mut cursor = loop {
-        match store.cursor(&name) {
-            Ok(cursor) => break cursor,
-            Err(e) => {
-                tracing::error!(sink = %name, error = %e, "cannot read the sink's cursor");
-                if pause(&stop, BACKOFF_MAX).await {
+    let mut dispatcher = Dispatcher {
+        store: store.clone(),
+        sink: Arc::new(sink),
+        policy,
+        name: name.clone(),
+        retries: BinaryHeap::new(),
+        waiting: HashMap::new(),
+        fresh: VecDeque::new(),
+        scanned: 0,
+        in_flight: HashSet::new(),
+        running: JoinSet::new(),
+        batches: HashMap::new(),
+    };
+    while let Err(e) = dispatcher.load_retries().await {
+        tracing::error!(sink = %name, error = %e, "cannot read the sink's queue");
+        if pause(&stop, STORE_RETRY).await {
+            return;
+        }
+    }
+    tracing::info!(sink = %name, waiting_retries = dispatcher.waiting.len(), "sink started");
+    dispatcher.run(stop).await;
+}
+
+impl<S: Sink> Dispatcher<S> {
+    async fn run(&mut self, stop: CancellationToken) {
+        let mut committed = self.store.subscribe();
+        loop {
+            let last_committed = *committed.borrow_and_update();
+            if let Err(e) = self.fill(last_committed).await {
+                tracing::error!(sink = %self.name, error = %e, "reading the sink's queue failed");
+                if self.running.is_empty() && pause(&stop, STORE_RETRY).await {
                     return;
+                }
+            }
+            if stop.is_cancelled() && self.running.is_empty() {
+                tracing::info!(sink = %self.name, waiting_retries = self.waiting.len(), "sink drained");
+                return;
+            }
+            let next_retry = self.retries.peek().map(|Reverse((due, _))| *due);
+            let sleep = next_retry.map(|due| Duration::from_millis(due.saturating_sub(now_ms())));
+            tokio::select! {
+                Some(joined) = self.running.join_next_with_id() => match joined {
+                    Ok((id, done)) => {
+                        self.batches.remove(&id);
+                        self.finish(done).await;
+                    }
+                    Err(e) => self.lost(e.id()),
+                },
+                changed = committed.changed() => if changed.is_err() && self.running.is_empty() {
+                    return;
+                },
+                _ = tokio::time::sleep(sleep.unwrap_or_default()), if sleep.is_some() => {}
+                _ = stop.cancelled(), if !stop.is_cancelled() => {}
+            }
+        }
+    }
+
+    /// Loads the entries that already failed at least once (from before a restart).
+    async fn load_retries(&mut self) -> Result<(), store::StoreError> {
+        let mut after = 0;
+        loop {
+            let entries = self.store.queue(&self.name, after, SCAN).await?;
+            let Some(last) = entries.last() else {
+                return Ok(());
+            };
+            after = last.seq;
+            for entry in entries {
+                if entry.state.attempts > 0 {
+                    self.retries
+                        .push(Reverse((entry.state.next_attempt_ms, entry.seq)));
+                    self.waiting.insert(entry.seq, entry.state);
                 }
             }
         }
-    };
-    tracing::info!(sink = %name, cursor, "sink started");
-    let mut backoff = BACKOFF_MIN;
-    loop {
-        committed.borrow_and_update();
-        let events = match store.read_after(cursor, BATCH).await {
-            Ok(events) => events,
-            Err(e) => {
-                tracing::error!(sink = %name, error = %e, "reading events failed");
-                if pause(&stop, backoff).await {
-                    return;
+    }
+
+    /// Starts deliveries until the sink's concurrency is used or nothing is due.
+    async fn fill(&mut self, last_committed: u64) -> Result<(), store::StoreError> {
+        let ordered = self.sink.concurrency() <= 1;
+        while self.running.len() < self.sink.concurrency().max(1) {
+            let mut batch = Vec::new();
+            match self.retries.peek() {
+                Some(Reverse((due, seq))) if *due <= now_ms() => {
+                    let seq = *seq;
+                    self.retries.pop();
+                    if let Some(state) = self.waiting.remove(&seq) {
+                        batch.push(QueueEntry { seq, state });
+                    }
                 }
-                backoff = (backoff * 2).min(BACKOFF_MAX);
-                continue;
+                // In-order sinks wait for the retry before anything later.
+                Some(_) if ordered => {}
+                _ => {
+                    while batch.len() < self.sink.max_batch().max(1) {
+                        match self.next_fresh(last_committed).await? {
+                            Some(entry) => batch.push(entry),
+                            None => break,
+                        }
+                    }
+                }
             }
+            if batch.is_empty() {
+                return Ok(());
+            }
+            self.start(batch).await?;
+        }
+        Ok(())
+    }
+
+    async fn next_fresh(
+        &mut self,
+        last_committed: u64,
+    ) -> Result<Option<QueueEntry>, store::StoreError> {
+        loop {
+            if let Some(entry) = self.fresh.pop_front() {
+                return Ok(Some(entry));
+            }
+            if self.scanned >= last_committed {
+                return Ok(None);
+            }
+            let entries = self.store.queue(&self.name, self.scanned, SCAN).await?;
+            let Some(last) = entries.last() else {
+                self.scanned = last_committed;
+                return Ok(None);
+            };
+            self.scanned = last.seq;
+            self.fresh.extend(entries.into_iter().filter(|e| {
+                !self.waiting.contains_key(&e.seq) && !self.in_flight.contains(&e.seq)
+            }));
+        }
+    }
+
+    async fn start(&mut self, batch: Vec<QueueEntry>) -> Result<(), store::StoreError> {
+        let seqs: Vec<u64> = batch.iter().map(|e| e.seq).collect();
+        let events = self.store.events(seqs).await?;
+        let mut attempts = Vec::with_capacity(batch.len());
+        let mut entries = Vec::with_capacity(batch.len());
+        let mut gone = Vec::new();
+        for (entry, event) in batch.into_iter().zip(events) {
+            match event {
+                Some(event) => {
+                    attempts.push(Attempt {
+                        event,
+                        attempt: entry.state.attempts + 1,
+                    });
+                    entries.push(entry);
+                }
+                None => gone.push(entry.seq),
+            }
+        }
+        if !gone.is_empty() {
+            tracing::warn!(sink = %self.name, seqs = ?gone, "queued events are missing from the store; dropping their queue entries");
+            self.settle(gone.into_iter().map(Settlement::Delivered).collect())
+                .await;
+        }
+        if attempts.is_empty() {
+            return Ok(());
+        }
+        let seqs: Vec<u64> = entries.iter().map(|e| e.seq).collect();
+        self.in_flight.extend(seqs.iter().copied());
+        let sink = self.sink.clone();
+        let span = tracing::debug_span!(
+            "attempt",
+            sink = %self.name,
+            first_seq = seqs[0],
+            count = seqs.len(),
+            event_id = attempts[0].event.meta.event_id.as_deref().unwrap_or("-"),
+            attempt = attempts[0].attempt,
+        );
+        let handle = self.running.spawn(
+            async move {
+                let started_ms = now_ms();
+                let result = sink.deliver(&attempts).await;
+                Done {
+                    batch: entries,
+                    started_ms,
+                    result,
+                }
+            }
+            .instrument(span),
+        );
+        self.batches.insert(handle.id(), seqs);
+        Ok(())
+    }
+
+    /// Records the outcome of a finished delivery.
+    async fn finish(&mut self, done: Done) {
+        let Done {
+            batch,
+            started_ms,
+            result,
+        } = done;
+        for entry in &batch {
+            self.in_flight.remove(&entry.seq);
+        }
+        let (delivered, failure) = match result {
+            Ok(()) => (batch.len(), None),
+            Err(Failure { delivered, error }) => (delivered.min(batch.len()), Some(error)),
         };
-        let Some(last) = events.last().map(|e| e.seq) else {
-            if stop.is_cancelled() {
-                tracing::info!(sink = %name, cursor, "sink drained");
-                return;
+        let mut batch = batch.into_iter();
+        let mut outcomes: Vec<Settlement> = batch
+            .by_ref()
+            .take(delivered)
+            .map(|e| Settlement::Delivered(e.seq))
+            .collect();
+        if let Some(error) = failure {
+            if let Some(entry) = batch.next() {
+                outcomes.push(self.failed(entry, started_ms, error));
             }
-            tokio::select! {
-                changed = committed.changed() => if changed.is_err() { return },
-                _ = stop.cancelled() => {}
-            }
-            continue;
-        };
-        match sink.deliver(&events).await {
-            Ok(()) => {
-                backoff = BACKOFF_MIN;
-                cursor = last;
-                if let Err(e) = store.ack(&name, last).await {
-                    // Delivered but not recorded: after a restart these are delivered again.
-                    tracing::error!(sink = %name, seq = last, error = %e, "recording sink progress failed");
+            // Not tried: back to the front of the line, in order.
+            for entry in batch.rev() {
+                if entry.state.attempts > 0 {
+                    self.retries
+                        .push(Reverse((entry.state.next_attempt_ms, entry.seq)));
+                    self.waiting.insert(entry.seq, entry.state);
+                } else {
+                    self.fresh.push_front(entry);
                 }
             }
-            Err(e) => {
-                let kind = match e {
-                    SinkError::Retryable(_) => "retryable",
-                    SinkError::Permanent(_) => "permanent",
-                };
-                tracing::warn!(sink = %name, first_seq = events[0].seq, kind, error = %e, retry_in_ms = backoff.as_millis() as u64, "delivery failed; will retry");
-                if pause(&stop, backoff).await {
-                    return;
-                }
-                backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+        self.settle(outcomes).await;
+    }
+
+    /// The outcome of one failed attempt: retry later, or dead letter.
+    fn failed(&mut self, entry: QueueEntry, started_ms: u64, error: SinkError) -> Settlement {
+        let mut state = entry.state;
+        state.attempts += 1;
+        if state.first_attempt_ms == 0 {
+            state.first_attempt_ms = started_ms;
+        }
+        state.last_attempt_ms = started_ms;
+        state.last_error = Some(LastError::new(error.status(), &error.to_string()));
+        let seq = entry.seq;
+        match error {
+            SinkError::Retryable { retry_after, .. }
+                if state.attempts < self.policy.max_attempts =>
+            {
+                let wait =
+                    retry::backoff(&self.policy, state.attempts, retry_after, fastrand::f64());
+                state.next_attempt_ms = now_ms().saturating_add(wait.as_millis() as u64);
+                tracing::warn!(
+                    sink = %self.name, seq, attempt = state.attempts, error = %error,
+                    retry_in_ms = wait.as_millis() as u64, "delivery failed; will retry"
+                );
+                self.retries.push(Reverse((state.next_attempt_ms, seq)));
+                self.waiting.insert(seq, state.clone());
+                Settlement::Retry(seq, state)
             }
+            error => {
+                tracing::error!(
+                    sink = %self.name, seq, attempts = state.attempts, error = %error,
+                    "delivery failed; moved to the dead letters"
+                );
+                Settlement::DeadLetter(seq, state)
+            }
+        }
+    }
+
+    /// A delivery task panicked: its events are tried again later.
+    fn lost(&mut self, id: Id) {
+        let seqs = self.batches.remove(&id).unwrap_or_default();
+        tracing::error!(sink = %self.name, seqs = ?seqs, "a delivery task failed; retrying its events");
+        let due = now_ms().saturating_add(STORE_RETRY.as_millis() as u64);
+        for seq in seqs {
+            self.in_flight.remove(&seq);
+            let state = AttemptState {
+                next_attempt_ms: due,
+                ..AttemptState::default()
+            };
+            self.retries.push(Reverse((due, seq)));
+            self.waiting.insert(seq, state);
+        }
+    }
+
+    async fn settle(&self, outcomes: Vec<Settlement>) {
+        if let Err(e) = self.store.settle(&self.name, outcomes).await {
+            tracing::error!(sink = %self.name, error = %e, "recording delivery outcomes failed; those events will be delivered again");
         }
     }
 }
 
-/// Sleeps for `d`; returns true if `stop` was cancelled meanwhile (give up, events stay stored).
+/// Milliseconds since the Unix epoch, now.
+fn now_ms() -> u64 {
+    store::millis(SystemTime::now())
+}
+
+/// Sleeps for `d`; returns true if `stop` was cancelled meanwhile.
 async fn pause(stop: &CancellationToken, d: Duration) -> bool {
     tokio::select! {
         _ = tokio::time::sleep(d) => false,

@@ -18,6 +18,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use tracing::Instrument;
 
 use crate::envelope::{self, Classified, Hints};
+use crate::route::Filter;
 use crate::signature::{self, SigningSecret, VerifyError};
 use crate::store::{self, Admission, Destination, NewDelivery, RecordMeta, Store};
 
@@ -40,6 +41,8 @@ pub struct ReceiveSettings {
     pub tolerance_secs: u64,
     /// Secrets tried in order.
     pub secrets: Arc<[SigningSecret]>,
+    /// Every sink with its filter: an event is queued for the sinks whose filter matches.
+    pub routes: Arc<[(String, Filter)]>,
 }
 
 /// Handles requests against one store.
@@ -192,11 +195,22 @@ impl Receiver {
             }
         };
         let quarantine_reason = meta.quarantine_reason.clone();
+        let sinks = match destination {
+            Destination::Events => self
+                .settings
+                .routes
+                .iter()
+                .filter(|(_, filter)| filter.matches(&meta))
+                .map(|(name, _)| name.clone())
+                .collect(),
+            Destination::Quarantine => Vec::new(),
+        };
         let delivery = NewDelivery {
             verified,
             destination,
             meta,
             body,
+            sinks,
         };
 
         match self.store.admit(delivery).await {

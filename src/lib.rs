@@ -16,12 +16,15 @@
 //! - [`app`]: wires it all under one shutdown token; [`config`], [`cli`], [`telemetry`],
 //!   [`shutdown`] and [`send`] are the edges.
 
+pub mod accounts;
 pub mod app;
 pub mod cli;
 pub mod config;
 pub mod dispatch;
 pub mod envelope;
 pub mod handler;
+pub mod retry;
+pub mod route;
 pub mod send;
 pub mod server;
 pub mod shutdown;

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use clap::Parser as _;
 use kirimhook::cli::{Cli, Command};
 use kirimhook::config::Config;
-use kirimhook::{app, send, shutdown, signature::SigningSecret, telemetry};
+use kirimhook::{accounts, app, send, shutdown, signature::SigningSecret, telemetry};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -66,6 +66,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 ExitCode::FAILURE
             })
+        }
+        Command::Accounts(args) => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let list = runtime.block_on(accounts::list(&args))?;
+            if args.json {
+                print!("{}", accounts::to_json(&list));
+            } else {
+                print!("{}", accounts::to_table(&list));
+            }
+            Ok(ExitCode::SUCCESS)
         }
     }
 }

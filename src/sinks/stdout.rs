@@ -8,15 +8,23 @@
 
 use serde::Serialize;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::sync::Mutex;
 
-use super::{Sink, SinkError};
+use super::{Attempt, Failure, Sink, SinkError};
 use crate::envelope::{DedupeKey, Source};
 use crate::store::StoredEvent;
+
+/// Most lines written in one go.
+const MAX_BATCH: usize = 512;
 
 /// Writes events as JSON lines to stdout (or any writer, in tests).
 pub struct StdoutSink<W = tokio::io::Stdout> {
     name: String,
-    out: W,
+    out: Mutex<Output<W>>,
+}
+
+struct Output<W> {
+    writer: W,
     buf: Vec<u8>,
 }
 
@@ -32,14 +40,16 @@ impl<W> StdoutSink<W> {
     pub fn with_writer(name: impl Into<String>, out: W) -> Self {
         StdoutSink {
             name: name.into(),
-            out,
-            buf: Vec::with_capacity(64 * 1024),
+            out: Mutex::new(Output {
+                writer: out,
+                buf: Vec::with_capacity(64 * 1024),
+            }),
         }
     }
 
     /// The writer (tests read back what was written).
     pub fn into_writer(self) -> W {
-        self.out
+        self.out.into_inner().writer
     }
 }
 
@@ -48,14 +58,27 @@ impl<W: AsyncWrite + Unpin + Send + 'static> Sink for StdoutSink<W> {
         &self.name
     }
 
-    async fn deliver(&mut self, events: &[StoredEvent]) -> Result<(), SinkError> {
-        self.buf.clear();
-        for event in events {
-            write_line(event, &mut self.buf);
+    fn max_batch(&self) -> usize {
+        MAX_BATCH
+    }
+
+    async fn deliver(&self, batch: &[Attempt]) -> Result<(), Failure> {
+        let mut out = self.out.lock().await;
+        let Output { writer, buf } = &mut *out;
+        buf.clear();
+        for attempt in batch {
+            write_line(&attempt.event, buf);
         }
-        let io = |e: std::io::Error| SinkError::Retryable(format!("writing to stdout: {e}"));
-        self.out.write_all(&self.buf).await.map_err(io)?;
-        self.out.flush().await.map_err(io)
+        let written = async {
+            writer.write_all(buf).await?;
+            writer.flush().await
+        };
+        // A failed write may have put part of the batch out; the whole batch is retried, so a
+        // consumer can see a line twice after a write error (at least once, never lost).
+        written.await.map_err(|e| Failure {
+            delivered: 0,
+            error: SinkError::retryable(format!("writing to stdout: {e}")),
+        })
     }
 }
 
@@ -164,12 +187,13 @@ mod tests {
 
     #[tokio::test]
     async fn deliver_writes_one_line_per_event_in_order() {
-        let mut sink = StdoutSink::with_writer("stdout", Vec::<u8>::new());
+        let sink = StdoutSink::with_writer("stdout", Vec::<u8>::new());
         let mut a = event(b"{\"a\":1}", vec![]);
         let mut b = event(b"{\"b\":2}", vec![]);
         a.seq = 1;
         b.seq = 2;
-        sink.deliver(&[a, b]).await.unwrap();
+        let batch = [a, b].map(|event| Attempt { event, attempt: 1 });
+        sink.deliver(&batch).await.unwrap();
         let written = String::from_utf8(sink.into_writer()).unwrap();
         let lines: Vec<&str> = written.lines().collect();
         assert_eq!(lines.len(), 2);

@@ -1,22 +1,25 @@
 //! The durable store: the only code in kirimhook that knows the storage engine (fjall).
 //!
-//! Its API is small: [`Store::admit`] (dedupe check + keys + event in one fsync'd batch),
-//! [`Store::read_after`] (next events for a sink), [`Store::ack`] (a sink's durable progress) and
-//! [`Store::sweep`] (retention). Every write goes through one writer thread
-//! ([`writer`]) that takes every command waiting at that moment, applies them as one atomic
-//! batch and persists it with a single `fdatasync`: concurrent requests share flushes (group
-//! commit), and the dedupe check and the insert can never race because one thread does both.
+//! Its API is small: [`Store::admit`] (dedupe check + keys + event + one queue entry per
+//! matching sink, in one fsync'd batch), [`Store::queue`] / [`Store::events`] (what a sink still
+//! owes), [`Store::settle`] (a sink's outcomes: delivered, retry later, dead letter) and
+//! [`Store::sweep`] (retention). Every write goes through one writer thread ([`writer`]) that
+//! takes every command waiting at that moment, applies them as one atomic batch and persists it
+//! with a single `fdatasync`: concurrent requests share flushes (group commit), and the dedupe
+//! check and the insert can never race because one thread does both.
 //!
 //! Keyspaces:
-//! - `events`: seq (u64 BE) -> record ([`record`]); the deliveries that sinks read.
+//! - `events`: seq (u64 BE) -> record ([`record`]); removed once no sink has it queued.
 //! - `quarantine`: seq -> record; authentic deliveries whose body was not recognised.
 //! - `dedupe`: dedupe key -> first-seen time (ms, u64 BE).
 //! - `dedupe_by_time`: first-seen time (u64 BE) ++ key -> empty; lets the sweep find old keys.
-//! - `cursors`: sink name -> highest seq that sink has taken (u64 BE).
-//! - `meta`: `next_seq` -> the next seq to hand out (so a seq is never reused, even after a sweep).
+//! - `queue`: sink ++ 0 ++ seq -> attempt state ([`queue`]); one entry per event a sink owes.
+//! - `dead_letters`: sink ++ 0 ++ seq -> final attempt state + a copy of the event record.
+//! - `meta`: `next_seq` -> the next seq to hand out (a seq is never reused, even after a sweep).
 //!
 //! Reads are blocking engine calls; the async wrappers run them on tokio's blocking pool.
 
+pub mod queue;
 pub mod record;
 mod writer;
 
@@ -30,10 +33,11 @@ use tokio::sync::{mpsc, oneshot, watch};
 #[cfg(test)]
 use crate::envelope::DedupeKey;
 use crate::signature::Verified;
+pub use queue::{AttemptState, DeadLetter, LastError, QueueEntry};
 pub use record::{RecordMeta, StoredEvent};
 use writer::{AdmitCommand, Command, SweepReport};
 
-/// How many commands the writer's queue holds before `admit` waits (back-pressure).
+/// How many commands the writer's queue holds before callers wait (back-pressure).
 const QUEUE_CAPACITY: usize = 8192;
 
 /// Errors of the store.
@@ -64,7 +68,7 @@ pub enum StoreError {
 /// Where a delivery goes once admitted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Destination {
-    /// A recognised event: sinks read it.
+    /// A recognised event: queued for the sinks whose filters match.
     Events,
     /// An authentic delivery with an unrecognised body: kept for an operator, not forwarded.
     Quarantine,
@@ -82,6 +86,8 @@ pub struct NewDelivery {
     pub meta: RecordMeta,
     /// The exact body bytes.
     pub body: bytes::Bytes,
+    /// Sinks the event is queued for (their filters matched). Ignored for quarantine.
+    pub sinks: Vec<String>,
 }
 
 /// Outcome of [`Store::admit`].
@@ -101,8 +107,19 @@ pub enum Admission {
 pub struct Swept {
     /// Dedupe keys forgotten because they were older than the retention.
     pub keys: usize,
-    /// Events removed because every sink had taken them.
+    /// Events removed because no configured sink had them queued any more.
     pub events: usize,
+}
+
+/// A sink's outcome for one event, recorded with [`Store::settle`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Settlement {
+    /// Delivered: the queue entry goes.
+    Delivered(u64),
+    /// Failed, try again later: the queue entry keeps this state.
+    Retry(u64, AttemptState),
+    /// Given up: the entry moves to the dead letters with this final state.
+    DeadLetter(u64, AttemptState),
 }
 
 /// Handle to the store. Cheap to clone.
@@ -115,18 +132,21 @@ struct Inner {
     db: Database,
     events: Keyspace,
     quarantine: Keyspace,
-    cursors: Keyspace,
+    queue: Keyspace,
+    dead_letters: Keyspace,
     tx: mpsc::Sender<Command>,
     committed: watch::Receiver<u64>,
     writer: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
+#[derive(Clone)]
 pub(crate) struct Keyspaces {
     events: Keyspace,
     quarantine: Keyspace,
     dedupe: Keyspace,
     dedupe_by_time: Keyspace,
-    cursors: Keyspace,
+    queue: Keyspace,
+    dead_letters: Keyspace,
     meta: Keyspace,
 }
 
@@ -134,7 +154,7 @@ const NEXT_SEQ: &[u8] = b"next_seq";
 
 impl Store {
     /// Opens (or creates) the store in `path` and starts its writer thread. `sinks` are the
-    /// configured sink names: an event is removed by the sweep once all of them have taken it.
+    /// configured sink names: the sweep removes an event once none of them has it queued.
     pub fn open(path: &Path, sinks: Vec<String>) -> Result<Store, StoreError> {
         std::fs::create_dir_all(path).map_err(|e| StoreError::Engine(e.into()))?;
         let db = Database::builder(path)
@@ -146,23 +166,15 @@ impl Store {
             quarantine: ks("quarantine")?,
             dedupe: ks("dedupe")?,
             dedupe_by_time: ks("dedupe_by_time")?,
-            cursors: ks("cursors")?,
+            queue: ks("queue")?,
+            dead_letters: ks("dead_letters")?,
             meta: ks("meta")?,
         };
         let next_seq = recover_next_seq(&keyspaces)?;
-        let last = next_seq.saturating_sub(1);
-        let (committed_tx, committed) = watch::channel(last);
+        let (committed_tx, committed) = watch::channel(next_seq.saturating_sub(1));
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
-        let inner_keyspaces = Keyspaces {
-            events: keyspaces.events.clone(),
-            quarantine: keyspaces.quarantine.clone(),
-            dedupe: keyspaces.dedupe.clone(),
-            dedupe_by_time: keyspaces.dedupe_by_time.clone(),
-            cursors: keyspaces.cursors.clone(),
-            meta: keyspaces.meta.clone(),
-        };
         let writer =
-            writer::Writer::new(db.clone(), inner_keyspaces, next_seq, sinks, committed_tx);
+            writer::Writer::new(db.clone(), keyspaces.clone(), next_seq, sinks, committed_tx);
         let handle = std::thread::Builder::new()
             .name("kirimhook-store".into())
             .spawn(move || writer.run(rx))
@@ -172,7 +184,8 @@ impl Store {
                 db,
                 events: keyspaces.events,
                 quarantine: keyspaces.quarantine,
-                cursors: keyspaces.cursors,
+                queue: keyspaces.queue,
+                dead_letters: keyspaces.dead_letters,
                 tx,
                 committed,
                 writer: std::sync::Mutex::new(Some(handle)),
@@ -180,8 +193,8 @@ impl Store {
         })
     }
 
-    /// Admits a verified delivery: if any of its dedupe keys is new, writes the new keys and the
-    /// record in one batch and returns only after that batch is fsync'd.
+    /// Admits a verified delivery: if any of its dedupe keys is new, writes the new keys, the
+    /// record and its queue entries in one batch and returns only after that batch is fsync'd.
     pub async fn admit(&self, delivery: NewDelivery) -> Result<Admission, StoreError> {
         let mut meta = delivery.meta;
         meta.secret_id = delivery.verified.secret_id().to_owned();
@@ -191,6 +204,7 @@ impl Store {
         let command = Command::Admit(AdmitCommand {
             keys,
             destination: delivery.destination,
+            sinks: delivery.sinks,
             received_at_ms: meta.received_at_ms,
             record,
             reply,
@@ -199,20 +213,39 @@ impl Store {
         answer.await.map_err(|_| StoreError::WriterGone)?
     }
 
-    /// Records durably that sink `sink` has taken every event up to and including `seq`.
-    pub async fn ack(&self, sink: &str, seq: u64) -> Result<(), StoreError> {
-        let (reply, answer) = oneshot::channel();
-        self.send(Command::Ack {
+    /// Records `sink`'s outcomes. Returns once they are handed to the writer, not once they are
+    /// on disk: they ride along with the next group commit. Losing them in a crash only means a
+    /// delivery is made again, which at-least-once allows.
+    pub async fn settle(&self, sink: &str, outcomes: Vec<Settlement>) -> Result<(), StoreError> {
+        if outcomes.is_empty() {
+            return Ok(());
+        }
+        self.send(Command::Settle {
             sink: sink.to_owned(),
-            seq,
-            reply,
+            outcomes,
+            reply: None,
+        })
+        .await
+    }
+
+    /// Like [`Store::settle`], but returns only after the outcomes are fsync'd.
+    pub async fn settle_durably(
+        &self,
+        sink: &str,
+        outcomes: Vec<Settlement>,
+    ) -> Result<(), StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Settle {
+            sink: sink.to_owned(),
+            outcomes,
+            reply: Some(reply),
         })
         .await?;
         answer.await.map_err(|_| StoreError::WriterGone)?
     }
 
-    /// Forgets dedupe keys first seen before `now - retention` and removes events that every
-    /// configured sink has taken. Works in bounded steps; returns what it removed.
+    /// Forgets dedupe keys first seen before `now - retention` and removes events that no
+    /// configured sink has queued. Works in bounded steps; returns what it removed.
     pub async fn sweep(&self, now: SystemTime, retention: Duration) -> Result<Swept, StoreError> {
         let cutoff_ms = millis(now.checked_sub(retention).unwrap_or(UNIX_EPOCH));
         let mut total = Swept::default();
@@ -229,26 +262,75 @@ impl Store {
         }
     }
 
-    /// The highest seq sink `sink` has acknowledged (0 when it has none yet).
-    pub fn cursor(&self, sink: &str) -> Result<u64, StoreError> {
-        Ok(self
-            .inner
-            .cursors
-            .get(sink)?
-            .map(|v| be_u64(&v))
-            .unwrap_or(0))
+    /// Up to `limit` entries of `sink`'s queue with seq greater than `after`, in seq order.
+    pub async fn queue(
+        &self,
+        sink: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<QueueEntry>, StoreError> {
+        let queue_ks = self.inner.queue.clone();
+        let prefix = queue::prefix(sink);
+        let start = after.checked_add(1).map(|s| queue::key(sink, s));
+        blocking(move || {
+            let Some(start) = start else {
+                return Ok(Vec::new());
+            };
+            let mut out = Vec::new();
+            for guard in queue_ks.range(start..).take(limit) {
+                let (key, value) = guard.into_inner()?;
+                if !key.starts_with(&prefix) {
+                    break;
+                }
+                out.push(QueueEntry {
+                    seq: queue::seq_of(&key),
+                    state: queue::decode_state(&value),
+                });
+            }
+            Ok(out)
+        })
+        .await
     }
 
-    /// Up to `limit` events with seq greater than `after`, in seq order.
+    /// Number of events in `sink`'s queue (counts them: O(queue)).
+    pub async fn queue_len(&self, sink: &str) -> Result<usize, StoreError> {
+        let queue_ks = self.inner.queue.clone();
+        let prefix = queue::prefix(sink);
+        blocking(move || {
+            let mut n = 0;
+            for guard in queue_ks.prefix(&prefix) {
+                guard.key()?;
+                n += 1;
+            }
+            Ok(n)
+        })
+        .await
+    }
+
+    /// The stored events with these seqs (`None` for one that is gone), in the given order.
+    pub async fn events(&self, seqs: Vec<u64>) -> Result<Vec<Option<StoredEvent>>, StoreError> {
+        let events = self.inner.events.clone();
+        blocking(move || {
+            seqs.into_iter()
+                .map(|seq| match events.get(seq.to_be_bytes())? {
+                    Some(value) => record::decode(seq, &value)
+                        .map(Some)
+                        .map_err(|source| StoreError::Decode { seq, source }),
+                    None => Ok(None),
+                })
+                .collect()
+        })
+        .await
+    }
+
+    /// Up to `limit` stored events with seq greater than `after`, in seq order.
     pub async fn read_after(
         &self,
         after: u64,
         limit: usize,
     ) -> Result<Vec<StoredEvent>, StoreError> {
         let events = self.inner.events.clone();
-        tokio::task::spawn_blocking(move || read_range(&events, after, limit))
-            .await
-            .map_err(|e| StoreError::Task(e.to_string()))?
+        blocking(move || read_range(&events, after, limit)).await
     }
 
     /// Up to `limit` quarantined deliveries with seq greater than `after`.
@@ -258,9 +340,37 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<StoredEvent>, StoreError> {
         let quarantine = self.inner.quarantine.clone();
-        tokio::task::spawn_blocking(move || read_range(&quarantine, after, limit))
-            .await
-            .map_err(|e| StoreError::Task(e.to_string()))?
+        blocking(move || read_range(&quarantine, after, limit)).await
+    }
+
+    /// Up to `limit` of `sink`'s dead letters with seq greater than `after`, in seq order.
+    pub async fn dead_letters(
+        &self,
+        sink: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>, StoreError> {
+        let dead = self.inner.dead_letters.clone();
+        let sink = sink.to_owned();
+        blocking(move || {
+            let Some(start) = after.checked_add(1) else {
+                return Ok(Vec::new());
+            };
+            let prefix = queue::prefix(&sink);
+            let mut out = Vec::new();
+            for guard in dead.range(queue::key(&sink, start)..).take(limit) {
+                let (key, value) = guard.into_inner()?;
+                if !key.starts_with(&prefix) {
+                    break;
+                }
+                let seq = queue::seq_of(&key);
+                let letter = queue::decode_dead_letter(&sink, seq, &value)
+                    .map_err(|source| StoreError::Decode { seq, source })?;
+                out.push(letter);
+            }
+            Ok(out)
+        })
+        .await
     }
 
     /// Number of stored events not yet removed by a sweep (approximate for large stores).
@@ -285,7 +395,7 @@ impl Store {
     }
 
     /// Stops the writer after it has written everything queued so far, and persists the journal.
-    /// Later calls to `admit`/`ack` fail with [`StoreError::WriterGone`].
+    /// Later writes fail with [`StoreError::WriterGone`].
     pub async fn close(&self) -> Result<(), StoreError> {
         let (reply, answer) = oneshot::channel();
         // If the writer is already gone there is nothing left to flush.
@@ -314,6 +424,15 @@ impl Store {
             .await
             .map_err(|_| StoreError::WriterGone)
     }
+}
+
+/// Runs a blocking engine read on tokio's blocking pool.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))?
 }
 
 fn read_range(ks: &Keyspace, after: u64, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {

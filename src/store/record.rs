@@ -82,6 +82,13 @@ pub struct StoredEvent {
 #[error("undecodable record: {0}")]
 pub struct DecodeError(String);
 
+impl DecodeError {
+    /// A decode error saying `what` was wrong.
+    pub fn new(what: impl Into<String>) -> Self {
+        DecodeError(what.into())
+    }
+}
+
 /// Encodes a record.
 pub fn encode(meta: &RecordMeta, body: &[u8]) -> Vec<u8> {
     // Serialising a struct of strings and vectors cannot fail.

@@ -28,6 +28,7 @@ fn delivery(keys: &[&str], body: &str, destination: Destination, at_ms: u64) -> 
             quarantine_reason: None,
         },
         body: bytes::Bytes::copy_from_slice(body.as_bytes()),
+        sinks: vec!["stdout".into()],
     }
 }
 
@@ -131,7 +132,7 @@ async fn quarantine_is_kept_apart_from_events_and_deduped() {
 }
 
 #[tokio::test]
-async fn cursor_is_durable_and_seqs_are_never_reused_after_a_sweep() {
+async fn delivered_events_are_swept_and_seqs_are_never_reused() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
     for i in 0..3 {
@@ -140,7 +141,12 @@ async fn cursor_is_durable_and_seqs_are_never_reused_after_a_sweep() {
             .await
             .unwrap();
     }
-    store.ack("stdout", 3).await.unwrap();
+    assert_eq!(store.queue_len("stdout").await.unwrap(), 3);
+    store
+        .settle_durably("stdout", (1..=3).map(Settlement::Delivered).collect())
+        .await
+        .unwrap();
+    assert_eq!(store.queue_len("stdout").await.unwrap(), 0);
     let swept = store
         .sweep(SystemTime::now(), Duration::from_secs(86_400))
         .await
@@ -151,7 +157,6 @@ async fn cursor_is_durable_and_seqs_are_never_reused_after_a_sweep() {
     drop(store);
 
     let store = open(dir.path());
-    assert_eq!(store.cursor("stdout").unwrap(), 3);
     assert_eq!(
         store.admit(event(&["kirim:evt_new"], "{}")).await.unwrap(),
         Admission::New { seq: 4 }
@@ -160,30 +165,32 @@ async fn cursor_is_durable_and_seqs_are_never_reused_after_a_sweep() {
 }
 
 #[tokio::test]
-async fn sweep_keeps_events_a_sink_has_not_taken_and_forgets_old_keys() {
+async fn sweep_keeps_events_a_sink_still_owes_and_forgets_old_keys() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path(), vec!["a".into(), "b".into()]).unwrap();
     let day = 86_400_000;
     let now = store_now_ms();
+    let both = |keys: &[&str], at| NewDelivery {
+        sinks: vec!["a".into(), "b".into()],
+        ..delivery(keys, "{}", Destination::Events, at)
+    };
     store
-        .admit(delivery(
-            &["kirim:old"],
-            "{}",
-            Destination::Events,
-            now - 40 * day,
-        ))
+        .admit(both(&["kirim:old"], now - 40 * day))
         .await
         .unwrap();
+    store.admit(both(&["kirim:young"], now)).await.unwrap();
     store
-        .admit(delivery(&["kirim:young"], "{}", Destination::Events, now))
+        .settle_durably(
+            "a",
+            vec![Settlement::Delivered(1), Settlement::Delivered(2)],
+        )
         .await
         .unwrap();
-    store.ack("a", 2).await.unwrap();
     let swept = store
         .sweep(SystemTime::now(), Duration::from_millis(35 * day))
         .await
         .unwrap();
-    // Sink b has taken nothing: both events stay; the 40-day-old key goes.
+    // Sink b still owes both: they stay; the 40-day-old key goes.
     assert_eq!(swept, Swept { keys: 1, events: 0 });
     assert_eq!(store.read_after(0, 10).await.unwrap().len(), 2);
     assert!(matches!(
@@ -194,12 +201,122 @@ async fn sweep_keeps_events_a_sink_has_not_taken_and_forgets_old_keys() {
         store.admit(event(&["kirim:young"], "{}")).await.unwrap(),
         Admission::Duplicate
     );
-    store.ack("b", 1).await.unwrap();
+    store
+        .settle_durably("b", vec![Settlement::Delivered(1)])
+        .await
+        .unwrap();
     let swept = store
         .sweep(SystemTime::now(), Duration::from_millis(35 * day))
         .await
         .unwrap();
     assert_eq!(swept.events, 1);
+    store.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn events_are_queued_only_for_the_listed_sinks() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), vec!["a".into(), "b".into()]).unwrap();
+    let only_b = NewDelivery {
+        sinks: vec!["b".into()],
+        ..event(&["kirim:1"], "{}")
+    };
+    let none = NewDelivery {
+        sinks: vec![],
+        ..event(&["kirim:2"], "{}")
+    };
+    store.admit(only_b).await.unwrap();
+    store.admit(none).await.unwrap();
+    assert!(store.queue("a", 0, 10).await.unwrap().is_empty());
+    let b = store.queue("b", 0, 10).await.unwrap();
+    assert_eq!(b.len(), 1);
+    assert_eq!(b[0].seq, 1);
+    assert_eq!(b[0].state, AttemptState::default());
+    // The event no sink wants is removed by the sweep; b's is kept.
+    let swept = store
+        .sweep(SystemTime::now(), Duration::from_secs(86_400))
+        .await
+        .unwrap();
+    assert_eq!(swept.events, 0, "seq 1 is owed to b and blocks the range");
+    store
+        .settle_durably("b", vec![Settlement::Delivered(1)])
+        .await
+        .unwrap();
+    let swept = store
+        .sweep(SystemTime::now(), Duration::from_secs(86_400))
+        .await
+        .unwrap();
+    assert_eq!(swept.events, 2);
+    store.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn retry_state_and_dead_letters_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    store.admit(event(&["kirim:1"], "{\"n\":1}")).await.unwrap();
+    store.admit(event(&["kirim:2"], "{\"n\":2}")).await.unwrap();
+    let retry = AttemptState {
+        attempts: 2,
+        first_attempt_ms: 10,
+        last_attempt_ms: 20,
+        next_attempt_ms: 30,
+        last_error: Some(LastError::new(Some(503), "HTTP 503: busy")),
+    };
+    let dead = AttemptState {
+        attempts: 1,
+        first_attempt_ms: 11,
+        last_attempt_ms: 11,
+        next_attempt_ms: 0,
+        last_error: Some(LastError::new(Some(400), "HTTP 400: bad")),
+    };
+    store
+        .settle_durably(
+            "stdout",
+            vec![
+                Settlement::Retry(1, retry.clone()),
+                Settlement::DeadLetter(2, dead.clone()),
+            ],
+        )
+        .await
+        .unwrap();
+    store.close().await.unwrap();
+    drop(store);
+
+    let store = open(dir.path());
+    let queue = store.queue("stdout", 0, 10).await.unwrap();
+    assert_eq!(
+        queue,
+        vec![QueueEntry {
+            seq: 1,
+            state: retry
+        }]
+    );
+    let letters = store.dead_letters("stdout", 0, 10).await.unwrap();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].state, dead);
+    assert_eq!(letters[0].event.seq, 2);
+    assert_eq!(letters[0].event.body, b"{\"n\":2}");
+    // The dead letter keeps its own copy: the event itself can go.
+    store
+        .settle_durably("stdout", vec![Settlement::Delivered(1)])
+        .await
+        .unwrap();
+    store
+        .sweep(SystemTime::now(), Duration::from_secs(86_400))
+        .await
+        .unwrap();
+    assert!(store.read_after(0, 10).await.unwrap().is_empty());
+    assert_eq!(store.dead_letters("stdout", 0, 10).await.unwrap().len(), 1);
+    // A late retry state never resurrects a delivered entry.
+    store
+        .settle_durably(
+            "stdout",
+            vec![Settlement::Retry(1, AttemptState::default())],
+        )
+        .await
+        .unwrap();
+    assert!(store.queue("stdout", 0, 10).await.unwrap().is_empty());
     store.close().await.unwrap();
 }
 

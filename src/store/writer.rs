@@ -4,15 +4,18 @@
 //! [`MAX_BATCH`]), decides each admission against the dedupe keyspace and the keys seen earlier in
 //! the same batch, writes all of it as one atomic fjall batch and persists it with one
 //! `fdatasync` before answering anyone. So a 200 is never sent before its event is on disk, and
-//! N concurrent requests cost one flush, not N. Sweeps run here too, so a sweep can never delete
-//! a key that a concurrent admission has just written.
+//! N concurrent requests cost one flush, not N. Sinks' outcomes (delivered, retry, dead letter)
+//! ride in the same batches. Sweeps run here too, so a sweep can never delete a key that a
+//! concurrent admission has just written.
 
 use std::collections::HashSet;
 
 use fjall::{Database, PersistMode};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::{be_u64, Admission, Destination, Keyspaces, StoreError, Swept, NEXT_SEQ};
+use super::{
+    be_u64, queue, Admission, Destination, Keyspaces, Settlement, StoreError, Swept, NEXT_SEQ,
+};
 use crate::envelope::DedupeKey;
 
 /// Most commands folded into one batch.
@@ -23,6 +26,7 @@ const SWEEP_STEP: usize = 2048;
 pub(super) struct AdmitCommand {
     pub keys: Vec<DedupeKey>,
     pub destination: Destination,
+    pub sinks: Vec<String>,
     pub received_at_ms: u64,
     pub record: Vec<u8>,
     pub reply: oneshot::Sender<Result<Admission, StoreError>>,
@@ -35,10 +39,10 @@ pub(super) struct SweepReport {
 
 pub(super) enum Command {
     Admit(AdmitCommand),
-    Ack {
+    Settle {
         sink: String,
-        seq: u64,
-        reply: oneshot::Sender<Result<(), StoreError>>,
+        outcomes: Vec<Settlement>,
+        reply: Option<oneshot::Sender<Result<(), StoreError>>>,
     },
     Sweep {
         cutoff_ms: u64,
@@ -60,7 +64,7 @@ pub(super) struct Writer {
 /// What one batch will answer once it is persisted.
 enum Pending {
     Admit(oneshot::Sender<Result<Admission, StoreError>>, Admission),
-    Ack(oneshot::Sender<Result<(), StoreError>>),
+    Settle(Option<oneshot::Sender<Result<(), StoreError>>>),
 }
 
 impl Writer {
@@ -134,6 +138,11 @@ impl Writer {
                                 }
                                 Destination::Quarantine => &self.ks.quarantine,
                             };
+                            if admit.destination == Destination::Events {
+                                for sink in &admit.sinks {
+                                    batch.insert(&self.ks.queue, queue::key(sink, seq), []);
+                                }
+                            }
                             batch.insert(tree, seq.to_be_bytes(), admit.record);
                             let ts = admit.received_at_ms.to_be_bytes();
                             for key in new_keys {
@@ -152,9 +161,15 @@ impl Writer {
                         }
                     }
                 }
-                Command::Ack { sink, seq, reply } => {
-                    batch.insert(&self.ks.cursors, sink.as_str(), seq.to_be_bytes());
-                    pending.push(Pending::Ack(reply));
+                Command::Settle {
+                    sink,
+                    outcomes,
+                    reply,
+                } => {
+                    if let Err(e) = self.settle(&mut batch, &sink, outcomes) {
+                        tracing::error!(sink = %sink, error = %e, "recording sink outcomes failed");
+                    }
+                    pending.push(Pending::Settle(reply));
                 }
                 Command::Sweep { cutoff_ms, reply } => sweeps.push((cutoff_ms, reply)),
                 Command::Close { reply } => close = Some(reply),
@@ -177,9 +192,10 @@ impl Writer {
                             Pending::Admit(reply, outcome) => {
                                 let _ = reply.send(Ok(outcome));
                             }
-                            Pending::Ack(reply) => {
+                            Pending::Settle(Some(reply)) => {
                                 let _ = reply.send(Ok(()));
                             }
+                            Pending::Settle(None) => {}
                         }
                     }
                     if let Some(seq) = last_event_seq {
@@ -223,6 +239,44 @@ impl Writer {
         Ok(new)
     }
 
+    /// Adds `sink`'s outcomes to the batch. A dead letter copies the event record, so it
+    /// outlives the event's removal.
+    fn settle(
+        &self,
+        batch: &mut fjall::OwnedWriteBatch,
+        sink: &str,
+        outcomes: Vec<Settlement>,
+    ) -> Result<(), StoreError> {
+        for outcome in outcomes {
+            match outcome {
+                Settlement::Delivered(seq) => batch.remove(&self.ks.queue, queue::key(sink, seq)),
+                Settlement::Retry(seq, state) => {
+                    let key = queue::key(sink, seq);
+                    // Never resurrect an entry that is gone (delivered or dead-lettered).
+                    if self.ks.queue.contains_key(&key)? {
+                        batch.insert(&self.ks.queue, key, queue::encode_state(&state));
+                    }
+                }
+                Settlement::DeadLetter(seq, state) => {
+                    let key = queue::key(sink, seq);
+                    let record = self
+                        .ks
+                        .events
+                        .get(seq.to_be_bytes())?
+                        .map(|r| r.to_vec())
+                        .unwrap_or_default();
+                    batch.insert(
+                        &self.ks.dead_letters,
+                        key.clone(),
+                        queue::encode_dead_letter(&state, &record),
+                    );
+                    batch.remove(&self.ks.queue, key);
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// One bounded step of the retention sweep. Buffered, not fsync'd: a lost sweep is redone.
     fn sweep_step(&self, cutoff_ms: u64) -> Result<SweepReport, StoreError> {
         let mut batch = self.db.batch();
@@ -245,25 +299,21 @@ impl Writer {
             swept.keys += 1;
         }
 
-        let mut min_cursor = u64::MAX;
+        // Events below the lowest seq any configured sink still has queued are owed to no one.
+        let mut lowest_pending = self.next_seq;
         for sink in &self.sinks {
-            let cursor = self
-                .ks
-                .cursors
-                .get(sink.as_str())?
-                .map(|v| be_u64(&v))
-                .unwrap_or(0);
-            min_cursor = min_cursor.min(cursor);
-        }
-        if min_cursor > 0 && min_cursor != u64::MAX {
-            for guard in self.ks.events.range(..=min_cursor.to_be_bytes()) {
-                if swept.events == SWEEP_STEP {
-                    more = true;
-                    break;
-                }
-                batch.remove(&self.ks.events, guard.key()?);
-                swept.events += 1;
+            let prefix = queue::prefix(sink);
+            if let Some(guard) = self.ks.queue.prefix(&prefix).next() {
+                lowest_pending = lowest_pending.min(queue::seq_of(&guard.key()?));
             }
+        }
+        for guard in self.ks.events.range(..lowest_pending.to_be_bytes()) {
+            if swept.events == SWEEP_STEP {
+                more = true;
+                break;
+            }
+            batch.remove(&self.ks.events, guard.key()?);
+            swept.events += 1;
         }
         batch.commit()?;
         Ok(SweepReport { swept, more })
@@ -277,8 +327,11 @@ fn fail_all(pending: Vec<Pending>, reason: &str) {
             Pending::Admit(reply, _) => {
                 let _ = reply.send(Err(error));
             }
-            Pending::Ack(reply) => {
+            Pending::Settle(Some(reply)) => {
                 let _ = reply.send(Err(error));
+            }
+            Pending::Settle(None) => {
+                tracing::warn!(error = %error, "sink outcomes not recorded; those events will be delivered again");
             }
         }
     }

@@ -21,7 +21,7 @@ use crate::http::Client;
 /// How long any wait may take before the test fails.
 pub const DEADLINE: Duration = Duration::from_secs(20);
 
-/// What the test config says, beyond the fixed parts (port 0, store in the dir, stdout sink).
+/// What the test config says, beyond the fixed parts (port 0, store in the dir).
 #[derive(Debug, Clone)]
 pub struct Settings {
     /// `verify.tolerance_secs`.
@@ -30,6 +30,10 @@ pub struct Settings {
     pub max_body_bytes: Option<usize>,
     /// Whether secret B (`sec_B`) is configured after secret A (`sec_A`).
     pub secret_b: bool,
+    /// Whether the config has the sink `stdout` of kind `stdout` (the event stream).
+    pub stdout_sink: bool,
+    /// TOML appended verbatim at the end of the config: more `[[sinks]]` tables.
+    pub extra_sinks: String,
 }
 
 impl Default for Settings {
@@ -38,6 +42,8 @@ impl Default for Settings {
             tolerance_secs: 300,
             max_body_bytes: None,
             secret_b: true,
+            stdout_sink: true,
+            extra_sinks: String::new(),
         }
     }
 }
@@ -59,11 +65,23 @@ impl Settings {
             ));
         }
         text.push_str(&format!(
-            "\n[store]\npath = {}\n\n[[sinks]]\nname = \"stdout\"\nkind = \"stdout\"\n",
-            toml_string(&dir.join("store"))
+            "\n[store]\npath = {}\n",
+            toml_string(&store_path(dir))
         ));
+        if self.stdout_sink {
+            text.push_str("\n[[sinks]]\nname = \"stdout\"\nkind = \"stdout\"\n");
+        }
+        if !self.extra_sinks.is_empty() {
+            text.push('\n');
+            text.push_str(&self.extra_sinks);
+        }
         text
     }
+}
+
+/// The store directory of a daemon whose files live in `dir`.
+pub fn store_path(dir: &Path) -> PathBuf {
+    dir.join("store")
 }
 
 /// A path as a TOML basic string.
@@ -297,6 +315,11 @@ impl Daemon {
     /// A new HTTP client for this daemon.
     pub fn client(&self) -> Client {
         Client::new(self.addr)
+    }
+
+    /// The daemon's store directory (open it with `Store::open` once the daemon has exited).
+    pub fn store_path(&self) -> PathBuf {
+        store_path(&self.dir)
     }
 
     /// Every stderr line, for assertion messages.

@@ -3,15 +3,19 @@
 //!
 //! Every test runs its own daemon in its own temp dir, so tests run in parallel without
 //! locks. Helpers: [`daemon`] (spawn, wait for lines, stop, kill), [`http`] (client and raw
-//! requests), [`fixtures`] (spec fixtures F1-F9 and signed deliveries). Tests: [`accept`],
-//! [`reject`], [`durability`], [`cli`], [`stdout_only`].
+//! requests), [`fixtures`] (spec fixtures F1-F9 and signed deliveries), [`target`] (the fake
+//! service the HTTP relay posts to). Tests: [`accept`], [`reject`], [`durability`], [`cli`],
+//! [`stdout_only`], [`relay`].
 
 mod daemon;
 mod fixtures;
 mod http;
+mod target;
 
 mod accept;
+mod accounts;
 mod cli;
 mod durability;
 mod reject;
+mod relay;
 mod stdout_only;

@@ -1,0 +1,35 @@
+#!/bin/sh
+# Runs kirimhook's benchmarks from the repository root; see bench/README.md.
+#
+#   bench/run.sh            the receive benchmark (kirimhook vs a minimal HTTP server)
+#   bench/run.sh --store    the same, then the store-only benchmark
+#   bench/run.sh --quick    1 round with a 2 s window (unless BENCH_ROUNDS/BENCH_SECS are set)
+#
+# BENCH_SECS, BENCH_WARMUP_SECS, BENCH_ROUNDS, BENCH_CONNS and BENCH_RUST_LOG pass through.
+set -eu
+
+store=0
+for arg in "$@"; do
+    case "$arg" in
+        --store) store=1 ;;
+        --quick)
+            BENCH_ROUNDS=${BENCH_ROUNDS:-1}
+            BENCH_SECS=${BENCH_SECS:-2}
+            export BENCH_ROUNDS BENCH_SECS
+            ;;
+        -h | --help)
+            sed -n '2,8s/^# \{0,1\}//p' "$0"
+            exit 0
+            ;;
+        *)
+            echo "bench/run.sh: unknown argument: $arg (try --help)" >&2
+            exit 2
+            ;;
+    esac
+done
+
+cd "$(dirname "$0")/.."
+cargo bench --bench receive
+if [ "$store" = 1 ]; then
+    cargo bench --bench store
+fi
