@@ -138,12 +138,14 @@ impl Writer {
                                 }
                                 Destination::Quarantine => &self.ks.quarantine,
                             };
+                            // The event before its queue entries: a reader that sees an
+                            // entry finds the event (readers also stop at the committed seq).
+                            batch.insert(tree, seq.to_be_bytes(), admit.record);
                             if admit.destination == Destination::Events {
                                 for sink in &admit.sinks {
                                     batch.insert(&self.ks.queue, queue::key(sink, seq), []);
                                 }
                             }
-                            batch.insert(tree, seq.to_be_bytes(), admit.record);
                             let ts = admit.received_at_ms.to_be_bytes();
                             for key in new_keys {
                                 batch.insert(&self.ks.dedupe, key.as_str(), ts);
