@@ -338,18 +338,13 @@ async fn every_event_is_relayed_once_byte_for_byte_with_its_headers_and_a_fresh_
         let header = hit
             .header("x-kirim-signature")
             .unwrap_or_else(|| panic!("{id}: the signed sink sent no X-Kirim-Signature: {hit:?}"));
-        let verified = signature::verify(
-            Some(header.as_bytes()),
-            &hit.body,
-            &sink_secret,
-            now(),
-            300,
-        )
-        .unwrap_or_else(|e| {
-            panic!(
+        let verified =
+            signature::verify(Some(header.as_bytes()), &hit.body, &sink_secret, now(), 300)
+                .unwrap_or_else(|e| {
+                    panic!(
                 "{id}: the relay's signature {header:?} does not verify with the sink secret: {e}"
             )
-        });
+                });
         assert!(
             (started - 1..=finished + 1).contains(&verified.timestamp()),
             "{id}: signed at t={} but relayed between {started} and {finished}",
@@ -650,7 +645,10 @@ async fn a_down_relay_does_not_slow_the_receive_path_and_catches_up() {
     }
     wait_for_failed_attempts(&daemon, "app", 1).await;
 
+    // The service comes up still warming up: its first two answers are 503.
     let target = Target::start_on(addr).await;
+    target.plan(Plan::status(503).with_body("warming up"));
+    target.plan(Plan::status(503).with_body("warming up"));
     let up = Instant::now();
     target.wait_acknowledged(&ids).await;
     let caught_up = up.elapsed();
@@ -675,10 +673,12 @@ async fn a_down_relay_does_not_slow_the_receive_path_and_catches_up() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_relay_does_not_hold_up_a_healthy_one() {
     let broken = Target::start().await;
-    broken.set_default(Plan::status(503).after(Duration::from_millis(300)));
+    // Slow and failing: every attempt ties up a connection for 4 s, then fails.
+    broken.set_default(Plan::status(503).after(Duration::from_secs(4)));
     let healthy = Target::start().await;
     let settings = relay_settings(&[
         Relay::new("broken", &broken.url())
+            .timeout_secs(10)
             .concurrency(2)
             .retry(50, 1, 100),
         Relay::new("healthy", &healthy.url()),
@@ -705,7 +705,7 @@ async fn a_failing_relay_does_not_hold_up_a_healthy_one() {
         let lag = ms(sent_at[id], first.arrived);
         slowest = slowest.max(lag);
         assert!(
-            lag < 3000,
+            lag < 2000,
             "{id} reached the healthy relay {lag} ms after it was accepted"
         );
     }
@@ -867,7 +867,7 @@ async fn kill_9_while_relaying_loses_nothing_and_resends_only_what_was_in_flight
         .collect();
     let in_flight = at_kill
         .iter()
-        .filter(|h| !h.answered.is_some_and(|a| a.0 < kill_started))
+        .filter(|h| h.answered.is_none_or(|a| a.0 >= kill_started))
         .count();
     assert!(
         acked_before.len() < KILL_EVENTS,
