@@ -189,6 +189,11 @@ impl Writer {
             }
             match batch.commit() {
                 Ok(()) => {
+                    // Publish the new events before anyone hears "accepted": a shutdown that
+                    // follows a 200 must find them.
+                    if let Some(seq) = last_event_seq {
+                        self.committed.send_replace(seq);
+                    }
                     for p in pending {
                         match p {
                             Pending::Admit(reply, outcome) => {
@@ -199,9 +204,6 @@ impl Writer {
                             }
                             Pending::Settle(None) => {}
                         }
-                    }
-                    if let Some(seq) = last_event_seq {
-                        self.committed.send_replace(seq);
                     }
                 }
                 Err(e) => {
