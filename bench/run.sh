@@ -1,11 +1,12 @@
 #!/bin/sh
 # Runs kirimhook's benchmarks from the repository root; see bench/README.md.
 #
-#   bench/run.sh            the receive benchmark (kirimhook vs a minimal HTTP server)
+#   bench/run.sh            the receive benchmark (kirimhook, kirimhook+relay, minimal server)
 #   bench/run.sh --store    the same, then the store-only benchmark
 #   bench/run.sh --quick    1 round with a 2 s window (unless BENCH_ROUNDS/BENCH_SECS are set)
 #
-# BENCH_SECS, BENCH_WARMUP_SECS, BENCH_ROUNDS, BENCH_CONNS and BENCH_RUST_LOG pass through.
+# BENCH_SECS, BENCH_WARMUP_SECS, BENCH_ROUNDS, BENCH_CONNS, BENCH_RELAY_CONCURRENCY and
+# BENCH_RUST_LOG pass through.
 set -eu
 
 store=0
@@ -18,7 +19,7 @@ for arg in "$@"; do
             export BENCH_ROUNDS BENCH_SECS
             ;;
         -h | --help)
-            sed -n '2,8s/^# \{0,1\}//p' "$0"
+            sed -n '2,9s/^# \{0,1\}//p' "$0"
             exit 0
             ;;
         *)

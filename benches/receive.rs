@@ -1,20 +1,24 @@
 //! Throughput and latency of kirimhook's full receive path, compared with a minimal hyper server
 //! measured in the same run on the same machine.
 //!
-//! Each round starts two servers as separate processes on `127.0.0.1:0`, one after the other:
+//! Each round starts three servers as separate processes on `127.0.0.1:0`, one after the other:
 //! "minimal" (this binary re-executed with `KIRIMHOOK_BENCH_ROLE=minimal`: a hyper 1.x HTTP/1.1
-//! server on a multi-threaded tokio runtime that reads the body and answers 200) and "kirimhook"
-//! (the real daemon, `kirimhook serve`, on a fresh temporary store). A load generator in this
-//! process drives each with the same pre-signed, unique Kirim deliveries over N keep-alive
-//! connections, one request in flight per connection, and reports the rate of 200 answers and the
-//! latency from send to the end of the response body. The store alone ("durable path only") is
-//! measured by `benches/store.rs`.
+//! server on a multi-threaded tokio runtime that reads the body and answers 200), "kirimhook"
+//! (the real daemon, `kirimhook serve`, on a fresh temporary store, stdout sink) and
+//! "kirimhook+relay" (the same daemon with an `http` relay sink as well, pointed at a 2xx target
+//! served inside this process). A load generator in this process drives each with the same
+//! pre-signed, unique Kirim deliveries over N keep-alive connections, one request in flight per
+//! connection, and reports the rate of 200 answers and the latency from send to the end of the
+//! response body. For the relay variant it also reports the rate at which events reached the
+//! target and the delivery lag (target arrival - the load generator's 200), and checks that
+//! every accepted event arrives. The store alone ("durable path only") is measured by
+//! `benches/store.rs`.
 //!
 //! It does not fix or tune anything, does not talk to kirim.dev, and proves nothing about another
 //! machine: the load generator shares the CPUs with the server, so only figures from one run are
 //! comparable with each other. See `bench/README.md` for the settings and how to read the output.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::SocketAddr;
@@ -50,6 +54,14 @@ const START_TIMEOUT: Duration = Duration::from_secs(60);
 const TARGET_RATIO: f64 = 0.5;
 /// ... with a p99 below this.
 const TARGET_P99_MS: f64 = 5.0;
+/// Relay target from the issue: relayed/s at least this share of accepted/s ("keeps up") ...
+const RELAY_TARGET_RATIO: f64 = 0.95;
+/// ... with a delivery lag p99 below this.
+const RELAY_TARGET_LAG_P99_MS: f64 = 50.0;
+/// After the window, how long the relay may take to deliver every accepted event.
+const RELAY_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// The relay target's path.
+const RELAY_PATH: &str = "/hooks";
 
 fn main() -> anyhow::Result<()> {
     if std::env::var(ROLE_ENV).as_deref() == Ok("minimal") {
@@ -67,6 +79,8 @@ struct Settings {
     window: Duration,
     warmup: Duration,
     connections: usize,
+    /// `concurrency` of the relay sink in the kirimhook+relay variant.
+    relay_concurrency: usize,
     /// `RUST_LOG` for the daemon; `None` keeps its default filter.
     rust_log: Option<String>,
     /// Not run by `cargo bench` (no `--bench` argument): a short smoke run.
@@ -82,12 +96,16 @@ impl Settings {
             window: secs_env("BENCH_SECS", secs)?,
             warmup: secs_env("BENCH_WARMUP_SECS", warmup)?,
             connections: env_parse("BENCH_CONNS", 32)?,
+            relay_concurrency: env_parse("BENCH_RELAY_CONCURRENCY", 8)?,
             rust_log: std::env::var("BENCH_RUST_LOG").ok(),
             smoke,
         })
         .and_then(|s: Settings| {
             if s.rounds == 0 || s.connections == 0 || s.window.is_zero() {
                 bail!("BENCH_ROUNDS, BENCH_CONNS and BENCH_SECS must be greater than 0");
+            }
+            if !(1..=256).contains(&s.relay_concurrency) {
+                bail!("BENCH_RELAY_CONCURRENCY must be in 1..=256 (the daemon's own range)");
             }
             Ok(s)
         })
@@ -116,6 +134,8 @@ fn secs_env(name: &str, default: f64) -> anyhow::Result<Duration> {
 enum Server {
     Minimal,
     Kirimhook,
+    /// kirimhook with the stdout sink and an HTTP relay sink to [`RelayTarget`].
+    KirimhookRelay,
 }
 
 impl Server {
@@ -123,6 +143,7 @@ impl Server {
         match self {
             Server::Minimal => "minimal",
             Server::Kirimhook => "kirimhook",
+            Server::KirimhookRelay => "kirimhook+relay",
         }
     }
 }
@@ -142,6 +163,10 @@ struct Measured {
     window: Duration,
     /// The pre-built requests ran out before the window ended: the rate is too low.
     exhausted: bool,
+    /// Every OK answer, warm-up and late ones included: (pool index, when its 200 arrived).
+    acks: Vec<(usize, Instant)>,
+    /// Start and end of the timed window (set by `drive`).
+    span: Option<(Instant, Instant)>,
 }
 
 impl Measured {
@@ -158,6 +183,7 @@ impl Measured {
         }
         self.latencies_us.extend(other.latencies_us);
         self.exhausted |= other.exhausted;
+        self.acks.extend(other.acks);
     }
 }
 
@@ -171,6 +197,8 @@ struct Row {
     max_ms: f64,
     duplicates: u64,
     errors: u64,
+    /// The kirimhook+relay variant's relay figures.
+    relay: Option<RelayFigures>,
 }
 
 impl Row {
@@ -186,12 +214,13 @@ impl Row {
             max_ms: q(1.0),
             duplicates: m.duplicates,
             errors: m.errors,
+            relay: None,
         }
     }
 
     fn print(&self) {
         println!(
-            "{:<6} {:<10} {:>8.0} {:>7.2} {:>7.2} {:>7.2} {:>8} {:>7}",
+            "{:<6} {:<15} {:>8.0} {:>7.2} {:>7.2} {:>7.2} {:>8} {:>7}",
             self.round,
             self.what,
             self.rate,
@@ -201,7 +230,59 @@ impl Row {
             self.duplicates,
             self.errors
         );
+        if let Some(r) = &self.relay {
+            println!(
+                "{:<6} relay: {:.0} relayed/s ({:.2} x accepted), lag p50 {:.2} p99 {:.2} max \
+                 {:.2} ms (min {:.2}), {} of {} accepted never arrived (lag covers the arrived ones), {}",
+                "",
+                r.rate,
+                if self.rate > 0.0 {
+                    r.rate / self.rate
+                } else {
+                    0.0
+                },
+                r.lag_p50_ms,
+                r.lag_p99_ms,
+                r.lag_max_ms,
+                r.lag_min_ms,
+                r.never,
+                r.accepted,
+                match r.drained_after {
+                    Some(d) => format!("the last one {:.2} s after the window", d.as_secs_f64()),
+                    None => format!(
+                        "gave up {} s after the window",
+                        RELAY_DRAIN_TIMEOUT.as_secs()
+                    ),
+                },
+            );
+        }
     }
+}
+
+/// What the relay target saw for one kirimhook+relay run.
+struct RelayFigures {
+    /// Distinct events that reached the target inside the timed window, per second.
+    rate: f64,
+    /// Delivery lag of the events answered 200 inside the window (target arrival - 200 at the
+    /// load generator), clamped at 0.
+    lag_p50_ms: f64,
+    lag_p99_ms: f64,
+    lag_max_ms: f64,
+    /// The smallest lag before clamping (negative when the relay beat the 200 to the bench).
+    lag_min_ms: f64,
+    /// Events answered 200 (warm-up included).
+    accepted: usize,
+    /// Of those, how many never reached the target within [`RELAY_DRAIN_TIMEOUT`].
+    never: usize,
+    /// When the last accepted event arrived, counted from the end of the window (`None`: some
+    /// never did).
+    drained_after: Option<Duration>,
+    /// Arrivals of an event the target had already received (at-least-once repeats).
+    repeats: u64,
+    /// Arrivals without an `X-Kirim-Event-Id` or with one the load generator never got a 200 for.
+    unknown: usize,
+    /// Arrivals whose `X-Kirimhook-Attempt` was not 1 (retries).
+    retries: u64,
 }
 
 /// Nearest-rank percentile of sorted microseconds, in milliseconds (0 when empty).
@@ -247,7 +328,13 @@ fn bench(settings: &Settings) -> anyhow::Result<()> {
 
     println!();
     println!(
-        "{:<6} {:<10} {:>8} {:>7} {:>7} {:>7} {:>8} {:>7}",
+        "kirimhook+relay: stdout sink + http sink to a 2xx target in this process, relay \
+         concurrency {} (BENCH_RELAY_CONCURRENCY)",
+        settings.relay_concurrency
+    );
+    println!();
+    println!(
+        "{:<6} {:<15} {:>8} {:>7} {:>7} {:>7} {:>8} {:>7}",
         "round", "server", "req/s", "p50_ms", "p99_ms", "max_ms", "dup", "errors"
     );
     let mut rows: Vec<Row> = Vec::new();
@@ -255,7 +342,7 @@ fn bench(settings: &Settings) -> anyhow::Result<()> {
     let mut best_rate = FIRST_RATE_GUESS;
     let mut run_number = 0u64;
     for round in 1..=settings.rounds {
-        for server in [Server::Minimal, Server::Kirimhook] {
+        for server in [Server::Minimal, Server::Kirimhook, Server::KirimhookRelay] {
             run_number += 1;
             let pool = Pool::build(
                 pool_size(best_rate, settings),
@@ -263,21 +350,48 @@ fn bench(settings: &Settings) -> anyhow::Result<()> {
                 &secret,
                 unix_now(),
             );
+            let mut relay = None;
             let measured = match server {
                 Server::Minimal => {
                     let child = MinimalChild::start()?;
                     runtime.block_on(drive(child.addr, pool, settings))?
                 }
-                Server::Kirimhook => {
-                    let daemon = Daemon::start(settings.rust_log.as_deref())?;
-                    let measured = runtime.block_on(drive(daemon.addr, pool, settings))?;
+                Server::Kirimhook | Server::KirimhookRelay => {
+                    let target = match server {
+                        Server::KirimhookRelay => Some(runtime.block_on(RelayTarget::start())?),
+                        _ => None,
+                    };
+                    let sink = target
+                        .as_ref()
+                        .map(|t| (t.addr, settings.relay_concurrency));
+                    let daemon = Daemon::start(settings.rust_log.as_deref(), sink)?;
+                    let measured = runtime.block_on(drive(daemon.addr, pool.clone(), settings))?;
+                    if let Some(target) = &target {
+                        let figures = runtime.block_on(relay_figures(&pool, &measured, target));
+                        if figures.repeats + figures.retries > 0 || figures.unknown > 0 {
+                            notes.push(format!(
+                                "round {round} {}: the target got {} repeated event(s), {} \
+                                 retry attempt(s) and {} arrival(s) of unknown events",
+                                server.name(),
+                                figures.repeats,
+                                figures.retries,
+                                figures.unknown
+                            ));
+                        }
+                        relay = Some(figures);
+                    }
                     let (total, warn, error) = daemon.log.counts();
                     if warn + error > 0 {
-                        notes.push(format!(
-                            "round {round}: kirimhook logged {error} ERROR and {warn} WARN \
-                             line(s) ({total} lines in all); last: {}",
-                            daemon.log.last().unwrap_or_default()
-                        ));
+                        let mut note = format!(
+                            "round {round}: {} logged {error} ERROR and {warn} WARN \
+                             line(s) ({total} lines in all); the first ones:",
+                            server.name()
+                        );
+                        for line in daemon.log.alerts() {
+                            note.push_str("\n      ");
+                            note.push_str(&line);
+                        }
+                        notes.push(note);
                     }
                     measured
                 }
@@ -293,7 +407,8 @@ fn bench(settings: &Settings) -> anyhow::Result<()> {
                 notes.push(format!("round {round} {}: first error: {e}", server.name()));
             }
             best_rate = best_rate.max(measured.rate());
-            let row = Row::new(round, server.name(), measured);
+            let mut row = Row::new(round, server.name(), measured);
+            row.relay = relay;
             row.print();
             rows.push(row);
         }
@@ -326,9 +441,65 @@ fn bench(settings: &Settings) -> anyhow::Result<()> {
             (false, false) => "MISSED",
         }
     );
+    let relay_name = Server::KirimhookRelay.name();
+    let (kr_rate, kr_p99) = (med(relay_name, |r| r.rate), med(relay_name, |r| r.p99_ms));
+    let rel = |f: fn(&RelayFigures) -> f64| {
+        let mut v: Vec<f64> = rows
+            .iter()
+            .filter_map(|r| r.relay.as_ref())
+            .map(f)
+            .collect();
+        median(&mut v)
+    };
+    let (relayed, lag_p50, lag_p99, lag_max) = (
+        rel(|r| r.rate),
+        rel(|r| r.lag_p50_ms),
+        rel(|r| r.lag_p99_ms),
+        rel(|r| r.lag_max_ms),
+    );
+    let keep_up = {
+        let mut v: Vec<f64> = rows
+            .iter()
+            .filter_map(|r| r.relay.as_ref().map(|f| (r.rate, f.rate)))
+            .map(|(acc, rel)| if acc > 0.0 { rel / acc } else { 0.0 })
+            .collect();
+        median(&mut v)
+    };
+    let never: usize = rows
+        .iter()
+        .filter_map(|r| r.relay.as_ref())
+        .map(|r| r.never)
+        .sum();
+    println!(
+        "median kirimhook+relay {kr_rate:.0} req/s p99 {kr_p99:.2} ms ({:.2} x kirimhook) | \
+         relayed {relayed:.0}/s ({keep_up:.2} x accepted) | lag p50 {lag_p50:.2} p99 \
+         {lag_p99:.2} max {lag_max:.2} ms | never arrived {never} (all rounds) | relay \
+         concurrency {}",
+        if kh_rate > 0.0 {
+            kr_rate / kh_rate
+        } else {
+            0.0
+        },
+        settings.relay_concurrency
+    );
+    let relay_met =
+        keep_up >= RELAY_TARGET_RATIO && lag_p99 < RELAY_TARGET_LAG_P99_MS && never == 0;
+    println!(
+        "relay target (relay keeps up with the receive rate at {} connections: relayed/s >= \
+         {RELAY_TARGET_RATIO:.2} x accepted/s, lag p99 < {RELAY_TARGET_LAG_P99_MS} ms, none \
+         lost; relay concurrency {}): {}",
+        settings.connections,
+        settings.relay_concurrency,
+        match (settings.smoke, relay_met, never) {
+            (_, _, n) if n > 0 => "MISSED (accepted events did not reach the target within 10 s)",
+            (true, _, _) => "not judged in a smoke run",
+            (false, true, _) => "MET",
+            (false, false, _) => "MISSED",
+        }
+    );
     let duplicates: u64 = rows
         .iter()
-        .filter(|r| r.what == "kirimhook")
+        .filter(|r| r.what.starts_with("kirimhook"))
         .map(|r| r.duplicates)
         .sum();
     if duplicates > 0 {
@@ -409,8 +580,10 @@ impl Pool {
         })
     }
 
-    fn take(&self) -> Option<&Prebuilt> {
-        self.items.get(self.next.fetch_add(1, Ordering::Relaxed))
+    /// The next unused delivery and its index.
+    fn take(&self) -> Option<(usize, &Prebuilt)> {
+        let i = self.next.fetch_add(1, Ordering::Relaxed);
+        self.items.get(i).map(|item| (i, item))
     }
 }
 
@@ -492,6 +665,7 @@ async fn drive(addr: SocketAddr, pool: Arc<Pool>, settings: &Settings) -> anyhow
         .collect();
     let mut total = Measured {
         window: settings.window,
+        span: Some((window_start, window_end)),
         ..Measured::default()
     };
     for task in tasks {
@@ -540,7 +714,7 @@ impl ConnCtx {
             if Instant::now() >= self.window_end {
                 break;
             }
-            let Some(item) = self.pool.take() else {
+            let Some((index, item)) = self.pool.take() else {
                 m.exhausted = true;
                 break;
             };
@@ -549,6 +723,9 @@ impl ConnCtx {
             let answer = self.send(&mut sender, request).await;
             let done = Instant::now();
             let in_window = done >= self.window_start && done < self.window_end;
+            if answer.is_ok() {
+                m.acks.push((index, done));
+            }
             match answer {
                 Ok(answer) if in_window => {
                     m.ok += 1;
@@ -724,6 +901,8 @@ struct Daemon {
 #[derive(Default)]
 struct LogTail {
     lines: Mutex<VecDeque<String>>,
+    /// The first WARN and ERROR lines.
+    alerts: Mutex<Vec<String>>,
     total: AtomicUsize,
     warn: AtomicUsize,
     error: AtomicUsize,
@@ -731,13 +910,24 @@ struct LogTail {
 
 impl LogTail {
     const KEEP: usize = 40;
+    const KEEP_ALERTS: usize = 5;
 
     fn push(&self, line: String) {
         self.total.fetch_add(1, Ordering::Relaxed);
-        if line.contains(r#""level":"ERROR""#) {
-            self.error.fetch_add(1, Ordering::Relaxed);
+        let alert = if line.contains(r#""level":"ERROR""#) {
+            Some(&self.error)
         } else if line.contains(r#""level":"WARN""#) {
-            self.warn.fetch_add(1, Ordering::Relaxed);
+            Some(&self.warn)
+        } else {
+            None
+        };
+        if let Some(counter) = alert {
+            counter.fetch_add(1, Ordering::Relaxed);
+            if let Ok(mut alerts) = self.alerts.lock() {
+                if alerts.len() < Self::KEEP_ALERTS {
+                    alerts.push(line.clone());
+                }
+            }
         }
         if let Ok(mut lines) = self.lines.lock() {
             if lines.len() == Self::KEEP {
@@ -756,8 +946,8 @@ impl LogTail {
         )
     }
 
-    fn last(&self) -> Option<String> {
-        self.lines.lock().ok()?.back().cloned()
+    fn alerts(&self) -> Vec<String> {
+        self.alerts.lock().map(|a| a.clone()).unwrap_or_default()
     }
 
     fn dump(&self) -> String {
@@ -769,11 +959,12 @@ impl LogTail {
 }
 
 impl Daemon {
-    fn start(rust_log: Option<&str>) -> anyhow::Result<Daemon> {
+    /// `relay`: also an `http` sink to this address with this concurrency.
+    fn start(rust_log: Option<&str>, relay: Option<(SocketAddr, usize)>) -> anyhow::Result<Daemon> {
         let dir = tempfile::tempdir().context("cannot create a temporary directory")?;
         let store = dir.path().join("store");
         let config = dir.path().join("kirimhook.toml");
-        std::fs::write(&config, daemon_config(&store)).context("cannot write the config")?;
+        std::fs::write(&config, daemon_config(&store, relay)).context("cannot write the config")?;
         let exe = PathBuf::from(env!("CARGO_BIN_EXE_kirimhook"));
         let mut command = Command::new(&exe);
         // Unset, the daemon uses its production default filter.
@@ -868,8 +1059,19 @@ impl Drop for Daemon {
     }
 }
 
-fn daemon_config(store: &std::path::Path) -> String {
+fn daemon_config(store: &std::path::Path, relay: Option<(SocketAddr, usize)>) -> String {
     let store = serde_json::Value::String(store.display().to_string());
+    let relay = relay.map_or_else(String::new, |(addr, concurrency)| {
+        format!(
+            r#"
+[[sinks]]
+name = "app"
+kind = "http"
+url = "http://{addr}{RELAY_PATH}"
+concurrency = {concurrency}
+"#
+        )
+    });
     format!(
         r#"[server]
 listen = "127.0.0.1:0"
@@ -885,7 +1087,7 @@ path = {store}
 [[sinks]]
 name = "stdout"
 kind = "stdout"
-"#
+{relay}"#
     )
 }
 
@@ -899,6 +1101,184 @@ fn listening_addr(line: &str) -> Option<SocketAddr> {
         .get("addr")
         .or_else(|| value.get("fields")?.get("addr"))?;
     addr.as_str()?.parse().ok()
+}
+
+// ---------------------------------------------------------------------------------------------
+// The relay target (kirimhook+relay)
+
+/// What the relay target has seen.
+#[derive(Default)]
+struct Arrivals {
+    /// First arrival of each `X-Kirim-Event-Id`.
+    first: HashMap<Box<str>, Instant>,
+    /// Arrivals of an id already in `first`.
+    repeats: u64,
+    /// Arrivals with `X-Kirimhook-Attempt` other than 1.
+    retries: u64,
+    /// Arrivals without a usable `X-Kirim-Event-Id`.
+    no_id: usize,
+}
+
+/// A hyper HTTP/1.1 server in the bench process, on the bench's runtime, that answers every
+/// request 200 at once and records when each event id arrived. Stops accepting when dropped.
+struct RelayTarget {
+    addr: SocketAddr,
+    arrivals: Arc<Mutex<Arrivals>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl RelayTarget {
+    async fn start() -> anyhow::Result<RelayTarget> {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .context("cannot bind the relay target")?;
+        let addr = listener.local_addr()?;
+        let arrivals = Arc::new(Mutex::new(Arrivals::default()));
+        let shared = arrivals.clone();
+        let accept = tokio::spawn(async move {
+            loop {
+                let stream = match listener.accept().await {
+                    Ok((stream, _)) => stream,
+                    Err(_) => {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let arrivals = shared.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                        let at = Instant::now();
+                        record(&arrivals, &req, at);
+                        async move {
+                            let _ = req.into_body().collect().await;
+                            Ok::<_, Infallible>(Response::new(Full::new(Bytes::new())))
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .keep_alive(true)
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Ok(RelayTarget {
+            addr,
+            arrivals,
+            accept,
+        })
+    }
+}
+
+impl Drop for RelayTarget {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
+fn record(arrivals: &Mutex<Arrivals>, req: &Request<Incoming>, at: Instant) {
+    let id = req
+        .headers()
+        .get("x-kirim-event-id")
+        .and_then(|v| v.to_str().ok());
+    let retry = req
+        .headers()
+        .get("x-kirimhook-attempt")
+        .is_some_and(|v| v.as_bytes() != b"1");
+    let Ok(mut a) = arrivals.lock() else { return };
+    if retry {
+        a.retries += 1;
+    }
+    match id {
+        None => a.no_id += 1,
+        Some(id) => {
+            if a.first.contains_key(id) {
+                a.repeats += 1;
+            } else {
+                a.first.insert(id.into(), at);
+            }
+        }
+    }
+}
+
+/// Waits (up to [`RELAY_DRAIN_TIMEOUT`]) for every event answered 200 to reach `target`, then
+/// computes the relay figures of the run.
+async fn relay_figures(pool: &Pool, m: &Measured, target: &RelayTarget) -> RelayFigures {
+    let (window_start, window_end) = m.span.unwrap_or_else(|| {
+        let now = Instant::now();
+        (now, now)
+    });
+    let id = |index: usize| pool.items[index].event_id.to_str().unwrap_or_default();
+    let lock = || {
+        target
+            .arrivals
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    };
+    // Wait for the stragglers, rechecking only the ones still missing.
+    let deadline = Instant::now() + RELAY_DRAIN_TIMEOUT;
+    let mut missing: Vec<usize> = m.acks.iter().map(|&(index, _)| index).collect();
+    loop {
+        {
+            let a = lock();
+            missing.retain(|&index| !a.first.contains_key(id(index)));
+        }
+        if missing.is_empty() || Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let a = lock();
+    let acked: std::collections::HashSet<&str> = m.acks.iter().map(|&(i, _)| id(i)).collect();
+    let in_window = a
+        .first
+        .values()
+        .filter(|&&at| at >= window_start && at < window_end)
+        .count();
+    let mut lags_us: Vec<u32> = Vec::new();
+    let mut min_lag_us = i128::MAX;
+    for &(index, ok_at) in &m.acks {
+        if ok_at < window_start || ok_at >= window_end {
+            continue;
+        }
+        if let Some(&arrived) = a.first.get(id(index)) {
+            let lag = if arrived >= ok_at {
+                arrived.duration_since(ok_at).as_micros() as i128
+            } else {
+                -(ok_at.duration_since(arrived).as_micros() as i128)
+            };
+            min_lag_us = min_lag_us.min(lag);
+            lags_us.push(u32::try_from(lag.max(0)).unwrap_or(u32::MAX));
+        }
+    }
+    lags_us.sort_unstable();
+    let last = m
+        .acks
+        .iter()
+        .filter_map(|&(i, _)| a.first.get(id(i)))
+        .max()
+        .copied();
+    RelayFigures {
+        rate: in_window as f64 / m.window.as_secs_f64(),
+        lag_p50_ms: percentile_ms(&lags_us, 0.50),
+        lag_p99_ms: percentile_ms(&lags_us, 0.99),
+        lag_max_ms: percentile_ms(&lags_us, 1.0),
+        lag_min_ms: if lags_us.is_empty() {
+            0.0
+        } else {
+            min_lag_us as f64 / 1000.0
+        },
+        accepted: m.acks.len(),
+        never: missing.len(),
+        drained_after: match (missing.is_empty(), last) {
+            (true, Some(last)) => Some(last.saturating_duration_since(window_end)),
+            (true, None) => Some(Duration::ZERO),
+            (false, _) => None,
+        },
+        repeats: a.repeats,
+        retries: a.retries,
+        unknown: a.no_id + a.first.keys().filter(|k| !acked.contains(&***k)).count(),
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
