@@ -136,10 +136,17 @@ impl<S: Sink> Dispatcher<S> {
         }
     }
 
-    /// Starts deliveries until the sink's concurrency is used or nothing is due.
+    /// Starts deliveries until the sink's concurrency is used or nothing is due. The events of
+    /// every delivery started here are read from the store in one go.
     async fn fill(&mut self, last_committed: u64) -> Result<(), store::StoreError> {
         let ordered = self.sink.concurrency() <= 1;
-        while self.running.len() < self.sink.concurrency().max(1) {
+        let free = self
+            .sink
+            .concurrency()
+            .max(1)
+            .saturating_sub(self.running.len());
+        let mut batches = Vec::new();
+        while batches.len() < free {
             let mut batch = Vec::new();
             match self.retries.peek() {
                 Some(Reverse((due, seq))) if *due <= now_ms() => {
@@ -161,9 +168,38 @@ impl<S: Sink> Dispatcher<S> {
                 }
             }
             if batch.is_empty() {
-                return Ok(());
+                break;
             }
-            self.start(batch).await?;
+            self.in_flight.extend(batch.iter().map(|e| e.seq));
+            batches.push(batch);
+        }
+        if batches.is_empty() {
+            return Ok(());
+        }
+        let seqs: Vec<u64> = batches.iter().flatten().map(|e| e.seq).collect();
+        let mut events = match self.store.events(seqs).await {
+            Ok(events) => events.into_iter(),
+            Err(e) => {
+                // Put them back: they are tried again on the next round.
+                for entry in batches.into_iter().flatten().rev() {
+                    self.in_flight.remove(&entry.seq);
+                    if entry.state.attempts > 0 {
+                        self.retries
+                            .push(Reverse((entry.state.next_attempt_ms, entry.seq)));
+                        self.waiting.insert(entry.seq, entry.state);
+                    } else {
+                        self.fresh.push_front(entry);
+                    }
+                }
+                return Err(e);
+            }
+        };
+        for batch in batches {
+            let found: Vec<_> = batch
+                .into_iter()
+                .map(|e| (e, events.next().flatten()))
+                .collect();
+            self.start(found).await;
         }
         Ok(())
     }
@@ -195,13 +231,11 @@ impl<S: Sink> Dispatcher<S> {
         }
     }
 
-    async fn start(&mut self, batch: Vec<QueueEntry>) -> Result<(), store::StoreError> {
-        let seqs: Vec<u64> = batch.iter().map(|e| e.seq).collect();
-        let events = self.store.events(seqs).await?;
+    async fn start(&mut self, batch: Vec<(QueueEntry, Option<store::StoredEvent>)>) {
         let mut attempts = Vec::with_capacity(batch.len());
         let mut entries = Vec::with_capacity(batch.len());
         let mut gone = Vec::new();
-        for (entry, event) in batch.into_iter().zip(events) {
+        for (entry, event) in batch {
             match event {
                 Some(event) => {
                     attempts.push(Attempt {
@@ -210,7 +244,10 @@ impl<S: Sink> Dispatcher<S> {
                     });
                     entries.push(entry);
                 }
-                None => gone.push(entry.seq),
+                None => {
+                    self.in_flight.remove(&entry.seq);
+                    gone.push(entry.seq);
+                }
             }
         }
         if !gone.is_empty() {
@@ -219,10 +256,9 @@ impl<S: Sink> Dispatcher<S> {
                 .await;
         }
         if attempts.is_empty() {
-            return Ok(());
+            return;
         }
         let seqs: Vec<u64> = entries.iter().map(|e| e.seq).collect();
-        self.in_flight.extend(seqs.iter().copied());
         let sink = self.sink.clone();
         let span = tracing::debug_span!(
             "attempt",
@@ -245,7 +281,6 @@ impl<S: Sink> Dispatcher<S> {
             .instrument(span),
         );
         self.batches.insert(handle.id(), seqs);
-        Ok(())
     }
 
     /// Records the outcome of a finished delivery.

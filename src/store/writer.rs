@@ -106,7 +106,19 @@ impl Writer {
 
     /// Applies a batch of commands. Returns true when the writer must stop.
     fn apply(&mut self, commands: &mut Vec<Command>) -> bool {
-        let mut batch = self.db.batch().durability(Some(PersistMode::SyncData));
+        // fsync only when someone waits for it (admissions, durable settles); plain sink
+        // outcomes ride along with the next synced batch, or the journal's own flush.
+        let needs_sync = commands.iter().any(|c| {
+            matches!(
+                c,
+                Command::Admit(_) | Command::Settle { reply: Some(_), .. }
+            )
+        });
+        let mut batch = self.db.batch().durability(Some(if needs_sync {
+            PersistMode::SyncData
+        } else {
+            PersistMode::Buffer
+        }));
         let mut pending = Vec::with_capacity(commands.len());
         let mut seen: HashSet<DedupeKey> = HashSet::new();
         let mut sweeps = Vec::new();
