@@ -24,12 +24,15 @@ use tracing::Instrument as _;
 use crate::config::RetryPolicy;
 use crate::retry;
 use crate::sinks::{Attempt, Failure, Sink, SinkError};
-use crate::store::{self, AttemptState, LastError, QueueEntry, Settlement, Store};
+use crate::store::{self, AttemptState, LastError, QueueEntry, Settlement, Store, StoredEvent};
 
 /// Queue entries read from the store at a time.
 const SCAN: usize = 1024;
 /// Pause after the store itself failed.
 const STORE_RETRY: Duration = Duration::from_secs(1);
+
+/// A queue entry and its event (`None`: not read yet, or no longer stored).
+type Item = (QueueEntry, Option<Arc<StoredEvent>>);
 
 /// What a finished delivery task reports.
 struct Done {
@@ -47,8 +50,8 @@ struct Dispatcher<S> {
     /// Entries waiting for a retry: (due time ms, seq), earliest first; their states.
     retries: BinaryHeap<Reverse<(u64, u64)>>,
     waiting: HashMap<u64, AttemptState>,
-    /// Entries never attempted, read ahead from the queue.
-    fresh: VecDeque<QueueEntry>,
+    /// Entries never attempted, read ahead from the queue with their events.
+    fresh: VecDeque<Item>,
     /// Highest seq the fresh scan has passed.
     scanned: u64,
     in_flight: HashSet<u64>,
@@ -101,13 +104,13 @@ impl<S: Sink> Dispatcher<S> {
             let next_retry = self.retries.peek().map(|Reverse((due, _))| *due);
             let sleep = next_retry.map(|due| Duration::from_millis(due.saturating_sub(now_ms())));
             tokio::select! {
-                Some(joined) = self.running.join_next_with_id() => match joined {
-                    Ok((id, done)) => {
-                        self.batches.remove(&id);
-                        self.finish(done).await;
+                Some(joined) = self.running.join_next_with_id() => {
+                    self.joined(joined).await;
+                    // Take every other finished delivery too before refilling.
+                    while let Some(joined) = self.running.try_join_next_with_id() {
+                        self.joined(joined).await;
                     }
-                    Err(e) => self.lost(e.id()),
-                },
+                }
                 changed = committed.changed() => if changed.is_err() && self.running.is_empty() {
                     return;
                 },
@@ -136,8 +139,8 @@ impl<S: Sink> Dispatcher<S> {
         }
     }
 
-    /// Starts deliveries until the sink's concurrency is used or nothing is due. The events of
-    /// every delivery started here are read from the store in one go.
+    /// Starts deliveries until the sink's concurrency is used or nothing is due. Fresh entries
+    /// come with their events from the queue scan; the events of retries are read in one go.
     async fn fill(&mut self, last_committed: u64) -> Result<(), store::StoreError> {
         let ordered = self.sink.concurrency() <= 1;
         let free = self
@@ -145,7 +148,7 @@ impl<S: Sink> Dispatcher<S> {
             .concurrency()
             .max(1)
             .saturating_sub(self.running.len());
-        let mut batches = Vec::new();
+        let mut batches: Vec<Vec<Item>> = Vec::new();
         while batches.len() < free {
             let mut batch = Vec::new();
             match self.retries.peek() {
@@ -153,7 +156,7 @@ impl<S: Sink> Dispatcher<S> {
                     let seq = *seq;
                     self.retries.pop();
                     if let Some(state) = self.waiting.remove(&seq) {
-                        batch.push(QueueEntry { seq, state });
+                        batch.push((QueueEntry { seq, state }, None));
                     }
                 }
                 // In-order sinks wait for the retry before anything later.
@@ -161,7 +164,7 @@ impl<S: Sink> Dispatcher<S> {
                 _ => {
                     while batch.len() < self.sink.max_batch().max(1) {
                         match self.next_fresh(last_committed).await? {
-                            Some(entry) => batch.push(entry),
+                            Some(item) => batch.push(item),
                             None => break,
                         }
                     }
@@ -170,68 +173,96 @@ impl<S: Sink> Dispatcher<S> {
             if batch.is_empty() {
                 break;
             }
-            self.in_flight.extend(batch.iter().map(|e| e.seq));
+            self.in_flight.extend(batch.iter().map(|(e, _)| e.seq));
             batches.push(batch);
         }
-        if batches.is_empty() {
-            return Ok(());
-        }
-        let seqs: Vec<u64> = batches.iter().flatten().map(|e| e.seq).collect();
-        let mut events = match self.store.events(seqs).await {
-            Ok(events) => events.into_iter(),
-            Err(e) => {
-                // Put them back: they are tried again on the next round.
-                for entry in batches.into_iter().flatten().rev() {
-                    self.in_flight.remove(&entry.seq);
-                    if entry.state.attempts > 0 {
-                        self.retries
-                            .push(Reverse((entry.state.next_attempt_ms, entry.seq)));
-                        self.waiting.insert(entry.seq, entry.state);
-                    } else {
-                        self.fresh.push_front(entry);
+        let missing: Vec<u64> = batches
+            .iter()
+            .flatten()
+            .filter(|(_, event)| event.is_none())
+            .map(|(e, _)| e.seq)
+            .collect();
+        if !missing.is_empty() {
+            match self.store.events(missing).await {
+                Ok(found) => {
+                    let mut found = found.into_iter();
+                    for (_, event) in batches.iter_mut().flatten().filter(|(_, e)| e.is_none()) {
+                        *event = found.next().flatten().map(Arc::new);
                     }
                 }
-                return Err(e);
+                Err(e) => {
+                    // Put them back: they are tried again on the next round.
+                    for (entry, event) in batches.into_iter().flatten().rev() {
+                        self.in_flight.remove(&entry.seq);
+                        self.requeue(entry, event);
+                    }
+                    return Err(e);
+                }
             }
-        };
+        }
         for batch in batches {
-            let found: Vec<_> = batch
-                .into_iter()
-                .map(|e| (e, events.next().flatten()))
-                .collect();
-            self.start(found).await;
+            self.start(batch).await;
         }
         Ok(())
     }
 
-    async fn next_fresh(
-        &mut self,
-        last_committed: u64,
-    ) -> Result<Option<QueueEntry>, store::StoreError> {
+    /// Puts an entry that was not tried back where it came from.
+    fn requeue(&mut self, entry: QueueEntry, event: Option<Arc<StoredEvent>>) {
+        if entry.state.attempts > 0 {
+            self.retries
+                .push(Reverse((entry.state.next_attempt_ms, entry.seq)));
+            self.waiting.insert(entry.seq, entry.state);
+        } else {
+            self.fresh.push_front((entry, event));
+        }
+    }
+
+    async fn next_fresh(&mut self, last_committed: u64) -> Result<Option<Item>, store::StoreError> {
         loop {
-            if let Some(entry) = self.fresh.pop_front() {
-                return Ok(Some(entry));
+            if let Some(item) = self.fresh.pop_front() {
+                return Ok(Some(item));
             }
             if self.scanned >= last_committed {
                 return Ok(None);
             }
             // Only entries up to the last committed seq: a batch still being applied by the
             // writer can be partly visible, and its entries must wait until it is whole.
-            let entries = self.store.queue(&self.name, self.scanned, SCAN).await?;
-            let reached = entries.last().map(|e| e.seq);
-            self.fresh.extend(entries.into_iter().filter(|e| {
-                e.seq <= last_committed
-                    && !self.waiting.contains_key(&e.seq)
-                    && !self.in_flight.contains(&e.seq)
-            }));
-            self.scanned = match reached {
-                Some(seq) => seq.min(last_committed),
-                None => last_committed,
+            let found = self
+                .store
+                .queue_with_events(&self.name, self.scanned, last_committed, SCAN)
+                .await?;
+            self.scanned = match found.last() {
+                Some((entry, _)) if found.len() == SCAN => entry.seq,
+                _ => last_committed,
             };
+            let mut gone = Vec::new();
+            for (entry, event) in found {
+                if self.waiting.contains_key(&entry.seq) || self.in_flight.contains(&entry.seq) {
+                    continue;
+                }
+                match event {
+                    Some(event) => self.fresh.push_back((entry, Some(Arc::new(event)))),
+                    None => gone.push(entry.seq),
+                }
+            }
+            self.drop_gone(gone).await;
         }
     }
 
-    async fn start(&mut self, batch: Vec<(QueueEntry, Option<store::StoredEvent>)>) {
+    /// Queue entries whose event is no longer stored (a dangling entry): dropped with a warning.
+    async fn drop_gone(&mut self, gone: Vec<u64>) {
+        if gone.is_empty() {
+            return;
+        }
+        for seq in &gone {
+            self.in_flight.remove(seq);
+        }
+        tracing::warn!(sink = %self.name, seqs = ?gone, "queued events are missing from the store; dropping their queue entries");
+        self.settle(gone.into_iter().map(Settlement::Delivered).collect())
+            .await;
+    }
+
+    async fn start(&mut self, batch: Vec<Item>) {
         let mut attempts = Vec::with_capacity(batch.len());
         let mut entries = Vec::with_capacity(batch.len());
         let mut gone = Vec::new();
@@ -244,17 +275,10 @@ impl<S: Sink> Dispatcher<S> {
                     });
                     entries.push(entry);
                 }
-                None => {
-                    self.in_flight.remove(&entry.seq);
-                    gone.push(entry.seq);
-                }
+                None => gone.push(entry.seq),
             }
         }
-        if !gone.is_empty() {
-            tracing::warn!(sink = %self.name, seqs = ?gone, "queued events are missing from the store; dropping their queue entries");
-            self.settle(gone.into_iter().map(Settlement::Delivered).collect())
-                .await;
-        }
+        self.drop_gone(gone).await;
         if attempts.is_empty() {
             return;
         }
@@ -283,6 +307,16 @@ impl<S: Sink> Dispatcher<S> {
         self.batches.insert(handle.id(), seqs);
     }
 
+    async fn joined(&mut self, joined: Result<(Id, Done), tokio::task::JoinError>) {
+        match joined {
+            Ok((id, done)) => {
+                self.batches.remove(&id);
+                self.finish(done).await;
+            }
+            Err(e) => self.lost(e.id()),
+        }
+    }
+
     /// Records the outcome of a finished delivery.
     async fn finish(&mut self, done: Done) {
         let Done {
@@ -309,13 +343,7 @@ impl<S: Sink> Dispatcher<S> {
             }
             // Not tried: back to the front of the line, in order.
             for entry in batch.rev() {
-                if entry.state.attempts > 0 {
-                    self.retries
-                        .push(Reverse((entry.state.next_attempt_ms, entry.seq)));
-                    self.waiting.insert(entry.seq, entry.state);
-                } else {
-                    self.fresh.push_front(entry);
-                }
+                self.requeue(entry, None);
             }
         }
         self.settle(outcomes).await;

@@ -9,6 +9,7 @@ pub mod http;
 pub mod stdout;
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::store::StoredEvent;
@@ -17,7 +18,7 @@ use crate::store::StoredEvent;
 #[derive(Debug, Clone)]
 pub struct Attempt {
     /// The event.
-    pub event: StoredEvent,
+    pub event: Arc<StoredEvent>,
     /// 1-based attempt number of this sink for this event.
     pub attempt: u32,
 }

@@ -192,7 +192,10 @@ mod tests {
         let mut b = event(b"{\"b\":2}", vec![]);
         a.seq = 1;
         b.seq = 2;
-        let batch = [a, b].map(|event| Attempt { event, attempt: 1 });
+        let batch = [a, b].map(|event| Attempt {
+            event: std::sync::Arc::new(event),
+            attempt: 1,
+        });
         sink.deliver(&batch).await.unwrap();
         let written = String::from_utf8(sink.into_writer()).unwrap();
         let lines: Vec<&str> = written.lines().collect();

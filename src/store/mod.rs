@@ -292,6 +292,45 @@ impl Store {
         .await
     }
 
+    /// Up to `limit` entries of `sink`'s queue with `after < seq <= up_to`, each with its event
+    /// (`None` for one that is gone), read in one go.
+    pub async fn queue_with_events(
+        &self,
+        sink: &str,
+        after: u64,
+        up_to: u64,
+        limit: usize,
+    ) -> Result<Vec<(QueueEntry, Option<StoredEvent>)>, StoreError> {
+        let queue_ks = self.inner.queue.clone();
+        let events = self.inner.events.clone();
+        let prefix = queue::prefix(sink);
+        let start = after.checked_add(1).map(|s| queue::key(sink, s));
+        blocking(move || {
+            let Some(start) = start else {
+                return Ok(Vec::new());
+            };
+            let mut out = Vec::new();
+            for guard in queue_ks.range(start..).take(limit) {
+                let (key, value) = guard.into_inner()?;
+                let seq = queue::seq_of(&key);
+                if !key.starts_with(&prefix) || seq > up_to {
+                    break;
+                }
+                let event = match events.get(seq.to_be_bytes())? {
+                    Some(record) => Some(
+                        record::decode(seq, &record)
+                            .map_err(|source| StoreError::Decode { seq, source })?,
+                    ),
+                    None => None,
+                };
+                let state = queue::decode_state(&value);
+                out.push((QueueEntry { seq, state }, event));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     /// Number of events in `sink`'s queue (counts them: O(queue)).
     pub async fn queue_len(&self, sink: &str) -> Result<usize, StoreError> {
         let queue_ks = self.inner.queue.clone();
