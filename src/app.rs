@@ -1,9 +1,11 @@
 //! Wires the daemon together: store, listener, receiver, sinks and sweeper, under one shutdown.
 //!
-//! Start-up order: open the store (recovering whatever a crash left), bind the listener, start
-//! the sinks (they resume from their durable queues), then serve. Shutdown order is the
-//! reverse: stop accepting and drain in-flight requests, let the sinks deliver what is committed,
-//! then flush and close the store; all within one drain deadline.
+//! Start-up order: open the store (recovering whatever a crash left), bind the listener (or
+//! take over the one systemd passed), start the sinks (they resume from their durable queues),
+//! then serve and tell systemd `READY=1`. Shutdown order is the reverse: tell systemd
+//! `STOPPING=1`, stop accepting and drain in-flight requests, let the sinks deliver what is
+//! committed, then flush and close the store; all within one drain deadline. When systemd asks
+//! for a watchdog, `WATCHDOG=1` is sent from start to exit.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -19,12 +21,24 @@ use crate::server::{self, Limits};
 use crate::sinks::http::HttpSink;
 use crate::sinks::stdout::StdoutSink;
 use crate::store::Store;
+use crate::systemd::{self, Notifier, State};
 
 /// How often the retention sweep runs.
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
 
-/// Runs the daemon until `shutdown` is cancelled and the drain has finished.
-pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+/// Runs the daemon until `shutdown` is cancelled and the drain has finished. It serves on
+/// `activated` (a socket passed by systemd, see [`systemd::take_activated_listener`]) when
+/// given, else it binds `server.listen`.
+pub async fn run(
+    config: Config,
+    activated: Option<std::net::TcpListener>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let notifier = Notifier::from_env();
+    let watchdog = systemd::watchdog_from_env()
+        .filter(|_| notifier.is_enabled())
+        .map(|period| tokio::spawn(systemd::feed_watchdog(notifier.clone(), period)));
+
     let sink_names = config.sinks.iter().map(|s| s.name.clone()).collect();
     let store_path = config.store.path.clone();
     let store = tokio::task::spawn_blocking(move || Store::open(&store_path, sink_names))
@@ -32,9 +46,20 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         .context("store open task failed")?
         .with_context(|| format!("cannot open the store at {}", config.store.path.display()))?;
 
-    let listener = TcpListener::bind(config.server.listen)
-        .await
-        .with_context(|| format!("cannot listen on {} (server.listen)", config.server.listen))?;
+    let (listener, source) = match activated {
+        Some(inherited) => (
+            systemd::into_tokio(inherited).context("cannot use the socket passed by systemd")?,
+            "systemd",
+        ),
+        None => (
+            TcpListener::bind(config.server.listen)
+                .await
+                .with_context(|| {
+                    format!("cannot listen on {} (server.listen)", config.server.listen)
+                })?,
+            "server.listen",
+        ),
+    };
     let addr = listener
         .local_addr()
         .context("listener has no local address")?;
@@ -82,6 +107,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let drain = config.server.shutdown_timeout;
     tracing::info!(
         addr = %addr,
+        listener = source,
         path = %config.server.path,
         store = %config.store.path.display(),
         secrets = config.verify.secrets.len(),
@@ -96,7 +122,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         shutdown.clone(),
         drain,
     ));
+    notifier.notify_or_log(&[State::Ready, State::Status(&format!("listening on {addr}"))]);
     shutdown.cancelled().await;
+    notifier.notify_or_log(&[State::Stopping, State::Status("draining")]);
     let deadline = tokio::time::Instant::now() + drain;
     if let Err(e) = server.await {
         tracing::error!(error = %e, "server task failed");
@@ -114,6 +142,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     }
     sweeper.abort();
     store.close().await.context("closing the store")?;
+    if let Some(watchdog) = watchdog {
+        watchdog.abort();
+    }
     tracing::info!("stopped");
     Ok(())
 }
@@ -122,7 +153,10 @@ async fn sweep_forever(store: Store, retention: Duration) {
     let mut every = tokio::time::interval(SWEEP_EVERY);
     loop {
         every.tick().await;
-        match store.sweep(SystemTime::now(), retention).await {
+        match store
+            .sweep(SystemTime::now(), retention, Duration::ZERO)
+            .await
+        {
             Ok(swept) if swept.keys > 0 || swept.events > 0 => {
                 tracing::info!(keys = swept.keys, events = swept.events, "retention sweep");
             }

@@ -35,7 +35,7 @@ use crate::envelope::DedupeKey;
 use crate::signature::Verified;
 pub use queue::{AttemptState, DeadLetter, LastError, QueueEntry};
 pub use record::{RecordMeta, StoredEvent};
-use writer::{AdmitCommand, Command, SweepReport};
+use writer::{AdmitCommand, Command, Maintenance, SweepReport};
 
 /// How many commands the writer's queue holds before callers wait (back-pressure).
 const QUEUE_CAPACITY: usize = 8192;
@@ -136,6 +136,7 @@ struct Inner {
     dead_letters: Keyspace,
     tx: mpsc::Sender<Command>,
     committed: watch::Receiver<u64>,
+    requeued: watch::Receiver<u64>,
     writer: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
@@ -172,9 +173,16 @@ impl Store {
         };
         let next_seq = recover_next_seq(&keyspaces)?;
         let (committed_tx, committed) = watch::channel(next_seq.saturating_sub(1));
+        let (requeued_tx, requeued) = watch::channel(0);
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
-        let writer =
-            writer::Writer::new(db.clone(), keyspaces.clone(), next_seq, sinks, committed_tx);
+        let writer = writer::Writer::new(
+            db.clone(),
+            keyspaces.clone(),
+            next_seq,
+            sinks,
+            committed_tx,
+            requeued_tx,
+        );
         let handle = std::thread::Builder::new()
             .name("kirimhook-store".into())
             .spawn(move || writer.run(rx))
@@ -188,6 +196,7 @@ impl Store {
                 dead_letters: keyspaces.dead_letters,
                 tx,
                 committed,
+                requeued,
                 writer: std::sync::Mutex::new(Some(handle)),
             }),
         })
@@ -244,14 +253,30 @@ impl Store {
         answer.await.map_err(|_| StoreError::WriterGone)?
     }
 
-    /// Forgets dedupe keys first seen before `now - retention` and removes events that no
-    /// configured sink has queued. Works in bounded steps; returns what it removed.
-    pub async fn sweep(&self, now: SystemTime, retention: Duration) -> Result<Swept, StoreError> {
+    /// Forgets dedupe keys first seen before `now - retention` and removes events that no sink
+    /// has queued any more, once they are older than `keep_events` (0: at once). Works in
+    /// bounded steps; returns what it removed.
+    pub async fn sweep(
+        &self,
+        now: SystemTime,
+        retention: Duration,
+        keep_events: Duration,
+    ) -> Result<Swept, StoreError> {
         let cutoff_ms = millis(now.checked_sub(retention).unwrap_or(UNIX_EPOCH));
+        let keep_events_until_ms = if keep_events.is_zero() {
+            0
+        } else {
+            millis(now.checked_sub(keep_events).unwrap_or(UNIX_EPOCH)).max(1)
+        };
         let mut total = Swept::default();
         loop {
             let (reply, answer) = oneshot::channel();
-            self.send(Command::Sweep { cutoff_ms, reply }).await?;
+            self.send(Command::Sweep {
+                cutoff_ms,
+                keep_events_until_ms,
+                reply,
+            })
+            .await?;
             let SweepReport { swept, more } =
                 answer.await.map_err(|_| StoreError::WriterGone)??;
             total.keys += swept.keys;
@@ -260,6 +285,60 @@ impl Store {
                 return Ok(total);
             }
         }
+    }
+
+    /// Moves `sink`'s dead letters (all when `seqs` is `None`) back into its queue, as never
+    /// attempted. Returns how many moved.
+    pub async fn retry_dead_letters(
+        &self,
+        sink: &str,
+        seqs: Option<Vec<u64>>,
+    ) -> Result<usize, StoreError> {
+        self.maintain(Maintenance::Requeue {
+            sink: sink.to_owned(),
+            seqs,
+        })
+        .await
+    }
+
+    /// Forgets `sink`'s dead letters (all when `seqs` is `None`). Returns how many.
+    pub async fn drop_dead_letters(
+        &self,
+        sink: &str,
+        seqs: Option<Vec<u64>>,
+    ) -> Result<usize, StoreError> {
+        self.maintain(Maintenance::DropDeadLetters {
+            sink: sink.to_owned(),
+            seqs,
+        })
+        .await
+    }
+
+    /// Forgets quarantined deliveries (all when `seqs` is `None`). Returns how many.
+    pub async fn drop_quarantine(&self, seqs: Option<Vec<u64>>) -> Result<usize, StoreError> {
+        self.maintain(Maintenance::DropQuarantine { seqs }).await
+    }
+
+    /// Queues every stored event received at or after `since` for `sink` again (events are
+    /// kept after delivery only for the configured keep window). Returns how many were queued.
+    pub async fn replay(&self, sink: &str, since: SystemTime) -> Result<usize, StoreError> {
+        self.maintain(Maintenance::Replay {
+            sink: sink.to_owned(),
+            since_ms: millis(since),
+        })
+        .await
+    }
+
+    /// A receiver that changes whenever entries were put back into a queue below what a
+    /// dispatcher may already have scanned (dead-letter retry, replay).
+    pub fn requeued(&self) -> watch::Receiver<u64> {
+        self.inner.requeued.clone()
+    }
+
+    async fn maintain(&self, op: Maintenance) -> Result<usize, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Maintain { op, reply }).await?;
+        answer.await.map_err(|_| StoreError::WriterGone)?
     }
 
     /// Up to `limit` entries of `sink`'s queue with seq greater than `after`, in seq order.

@@ -148,7 +148,11 @@ async fn delivered_events_are_swept_and_seqs_are_never_reused() {
         .unwrap();
     assert_eq!(store.queue_len("stdout").await.unwrap(), 0);
     let swept = store
-        .sweep(SystemTime::now(), Duration::from_secs(86_400))
+        .sweep(
+            SystemTime::now(),
+            Duration::from_secs(86_400),
+            Duration::ZERO,
+        )
         .await
         .unwrap();
     assert_eq!(swept, Swept { keys: 0, events: 3 });
@@ -187,7 +191,11 @@ async fn sweep_keeps_events_a_sink_still_owes_and_forgets_old_keys() {
         .await
         .unwrap();
     let swept = store
-        .sweep(SystemTime::now(), Duration::from_millis(35 * day))
+        .sweep(
+            SystemTime::now(),
+            Duration::from_millis(35 * day),
+            Duration::ZERO,
+        )
         .await
         .unwrap();
     // Sink b still owes both: they stay; the 40-day-old key goes.
@@ -206,7 +214,11 @@ async fn sweep_keeps_events_a_sink_still_owes_and_forgets_old_keys() {
         .await
         .unwrap();
     let swept = store
-        .sweep(SystemTime::now(), Duration::from_millis(35 * day))
+        .sweep(
+            SystemTime::now(),
+            Duration::from_millis(35 * day),
+            Duration::ZERO,
+        )
         .await
         .unwrap();
     assert_eq!(swept.events, 1);
@@ -234,7 +246,11 @@ async fn events_are_queued_only_for_the_listed_sinks() {
     assert_eq!(b[0].state, AttemptState::default());
     // The event no sink wants is removed by the sweep; b's is kept.
     let swept = store
-        .sweep(SystemTime::now(), Duration::from_secs(86_400))
+        .sweep(
+            SystemTime::now(),
+            Duration::from_secs(86_400),
+            Duration::ZERO,
+        )
         .await
         .unwrap();
     assert_eq!(swept.events, 0, "seq 1 is owed to b and blocks the range");
@@ -243,7 +259,11 @@ async fn events_are_queued_only_for_the_listed_sinks() {
         .await
         .unwrap();
     let swept = store
-        .sweep(SystemTime::now(), Duration::from_secs(86_400))
+        .sweep(
+            SystemTime::now(),
+            Duration::from_secs(86_400),
+            Duration::ZERO,
+        )
         .await
         .unwrap();
     assert_eq!(swept.events, 2);
@@ -303,7 +323,11 @@ async fn retry_state_and_dead_letters_survive_a_restart() {
         .await
         .unwrap();
     store
-        .sweep(SystemTime::now(), Duration::from_secs(86_400))
+        .sweep(
+            SystemTime::now(),
+            Duration::from_secs(86_400),
+            Duration::ZERO,
+        )
         .await
         .unwrap();
     assert!(store.read_after(0, 10).await.unwrap().is_empty());
@@ -341,4 +365,101 @@ async fn admit_after_close_is_an_error_not_a_hang() {
         store.admit(event(&["kirim:a"], "{}")).await,
         Err(StoreError::WriterGone)
     ));
+}
+
+#[tokio::test]
+async fn operator_actions_on_dead_letters_quarantine_and_replay() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let mut requeued = store.requeued();
+    for i in 1..=3 {
+        store
+            .admit(event(&[&format!("kirim:{i}")], &format!("{{\"n\":{i}}}")))
+            .await
+            .unwrap();
+    }
+    let dead = AttemptState {
+        attempts: 20,
+        last_error: Some(LastError::new(Some(500), "HTTP 500")),
+        ..AttemptState::default()
+    };
+    store
+        .settle_durably(
+            "stdout",
+            vec![
+                Settlement::DeadLetter(1, dead.clone()),
+                Settlement::DeadLetter(2, dead.clone()),
+                Settlement::Delivered(3),
+            ],
+        )
+        .await
+        .unwrap();
+    // Event records of dead letters and delivered events can be swept...
+    store
+        .sweep(
+            SystemTime::now(),
+            Duration::from_secs(86_400),
+            Duration::ZERO,
+        )
+        .await
+        .unwrap();
+    assert!(store.read_after(0, 10).await.unwrap().is_empty());
+    // ...and a retried dead letter comes back with its event, as never attempted.
+    assert_eq!(
+        store
+            .retry_dead_letters("stdout", Some(vec![2]))
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(requeued.has_changed().unwrap());
+    requeued.borrow_and_update();
+    let queue = store.queue("stdout", 0, 10).await.unwrap();
+    assert_eq!(
+        queue,
+        vec![QueueEntry {
+            seq: 2,
+            state: AttemptState::default()
+        }]
+    );
+    let events = store.events(vec![2]).await.unwrap();
+    assert_eq!(events[0].as_ref().unwrap().body, b"{\"n\":2}");
+    assert_eq!(store.drop_dead_letters("stdout", None).await.unwrap(), 1);
+    assert!(store
+        .dead_letters("stdout", 0, 10)
+        .await
+        .unwrap()
+        .is_empty());
+
+    // Quarantine drop.
+    let q = delivery(&["sha256:q"], "junk", Destination::Quarantine, 1);
+    store.admit(q).await.unwrap();
+    assert_eq!(store.drop_quarantine(None).await.unwrap(), 1);
+    assert!(store.read_quarantine(0, 10).await.unwrap().is_empty());
+
+    // Replay queues kept events again for one sink.
+    store
+        .settle_durably("stdout", vec![Settlement::Delivered(2)])
+        .await
+        .unwrap();
+    store.admit(event(&["kirim:4"], "{}")).await.unwrap();
+    store
+        .settle_durably("stdout", vec![Settlement::Delivered(5)])
+        .await
+        .unwrap();
+    // Kept for a day: the sweep leaves delivered events alone.
+    let swept = store
+        .sweep(
+            SystemTime::now(),
+            Duration::from_secs(86_400),
+            Duration::from_secs(86_400),
+        )
+        .await
+        .unwrap();
+    assert_eq!(swept.events, 0);
+    let since = SystemTime::now() - Duration::from_secs(60);
+    assert_eq!(store.replay("stdout", since).await.unwrap(), 2);
+    assert!(requeued.has_changed().unwrap());
+    assert_eq!(store.queue_len("stdout").await.unwrap(), 2);
+    store.close().await.unwrap();
 }

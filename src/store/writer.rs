@@ -14,7 +14,8 @@ use fjall::{Database, PersistMode};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{
-    be_u64, queue, Admission, Destination, Keyspaces, Settlement, StoreError, Swept, NEXT_SEQ,
+    be_u64, queue, record, Admission, Destination, Keyspaces, Settlement, StoreError, Swept,
+    NEXT_SEQ,
 };
 use crate::envelope::DedupeKey;
 
@@ -46,11 +47,34 @@ pub(super) enum Command {
     },
     Sweep {
         cutoff_ms: u64,
+        keep_events_until_ms: u64,
         reply: oneshot::Sender<Result<SweepReport, StoreError>>,
+    },
+    Maintain {
+        op: Maintenance,
+        reply: oneshot::Sender<Result<usize, StoreError>>,
     },
     Close {
         reply: oneshot::Sender<Result<(), StoreError>>,
     },
+}
+
+/// Operator actions on queues, dead letters and quarantine (rare; each is its own batch).
+pub(super) enum Maintenance {
+    /// Dead letters of `sink` (all, or these seqs) back into its queue, as never attempted.
+    Requeue {
+        sink: String,
+        seqs: Option<Vec<u64>>,
+    },
+    /// Forget dead letters of `sink` (all, or these seqs).
+    DropDeadLetters {
+        sink: String,
+        seqs: Option<Vec<u64>>,
+    },
+    /// Forget quarantined deliveries (all, or these seqs).
+    DropQuarantine { seqs: Option<Vec<u64>> },
+    /// Queue every stored event received at or after `since_ms` for `sink` again.
+    Replay { sink: String, since_ms: u64 },
 }
 
 pub(super) struct Writer {
@@ -59,6 +83,7 @@ pub(super) struct Writer {
     next_seq: u64,
     sinks: Vec<String>,
     committed: watch::Sender<u64>,
+    requeued: watch::Sender<u64>,
 }
 
 /// What one batch will answer once it is persisted.
@@ -74,6 +99,7 @@ impl Writer {
         next_seq: u64,
         sinks: Vec<String>,
         committed: watch::Sender<u64>,
+        requeued: watch::Sender<u64>,
     ) -> Self {
         Writer {
             db,
@@ -81,6 +107,7 @@ impl Writer {
             next_seq,
             sinks,
             committed,
+            requeued,
         }
     }
 
@@ -122,6 +149,7 @@ impl Writer {
         let mut pending = Vec::with_capacity(commands.len());
         let mut seen: HashSet<DedupeKey> = HashSet::new();
         let mut sweeps = Vec::new();
+        let mut maintenance = Vec::new();
         let mut close = None;
         let first_seq = self.next_seq;
         let mut last_event_seq = None;
@@ -185,7 +213,12 @@ impl Writer {
                     }
                     pending.push(Pending::Settle(reply));
                 }
-                Command::Sweep { cutoff_ms, reply } => sweeps.push((cutoff_ms, reply)),
+                Command::Sweep {
+                    cutoff_ms,
+                    keep_events_until_ms,
+                    reply,
+                } => sweeps.push((cutoff_ms, keep_events_until_ms, reply)),
+                Command::Maintain { op, reply } => maintenance.push((op, reply)),
                 Command::Close { reply } => close = Some(reply),
             }
         }
@@ -226,8 +259,11 @@ impl Writer {
             }
         }
 
-        for (cutoff_ms, reply) in sweeps {
-            let _ = reply.send(self.sweep_step(cutoff_ms));
+        for (cutoff_ms, keep_events_until_ms, reply) in sweeps {
+            let _ = reply.send(self.sweep_step(cutoff_ms, keep_events_until_ms));
+        }
+        for (op, reply) in maintenance {
+            let _ = reply.send(self.maintain(op));
         }
 
         if let Some(reply) = close {
@@ -293,8 +329,83 @@ impl Writer {
         Ok(())
     }
 
+    /// Applies one operator action as its own fsync'd batch; returns how many items it touched.
+    fn maintain(&self, op: Maintenance) -> Result<usize, StoreError> {
+        let mut batch = self.db.batch().durability(Some(PersistMode::SyncData));
+        let mut touched = 0;
+        let mut requeued = false;
+        let selected = |seqs: &Option<Vec<u64>>, seq: u64| {
+            seqs.as_ref().is_none_or(|list| list.contains(&seq))
+        };
+        match op {
+            Maintenance::Requeue { sink, seqs } => {
+                for guard in self.ks.dead_letters.prefix(queue::prefix(&sink)) {
+                    let (key, value) = guard.into_inner()?;
+                    let seq = queue::seq_of(&key);
+                    if !selected(&seqs, seq) {
+                        continue;
+                    }
+                    let letter = queue::decode_dead_letter(&sink, seq, &value)
+                        .map_err(|source| StoreError::Decode { seq, source })?;
+                    if !self.ks.events.contains_key(seq.to_be_bytes())? {
+                        let record = record::encode(&letter.event.meta, &letter.event.body);
+                        batch.insert(&self.ks.events, seq.to_be_bytes(), record);
+                    }
+                    batch.insert(&self.ks.queue, key.clone(), []);
+                    batch.remove(&self.ks.dead_letters, key);
+                    touched += 1;
+                }
+                requeued = touched > 0;
+            }
+            Maintenance::DropDeadLetters { sink, seqs } => {
+                for guard in self.ks.dead_letters.prefix(queue::prefix(&sink)) {
+                    let key = guard.key()?;
+                    if selected(&seqs, queue::seq_of(&key)) {
+                        batch.remove(&self.ks.dead_letters, key);
+                        touched += 1;
+                    }
+                }
+            }
+            Maintenance::DropQuarantine { seqs } => {
+                for guard in self.ks.quarantine.iter() {
+                    let key = guard.key()?;
+                    if selected(&seqs, be_u64(&key)) {
+                        batch.remove(&self.ks.quarantine, key);
+                        touched += 1;
+                    }
+                }
+            }
+            Maintenance::Replay { sink, since_ms } => {
+                for guard in self.ks.events.iter() {
+                    let (key, value) = guard.into_inner()?;
+                    let seq = be_u64(&key);
+                    let event = record::decode(seq, &value)
+                        .map_err(|source| StoreError::Decode { seq, source })?;
+                    if event.meta.received_at_ms < since_ms {
+                        continue;
+                    }
+                    let entry = queue::key(&sink, seq);
+                    if !self.ks.queue.contains_key(&entry)? {
+                        batch.insert(&self.ks.queue, entry, []);
+                        touched += 1;
+                    }
+                }
+                requeued = touched > 0;
+            }
+        }
+        batch.commit()?;
+        if requeued {
+            self.requeued.send_modify(|generation| *generation += 1);
+        }
+        Ok(touched)
+    }
+
     /// One bounded step of the retention sweep. Buffered, not fsync'd: a lost sweep is redone.
-    fn sweep_step(&self, cutoff_ms: u64) -> Result<SweepReport, StoreError> {
+    fn sweep_step(
+        &self,
+        cutoff_ms: u64,
+        keep_events_until_ms: u64,
+    ) -> Result<SweepReport, StoreError> {
         let mut batch = self.db.batch();
         let mut swept = Swept::default();
         let mut more = false;
@@ -328,7 +439,18 @@ impl Writer {
                 more = true;
                 break;
             }
-            batch.remove(&self.ks.events, guard.key()?);
+            let (key, value) = guard.into_inner()?;
+            // Delivered events younger than the keep window stay (for replay); seqs follow
+            // arrival, so the first young one ends the step.
+            if keep_events_until_ms > 0 {
+                let received = record::decode(be_u64(&key), &value)
+                    .map(|e| e.meta.received_at_ms)
+                    .unwrap_or(0);
+                if received >= keep_events_until_ms {
+                    break;
+                }
+            }
+            batch.remove(&self.ks.events, key);
             swept.events += 1;
         }
         batch.commit()?;
