@@ -55,6 +55,10 @@ struct Dispatcher<S> {
     /// Highest seq the fresh scan has passed.
     scanned: u64,
     in_flight: HashSet<u64>,
+    /// While the sink is unreachable: when the next probe may go (ms), and how many probes
+    /// failed in a row. 0 when the sink is healthy.
+    paused_until: u64,
+    pause_failures: u32,
     running: JoinSet<Done>,
     batches: HashMap<Id, Vec<u64>>,
 }
@@ -73,6 +77,8 @@ pub async fn run<S: Sink>(store: Store, sink: S, policy: RetryPolicy, stop: Canc
         fresh: VecDeque::new(),
         scanned: 0,
         in_flight: HashSet::new(),
+        paused_until: 0,
+        pause_failures: 0,
         running: JoinSet::new(),
         batches: HashMap::new(),
     };
@@ -89,12 +95,27 @@ pub async fn run<S: Sink>(store: Store, sink: S, policy: RetryPolicy, stop: Canc
 impl<S: Sink> Dispatcher<S> {
     async fn run(&mut self, stop: CancellationToken) {
         let mut committed = self.store.subscribe();
+        let mut requeued = self.store.requeued();
         loop {
             let last_committed = *committed.borrow_and_update();
+            if requeued.has_changed().unwrap_or(false) {
+                requeued.borrow_and_update();
+                // Entries were put back below the scan position: scan the queue again, once
+                // this sink's recorded outcomes are applied (so nothing just delivered is
+                // found again).
+                if let Err(e) = self.store.settle_durably(&self.name, Vec::new()).await {
+                    tracing::warn!(sink = %self.name, error = %e, "waiting for recorded outcomes failed");
+                }
+                self.fresh.clear();
+                self.scanned = 0;
+            }
             if let Err(e) = self.fill(last_committed).await {
                 tracing::error!(sink = %self.name, error = %e, "reading the sink's queue failed");
-                if self.running.is_empty() && pause(&stop, STORE_RETRY).await {
-                    return;
+                if self.running.is_empty() {
+                    if pause(&stop, STORE_RETRY).await {
+                        return;
+                    }
+                    continue;
                 }
             }
             if stop.is_cancelled() && self.running.is_empty() {
@@ -102,7 +123,11 @@ impl<S: Sink> Dispatcher<S> {
                 return;
             }
             let next_retry = self.retries.peek().map(|Reverse((due, _))| *due);
-            let sleep = next_retry.map(|due| Duration::from_millis(due.saturating_sub(now_ms())));
+            let wake = match (next_retry, self.paused_until) {
+                (_, paused) if paused > 0 => Some(paused),
+                (due, _) => due,
+            };
+            let sleep = wake.map(|due| Duration::from_millis(due.saturating_sub(now_ms())));
             tokio::select! {
                 Some(joined) = self.running.join_next_with_id() => {
                     self.joined(joined).await;
@@ -112,8 +137,10 @@ impl<S: Sink> Dispatcher<S> {
                     }
                 }
                 changed = committed.changed() => if changed.is_err() && self.running.is_empty() {
+                    tracing::error!(sink = %self.name, "the store's writer stopped; sink stops");
                     return;
                 },
+                _ = requeued.changed() => {}
                 _ = tokio::time::sleep(sleep.unwrap_or_default()), if sleep.is_some() => {}
                 _ = stop.cancelled(), if !stop.is_cancelled() => {}
             }
@@ -122,6 +149,8 @@ impl<S: Sink> Dispatcher<S> {
 
     /// Loads the entries that already failed at least once (from before a restart).
     async fn load_retries(&mut self) -> Result<(), store::StoreError> {
+        self.retries.clear();
+        self.waiting.clear();
         let mut after = 0;
         loop {
             let entries = self.store.queue(&self.name, after, SCAN).await?;
@@ -143,11 +172,18 @@ impl<S: Sink> Dispatcher<S> {
     /// come with their events from the queue scan; the events of retries are read in one go.
     async fn fill(&mut self, last_committed: u64) -> Result<(), store::StoreError> {
         let ordered = self.sink.concurrency() <= 1;
-        let free = self
+        let mut free = self
             .sink
             .concurrency()
             .max(1)
             .saturating_sub(self.running.len());
+        if self.paused_until > 0 {
+            // Unreachable: one probe at a time, when its back-off has passed.
+            if now_ms() < self.paused_until || !self.running.is_empty() {
+                return Ok(());
+            }
+            free = 1;
+        }
         let mut batches: Vec<Vec<Item>> = Vec::new();
         while batches.len() < free {
             let mut batch = Vec::new();
@@ -163,9 +199,19 @@ impl<S: Sink> Dispatcher<S> {
                 Some(_) if ordered => {}
                 _ => {
                     while batch.len() < self.sink.max_batch().max(1) {
-                        match self.next_fresh(last_committed).await? {
-                            Some(item) => batch.push(item),
-                            None => break,
+                        match self.next_fresh(last_committed).await {
+                            Ok(Some(item)) => batch.push(item),
+                            Ok(None) => break,
+                            Err(e) => {
+                                // Nothing collected so far may be forgotten.
+                                for (entry, event) in
+                                    batches.into_iter().flatten().chain(batch).rev()
+                                {
+                                    self.in_flight.remove(&entry.seq);
+                                    self.requeue(entry, event);
+                                }
+                                return Err(e);
+                            }
                         }
                     }
                 }
@@ -237,7 +283,11 @@ impl<S: Sink> Dispatcher<S> {
             };
             let mut gone = Vec::new();
             for (entry, event) in found {
-                if self.waiting.contains_key(&entry.seq) || self.in_flight.contains(&entry.seq) {
+                // Entries that failed before belong to the retry path.
+                if entry.state.attempts > 0
+                    || self.waiting.contains_key(&entry.seq)
+                    || self.in_flight.contains(&entry.seq)
+                {
                     continue;
                 }
                 match event {
@@ -337,16 +387,51 @@ impl<S: Sink> Dispatcher<S> {
             .take(delivered)
             .map(|e| Settlement::Delivered(e.seq))
             .collect();
-        if let Some(error) = failure {
-            if let Some(entry) = batch.next() {
-                outcomes.push(self.failed(entry, started_ms, error));
+        if delivered > 0 || failure.is_none() {
+            self.reachable();
+        }
+        match failure {
+            Some(SinkError::Unreachable { message }) => {
+                // Nothing was delivered and the event is not to blame: no attempt is counted.
+                self.unreachable(&message);
+                for entry in batch.rev() {
+                    self.requeue(entry, None);
+                }
             }
-            // Not tried: back to the front of the line, in order.
-            for entry in batch.rev() {
-                self.requeue(entry, None);
+            Some(error) => {
+                if let Some(entry) = batch.next() {
+                    outcomes.push(self.failed(entry, started_ms, error));
+                }
+                // Not tried: back to the front of the line, in order.
+                for entry in batch.rev() {
+                    self.requeue(entry, None);
+                }
             }
+            None => {}
         }
         self.settle(outcomes).await;
+    }
+
+    /// The sink could not be reached: pause it, probing with back-off.
+    fn unreachable(&mut self, message: &str) {
+        self.pause_failures = self.pause_failures.saturating_add(1);
+        let wait = retry::backoff(&self.policy, self.pause_failures, None, fastrand::f64())
+            .max(Duration::from_millis(10));
+        self.paused_until = now_ms().saturating_add(wait.as_millis() as u64);
+        if self.pause_failures == 1 {
+            tracing::warn!(sink = %self.name, error = %message, "sink unreachable; pausing deliveries and probing with back-off");
+        } else {
+            tracing::debug!(sink = %self.name, error = %message, probe_in_ms = wait.as_millis() as u64, "sink still unreachable");
+        }
+    }
+
+    /// A delivery went through: a paused sink is healthy again.
+    fn reachable(&mut self) {
+        if self.paused_until > 0 {
+            tracing::info!(sink = %self.name, failed_probes = self.pause_failures, "sink reachable again; resuming deliveries");
+        }
+        self.paused_until = 0;
+        self.pause_failures = 0;
     }
 
     /// The outcome of one failed attempt: retry later, or dead letter.

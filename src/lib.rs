@@ -14,7 +14,7 @@
 //! - [`store`]: the only code that knows fjall; group-committed admissions, cursors, sweep.
 //! - [`dispatch`]: drains the store into each [`sinks`] `Sink` and records its progress.
 //! - [`app`]: wires it all under one shutdown token; [`config`], [`cli`], [`telemetry`],
-//!   [`shutdown`] and [`send`] are the edges.
+//!   [`shutdown`], [`systemd`] and [`send`] are the edges.
 
 pub mod accounts;
 pub mod app;
@@ -31,4 +31,5 @@ pub mod shutdown;
 pub mod signature;
 pub mod sinks;
 pub mod store;
+pub mod systemd;
 pub mod telemetry;

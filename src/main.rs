@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use clap::Parser as _;
 use kirimhook::cli::{Cli, Command};
 use kirimhook::config::Config;
-use kirimhook::{accounts, app, send, shutdown, signature::SigningSecret, telemetry};
+use kirimhook::{accounts, app, send, shutdown, signature::SigningSecret, systemd, telemetry};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -23,10 +23,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve { config } => {
             telemetry::init(cli.log_format);
             let config = Config::load(&config)?;
+            // Before the runtime starts its threads: this edits the environment.
+            let activated = systemd::take_activated_listener()?;
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(async {
                 let token = shutdown::on_signals()?;
-                app::run(config, token).await
+                app::run(config, activated, token).await
             })?;
             Ok(ExitCode::SUCCESS)
         }

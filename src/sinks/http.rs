@@ -67,33 +67,40 @@ impl HttpSink {
 
     async fn post(&self, attempt: &Attempt) -> Result<(), SinkError> {
         let request = self.request(attempt)?;
-        let exchange = async {
-            let response = self.client.request(request).await?;
-            let status = response.status().as_u16();
-            let retry_after = response
-                .headers()
-                .get(RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(retry::parse_retry_after);
-            // Read the body so the connection can be reused; a huge or broken body does not
-            // change the verdict, which the status decides.
-            let body = Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
-                .collect()
-                .await
-                .map(|b| b.to_bytes())
-                .unwrap_or_default();
-            Ok::<_, hyper_util::client::legacy::Error>((status, retry_after, body))
-        };
-        let (status, retry_after, body) = match tokio::time::timeout(self.timeout, exchange).await {
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let response = match tokio::time::timeout_at(deadline, self.client.request(request)).await {
             Err(_) => {
                 return Err(SinkError::retryable(format!(
                     "no answer within {} s",
                     self.timeout.as_secs()
                 )))
             }
+            Ok(Err(e)) if e.is_connect() => {
+                return Err(SinkError::Unreachable {
+                    message: error_chain(&e),
+                })
+            }
             Ok(Err(e)) => return Err(SinkError::retryable(error_chain(&e))),
-            Ok(Ok(answer)) => answer,
+            Ok(Ok(response)) => response,
         };
+        let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(retry::parse_retry_after);
+        // The status decides. The body is read (bounded, within the same deadline) so the
+        // connection can be reused and an error can quote it; a slow or broken body after a 2xx
+        // does not turn a delivery into a failure.
+        let body = tokio::time::timeout_at(
+            deadline,
+            Limited::new(response.into_body(), MAX_RESPONSE_BYTES).collect(),
+        )
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
         let message = || {
             let excerpt = &body[..body.len().min(ERROR_EXCERPT_BYTES)];
             format!("HTTP {status}: {}", String::from_utf8_lossy(excerpt))

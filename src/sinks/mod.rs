@@ -36,6 +36,14 @@ pub enum SinkError {
         /// How long the sink asked us to wait (`Retry-After`).
         retry_after: Option<Duration>,
     },
+    /// The sink could not be reached at all (connection refused, no route): nothing was
+    /// delivered and the event is not to blame, so the attempt does not count; the whole sink
+    /// pauses and probes with back-off.
+    #[error("{message}")]
+    Unreachable {
+        /// What happened.
+        message: String,
+    },
     /// Trying again cannot succeed (3xx, most 4xx): dead-letter at once.
     #[error("{message}")]
     Permanent {
@@ -60,6 +68,7 @@ impl SinkError {
     pub fn status(&self) -> Option<u16> {
         match self {
             SinkError::Retryable { status, .. } | SinkError::Permanent { status, .. } => *status,
+            SinkError::Unreachable { .. } => None,
         }
     }
 }

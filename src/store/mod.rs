@@ -155,7 +155,7 @@ const NEXT_SEQ: &[u8] = b"next_seq";
 
 impl Store {
     /// Opens (or creates) the store in `path` and starts its writer thread. `sinks` are the
-    /// configured sink names: the sweep removes an event once none of them has it queued.
+    /// configured sink names; queues of other sinks are kept (and reported at start-up).
     pub fn open(path: &Path, sinks: Vec<String>) -> Result<Store, StoreError> {
         std::fs::create_dir_all(path).map_err(|e| StoreError::Engine(e.into()))?;
         let db = Database::builder(path)
@@ -172,6 +172,14 @@ impl Store {
             meta: ks("meta")?,
         };
         let next_seq = recover_next_seq(&keyspaces)?;
+        for (sink, first) in writer::queued_sinks(&keyspaces.queue)? {
+            if !sinks.contains(&sink) {
+                tracing::warn!(
+                    sink = %sink, first_seq = first,
+                    "a sink that is no longer configured still has queued events; they are kept until it comes back"
+                );
+            }
+        }
         let (committed_tx, committed) = watch::channel(next_seq.saturating_sub(1));
         let (requeued_tx, requeued) = watch::channel(0);
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
@@ -179,7 +187,6 @@ impl Store {
             db.clone(),
             keyspaces.clone(),
             next_seq,
-            sinks,
             committed_tx,
             requeued_tx,
         );

@@ -81,7 +81,6 @@ pub(super) struct Writer {
     db: Database,
     ks: Keyspaces,
     next_seq: u64,
-    sinks: Vec<String>,
     committed: watch::Sender<u64>,
     requeued: watch::Sender<u64>,
 }
@@ -97,7 +96,6 @@ impl Writer {
         db: Database,
         ks: Keyspaces,
         next_seq: u64,
-        sinks: Vec<String>,
         committed: watch::Sender<u64>,
         requeued: watch::Sender<u64>,
     ) -> Self {
@@ -105,7 +103,6 @@ impl Writer {
             db,
             ks,
             next_seq,
-            sinks,
             committed,
             requeued,
         }
@@ -252,9 +249,13 @@ impl Writer {
                     }
                 }
                 Err(e) => {
-                    tracing::error!(error = %e, "store commit failed");
+                    // fjall refuses every later write after a failed journal write or fsync:
+                    // stop, so the daemon exits and its supervisor restarts it on a recovered
+                    // store, instead of answering 503 for ever.
+                    tracing::error!(error = %e, "store write failed; the store writer stops");
                     self.next_seq = first_seq;
                     fail_all(pending, &e.to_string());
+                    return true;
                 }
             }
         }
@@ -311,17 +312,16 @@ impl Writer {
                 }
                 Settlement::DeadLetter(seq, state) => {
                     let key = queue::key(sink, seq);
-                    let record = self
-                        .ks
-                        .events
-                        .get(seq.to_be_bytes())?
-                        .map(|r| r.to_vec())
-                        .unwrap_or_default();
-                    batch.insert(
-                        &self.ks.dead_letters,
-                        key.clone(),
-                        queue::encode_dead_letter(&state, &record),
-                    );
+                    match self.ks.events.get(seq.to_be_bytes())? {
+                        Some(record) => batch.insert(
+                            &self.ks.dead_letters,
+                            key.clone(),
+                            queue::encode_dead_letter(&state, &record),
+                        ),
+                        None => tracing::error!(
+                            sink, seq, "dead letter without its event (already removed); only its queue entry is dropped"
+                        ),
+                    }
                     batch.remove(&self.ks.queue, key);
                 }
             }
@@ -427,12 +427,11 @@ impl Writer {
         }
 
         // Events below the lowest seq any configured sink still has queued are owed to no one.
+        // Every queue counts, also that of a sink no longer configured: its backlog is kept
+        // until the sink comes back (or an operator drops it).
         let mut lowest_pending = self.next_seq;
-        for sink in &self.sinks {
-            let prefix = queue::prefix(sink);
-            if let Some(guard) = self.ks.queue.prefix(&prefix).next() {
-                lowest_pending = lowest_pending.min(queue::seq_of(&guard.key()?));
-            }
+        for (_, first) in queued_sinks(&self.ks.queue)? {
+            lowest_pending = lowest_pending.min(first);
         }
         for guard in self.ks.events.range(..lowest_pending.to_be_bytes()) {
             if swept.events == SWEEP_STEP {
@@ -455,6 +454,26 @@ impl Writer {
         }
         batch.commit()?;
         Ok(SweepReport { swept, more })
+    }
+}
+
+/// Every sink that has a queue, with the lowest seq in it (skip-scan over the queue keyspace).
+pub(super) fn queued_sinks(queue_ks: &fjall::Keyspace) -> Result<Vec<(String, u64)>, StoreError> {
+    let mut out = Vec::new();
+    let mut start: Vec<u8> = Vec::new();
+    loop {
+        let Some(guard) = queue_ks.range(start.as_slice()..).next() else {
+            return Ok(out);
+        };
+        let key = guard.key()?;
+        let Some(end) = key.iter().position(|&b| b == 0) else {
+            return Ok(out);
+        };
+        let sink = String::from_utf8_lossy(&key[..end]).into_owned();
+        out.push((sink, queue::seq_of(&key)));
+        // Sink names never contain 0 or 1 bytes: sink ++ 1 sorts after all of this sink's keys.
+        start = key[..end].to_vec();
+        start.push(1);
     }
 }
 

@@ -5,7 +5,7 @@
 //! locks. Helpers: [`daemon`] (spawn, wait for lines, stop, kill), [`http`] (client and raw
 //! requests), [`fixtures`] (spec fixtures F1-F9 and signed deliveries), [`target`] (the fake
 //! service the HTTP relay posts to). Tests: [`accept`], [`reject`], [`durability`], [`cli`],
-//! [`stdout_only`], [`relay`].
+//! [`stdout_only`], [`relay`], [`systemd`].
 
 mod daemon;
 mod fixtures;
@@ -19,3 +19,4 @@ mod durability;
 mod reject;
 mod relay;
 mod stdout_only;
+mod systemd;
