@@ -694,6 +694,16 @@ impl RawSink {
         let kind = match kind.as_str() {
             "stdout" => {
                 http.refuse(&base, "stdout")?;
+                // One process has one stdout: two sinks writing to it would interleave lines.
+                if let Some(first) = earlier
+                    .iter()
+                    .position(|s| matches!(s.kind, SinkKind::Stdout))
+                {
+                    return Err(invalid(
+                        kind_key,
+                        format!("only one stdout sink is possible (sinks[{first}] is one already)"),
+                    ));
+                }
                 SinkKind::Stdout
             }
             "http" => SinkKind::Http(http.validate(&base, &name, env)?),
@@ -1631,10 +1641,13 @@ mod tests {
         assert_invalid(&err, "sinks[0].name", "at most 64");
         let err = parse_err(&with_sinks(&format!("{}{}", sink("one"), sink("one"))));
         assert_invalid(&err, "sinks[1].name", "duplicate sink name `one`");
+        let err = parse_err(&with_sinks(&format!("{}{}", sink("a"), sink("b"))));
+        assert_invalid(&err, "sinks[1].kind", "only one stdout sink");
 
         let long = "Az09_-".repeat(10) + "abcd";
         assert_eq!(long.len(), 64);
-        let config = parse(&with_sinks(&format!("{}{}", sink(&long), sink("b")))).unwrap();
+        let http = "[[sinks]]\nname = \"b\"\nkind = \"http\"\nurl = \"http://127.0.0.1:9000/\"\n";
+        let config = parse(&with_sinks(&format!("{}{http}", sink(&long)))).unwrap();
         let names: Vec<&str> = config.sinks.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(names, [long.as_str(), "b"]);
     }
@@ -1983,7 +1996,7 @@ mod tests {
     fn filter_value_rules() {
         let stdout = |line: &str| {
             with_sinks(&format!(
-                "[[sinks]]\nname = \"a\"\nkind = \"stdout\"\n\
+                "[[sinks]]\nname = \"a\"\nkind = \"http\"\nurl = \"http://127.0.0.1:9000/\"\n\
                  [[sinks]]\nname = \"b\"\nkind = \"stdout\"\n{line}\n"
             ))
         };
@@ -2056,7 +2069,7 @@ mod tests {
         // A number instead of a string is a parse error naming the line.
         let err = parse_err(&stdout("phone_number_ids = [106540352242922]"));
         assert!(matches!(err, ConfigError::Parse(_)), "{err:?}");
-        assert!(err.to_string().contains("line 11"), "{err}");
+        assert!(err.to_string().contains("line 12"), "{err}");
         assert!(err.to_string().contains("expected a string"), "{err}");
 
         let config = parse(&stdout("events = [\"*\", \"a-b_c.9*\"]")).unwrap();
