@@ -111,6 +111,17 @@ pub struct Swept {
     pub events: usize,
 }
 
+/// What a sink owes, from [`Store::sink_status`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SinkStatus {
+    /// Events waiting in the sink's queue (including those waiting for a retry).
+    pub queued: usize,
+    /// When the oldest queued event arrived (ms since the epoch), if any is queued.
+    pub oldest_received_ms: Option<u64>,
+    /// Events in the sink's dead letters.
+    pub dead_letters: usize,
+}
+
 /// A sink's outcome for one event, recorded with [`Store::settle`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Settlement {
@@ -413,6 +424,36 @@ impl Store {
                 out.push((QueueEntry { seq, state }, event));
             }
             Ok(out)
+        })
+        .await
+    }
+
+    /// What `sink` owes: queue depth, the oldest queued event's arrival time, dead letters.
+    /// Counts entries (O(queue + dead letters)): for status pages and scrapes, not hot paths.
+    pub async fn sink_status(&self, sink: &str) -> Result<SinkStatus, StoreError> {
+        let queue_ks = self.inner.queue.clone();
+        let dead = self.inner.dead_letters.clone();
+        let events = self.inner.events.clone();
+        let prefix = queue::prefix(sink);
+        blocking(move || {
+            let mut status = SinkStatus::default();
+            for guard in queue_ks.prefix(&prefix) {
+                let key = guard.key()?;
+                if status.queued == 0 {
+                    let seq = queue::seq_of(&key);
+                    if let Some(record) = events.get(seq.to_be_bytes())? {
+                        status.oldest_received_ms = record::decode(seq, &record)
+                            .ok()
+                            .map(|e| e.meta.received_at_ms);
+                    }
+                }
+                status.queued += 1;
+            }
+            for guard in dead.prefix(&prefix) {
+                guard.key()?;
+                status.dead_letters += 1;
+            }
+            Ok(status)
         })
         .await
     }
