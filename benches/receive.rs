@@ -1084,6 +1084,9 @@ value = "{SECRET_VALUE}"
 [store]
 path = {store}
 
+[admin]
+listen = "127.0.0.1:0"
+
 [[sinks]]
 name = "stdout"
 kind = "stdout"

@@ -492,7 +492,7 @@ pub fn to_json(accounts: &[Account]) -> String {
 
 /// `value` with control characters (terminal escapes, newlines) replaced, since it came from
 /// the network and goes to a terminal.
-fn printable(value: &str) -> String {
+pub(crate) fn printable(value: &str) -> String {
     value
         .chars()
         .map(|c| {
@@ -506,7 +506,7 @@ fn printable(value: &str) -> String {
 }
 
 /// Percent-encodes everything but RFC 3986 unreserved characters.
-fn encode_query_value(value: &str) -> String {
+pub(crate) fn encode_query_value(value: &str) -> String {
     let mut out = String::with_capacity(value.len());
     for byte in value.bytes() {
         if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
@@ -520,7 +520,7 @@ fn encode_query_value(value: &str) -> String {
 
 /// An error and its sources, `outer: inner: ...`, without repeating a message its source
 /// already carries.
-fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     let mut parts: Vec<String> = vec![error.to_string()];
     let mut source = error.source();
     while let Some(e) = source {

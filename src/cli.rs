@@ -48,6 +48,157 @@ pub enum Command {
     Send(SendArgs),
     /// List the organisation's connected lines (their phone_number_id) from kirim.dev.
     Accounts(AccountsArgs),
+    /// Operator commands, answered by a running daemon's admin listener.
+    #[command(flatten)]
+    Admin(AdminCommand),
+}
+
+/// The operator commands: they speak to a running daemon's admin listener (`[admin] listen`).
+#[derive(Debug, Subcommand)]
+pub enum AdminCommand {
+    /// Per sink: queue depth, age of the oldest queued event, dead letters; quarantine; store size.
+    Status(AdminArgs),
+    /// List, show, retry or drop a sink's dead letters (events it gave up on).
+    #[command(subcommand)]
+    DeadLetters(DeadLettersCommand),
+    /// List, show or drop quarantined deliveries (authentic, body not recognised).
+    #[command(subcommand)]
+    Quarantine(QuarantineCommand),
+    /// Send the events received since a time to one sink again (only events still stored:
+    /// see store.keep_delivered_hours).
+    Replay(ReplayArgs),
+}
+
+/// Where the admin listener is, and how to print its answer.
+#[derive(Debug, Clone, Args)]
+pub struct AdminArgs {
+    /// The daemon's admin listener (its `[admin] listen`).
+    #[arg(long, value_name = "URL", default_value = crate::admin_cli::DEFAULT_ADMIN_URL)]
+    pub admin: String,
+    /// Print the admin API's JSON answer instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Which entries a retry or drop is about: IDs, or every one.
+#[derive(Debug, Clone, Args)]
+#[group(required = true, multiple = false)]
+pub struct Selected {
+    /// IDs (seqs, from `list`).
+    #[arg(value_name = "ID")]
+    pub ids: Vec<u64>,
+    /// Every entry.
+    #[arg(long)]
+    pub all: bool,
+}
+
+/// A page of a list.
+#[derive(Debug, Clone, Args)]
+pub struct PageArgs {
+    /// Start after this ID (the `--after` a previous page printed).
+    #[arg(long, value_name = "ID", default_value_t = 0)]
+    pub after: u64,
+    /// Most entries to print (1 to 1000).
+    #[arg(long, value_name = "N", default_value_t = crate::admin::DEFAULT_LIMIT)]
+    pub limit: usize,
+}
+
+/// `kirimhook dead-letters ...`.
+#[derive(Debug, Subcommand)]
+pub enum DeadLettersCommand {
+    /// List a sink's dead letters: ID, event, attempts, last error.
+    List {
+        /// The sink's name.
+        #[arg(long)]
+        sink: String,
+        /// Which page.
+        #[command(flatten)]
+        page: PageArgs,
+        /// The admin listener.
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Show one dead letter with its event and body.
+    Show {
+        /// The sink's name.
+        #[arg(long)]
+        sink: String,
+        /// Its ID (from `list`).
+        id: u64,
+        /// The admin listener.
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Put dead letters back into the sink's queue, as never attempted: they are sent again.
+    Retry {
+        /// The sink's name.
+        #[arg(long)]
+        sink: String,
+        /// Which ones.
+        #[command(flatten)]
+        selected: Selected,
+        /// The admin listener.
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Forget dead letters for good.
+    Drop {
+        /// The sink's name.
+        #[arg(long)]
+        sink: String,
+        /// Which ones.
+        #[command(flatten)]
+        selected: Selected,
+        /// The admin listener.
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+/// `kirimhook quarantine ...`.
+#[derive(Debug, Subcommand)]
+pub enum QuarantineCommand {
+    /// List quarantined deliveries: ID, event, why.
+    List {
+        /// Which page.
+        #[command(flatten)]
+        page: PageArgs,
+        /// The admin listener.
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Show one quarantined delivery with its body.
+    Show {
+        /// Its ID (from `list`).
+        id: u64,
+        /// The admin listener.
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Forget quarantined deliveries for good.
+    Drop {
+        /// Which ones.
+        #[command(flatten)]
+        selected: Selected,
+        /// The admin listener.
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+/// Arguments of `kirimhook replay`.
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    /// The sink to send the events to again.
+    #[arg(long)]
+    pub sink: String,
+    /// Events received at or after this time: RFC 3339 (2026-06-01T12:00:00Z, or with an
+    /// offset such as +07:00), or a duration back from now (90m, 2h, 1day).
+    #[arg(long, value_name = "TIME")]
+    pub since: String,
+    /// The admin listener.
+    #[command(flatten)]
+    pub admin: AdminArgs,
 }
 
 /// A secret given on the command line or, to keep it out of `ps`, through the environment.

@@ -8,7 +8,9 @@
 //! may carry a token). A sink's `events`, `sources` and `phone_number_ids` become a
 //! [`Filter`] from [`crate::route`]. This module does not reload the file, does not open
 //! sockets or the store, does not resolve host names, and does no I/O except reading the
-//! config file in [`Config::load`] and the files named by `value_file` and `secret_file`.
+//! config file in [`Config::load`], the files named by `value_file` and `secret_file`, and the
+//! TLS certificate and key of `[server.tls]` (parsed by [`crate::tls`] so that `check-config`
+//! finds a bad one; the key is never shown).
 
 use std::fmt::Display;
 use std::net::SocketAddr;
@@ -34,6 +36,9 @@ const SHUTDOWN_TIMEOUT_SECS_RANGE: RangeInclusive<u64> = 1..=600;
 const DEFAULT_TOLERANCE_SECS: u64 = 300;
 const DEFAULT_STORE_PATH: &str = "./data";
 const DEFAULT_RETENTION_DAYS: u32 = 35;
+const DEFAULT_KEEP_DELIVERED_HOURS: u32 = 0;
+const KEEP_DELIVERED_HOURS_RANGE: RangeInclusive<u32> = 0..=8760;
+const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
 /// Spec 9.3: dedupe keys must be kept at least 38 hours, so at least 2 days.
 const RETENTION_DAYS_RANGE: RangeInclusive<u32> = 2..=365;
 const SECRET_PREFIX: &str = "whsec_";
@@ -64,6 +69,20 @@ pub struct Config {
     pub store: StoreConfig,
     /// Where accepted events are delivered: `[[sinks]]`, at least one, names unique.
     pub sinks: Vec<SinkConfig>,
+    /// The admin listener (health, metrics, the API behind the operator CLI): `[admin]`.
+    pub admin: AdminConfig,
+}
+
+/// The admin listener (`[admin]`): `/healthz`, `/readyz`, `/metrics` and the JSON API that
+/// `kirimhook status`, `dead-letters`, `quarantine` and `replay` use. It has no
+/// authentication: keep it on loopback (the default) or a private network.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminConfig {
+    /// Whether the admin listener runs, `enabled`. Default `true`.
+    pub enabled: bool,
+    /// Address to bind, `listen`. Default `127.0.0.1:9090`. Never the public listener's
+    /// address (`server.listen`).
+    pub listen: SocketAddr,
 }
 
 /// The HTTP listener and its limits (`[server]`).
@@ -83,6 +102,19 @@ pub struct ServerConfig {
     pub request_timeout: Duration,
     /// Drain deadline after SIGTERM or SIGINT, `shutdown_timeout_secs`. Default 10 s; 1..=600 s.
     pub shutdown_timeout: Duration,
+    /// HTTPS instead of HTTP on `listen`, `[server.tls]`. Default: none, plain HTTP.
+    pub tls: Option<TlsConfig>,
+}
+
+/// The listener's certificate and key (`[server.tls]`). Both files were read and checked as a
+/// pair when the config was validated; [`crate::tls::Tls`] reads them again at start and on
+/// reload, so renewed files in place are picked up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsConfig {
+    /// PEM certificate chain, server certificate first, `cert_file`. Required.
+    pub cert_file: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of that certificate, `key_file`. Required.
+    pub key_file: PathBuf,
 }
 
 /// Signature verification settings (`[verify]`).
@@ -105,6 +137,10 @@ pub struct StoreConfig {
     /// Days that events and dedupe keys are kept, `retention_days`. Default 35; 2..=365
     /// (spec 9.3 requires dedupe keys to be kept at least 38 hours).
     pub retention_days: u32,
+    /// How long an event stays in the store after every sink has taken it, so that
+    /// `kirimhook replay` can send it again, `keep_delivered_hours`. Default 0 (removed at
+    /// the next sweep); 0..=8760 hours.
+    pub keep_delivered: Duration,
 }
 
 /// One event sink (`[[sinks]]`).
@@ -255,6 +291,15 @@ struct RawConfig {
     store: RawStore,
     #[serde(default)]
     sinks: Vec<RawSink>,
+    #[serde(default)]
+    admin: RawAdmin,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    enabled: Option<bool>,
+    listen: Option<String>,
 }
 
 #[derive(Default, Deserialize)]
@@ -266,6 +311,14 @@ struct RawServer {
     max_connections: Option<usize>,
     request_timeout_secs: Option<u64>,
     shutdown_timeout_secs: Option<u64>,
+    tls: Option<RawTls>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert_file: Option<PathBuf>,
+    key_file: Option<PathBuf>,
 }
 
 #[derive(Default, Deserialize)]
@@ -290,6 +343,7 @@ struct RawSecret {
 struct RawStore {
     path: Option<PathBuf>,
     retention_days: Option<u32>,
+    keep_delivered_hours: Option<u32>,
 }
 
 /// A sink table. Kind-specific keys are `Option`s here too (serde's `flatten` does not work
@@ -336,13 +390,53 @@ struct RawHttpKeys {
 
 impl RawConfig {
     fn validate(self, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let server = self.server.validate()?;
+        let admin = self.admin.validate(&server)?;
         Ok(Config {
-            server: self.server.validate()?,
+            server,
             verify: self.verify.validate(env)?,
             store: self.store.validate()?,
             sinks: validate_sinks(self.sinks, env)?,
+            admin,
         })
     }
+}
+
+impl RawAdmin {
+    fn validate(self, server: &ServerConfig) -> Result<AdminConfig, ConfigError> {
+        let listen_text = self
+            .listen
+            .unwrap_or_else(|| DEFAULT_ADMIN_LISTEN.to_owned());
+        let listen = listen_text.parse::<SocketAddr>().map_err(|_| {
+            invalid(
+                "admin.listen",
+                format!(
+                    "`{listen_text}` is not an IP address and port such as \
+                     `127.0.0.1:9090` or `[::1]:9090` (host names are not resolved)"
+                ),
+            )
+        })?;
+        let enabled = self.enabled.unwrap_or(true);
+        if enabled && overlaps(listen, server.listen) {
+            return Err(invalid(
+                "admin.listen",
+                format!(
+                    "`{listen}` is the port of server.listen (`{}`); the admin API must \
+                     never be reachable on the public port: pick another port",
+                    server.listen
+                ),
+            ));
+        }
+        Ok(AdminConfig { enabled, listen })
+    }
+}
+
+/// Whether two listen addresses would take the same port: the same port (not 0, which
+/// picks a free one) on the same IP, or on any IP when either is a wildcard address.
+fn overlaps(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() != 0
+        && a.port() == b.port()
+        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
 }
 
 impl RawServer {
@@ -402,6 +496,7 @@ impl RawServer {
             SHUTDOWN_TIMEOUT_SECS_RANGE,
             " seconds",
         )?;
+        let tls = self.tls.map(RawTls::validate).transpose()?;
 
         Ok(ServerConfig {
             listen,
@@ -410,7 +505,30 @@ impl RawServer {
             max_connections,
             request_timeout: Duration::from_secs(request_timeout),
             shutdown_timeout: Duration::from_secs(shutdown_timeout),
+            tls,
         })
+    }
+}
+
+impl RawTls {
+    /// Both keys are required; the files must hold a certificate chain and its key. Errors
+    /// name the key of the file at fault and its path, never the key material.
+    fn validate(self) -> Result<TlsConfig, ConfigError> {
+        let required = |value: Option<PathBuf>, key: &str, what: &str| match value {
+            Some(path) if path.as_os_str().is_empty() => Err(invalid(key, "must name a file")),
+            Some(path) => Ok(path),
+            None => Err(invalid(
+                key,
+                format!("is required in [server.tls] (path of the PEM {what})"),
+            )),
+        };
+        let config = TlsConfig {
+            cert_file: required(self.cert_file, "server.tls.cert_file", "certificate chain")?,
+            key_file: required(self.key_file, "server.tls.key_file", "private key")?,
+        };
+        crate::tls::server_config(&config)
+            .map_err(|err| invalid(err.file().config_key(), err.to_string()))?;
+        Ok(config)
     }
 }
 
@@ -623,9 +741,17 @@ impl RawStore {
             RETENTION_DAYS_RANGE,
             " days",
         )?;
+        let keep_delivered_hours = check_range(
+            "store.keep_delivered_hours",
+            self.keep_delivered_hours
+                .unwrap_or(DEFAULT_KEEP_DELIVERED_HOURS),
+            KEEP_DELIVERED_HOURS_RANGE,
+            " hours",
+        )?;
         Ok(StoreConfig {
             path,
             retention_days,
+            keep_delivered: Duration::from_secs(u64::from(keep_delivered_hours) * 3600),
         })
     }
 }
@@ -1170,6 +1296,7 @@ mod tests {
                 max_connections: 1024,
                 request_timeout: Duration::from_secs(10),
                 shutdown_timeout: Duration::from_secs(10),
+                tls: None,
             }
         );
         assert_eq!(config.verify.tolerance_secs, 300);
@@ -1180,6 +1307,14 @@ mod tests {
             StoreConfig {
                 path: PathBuf::from("./data"),
                 retention_days: 35,
+                keep_delivered: Duration::ZERO,
+            }
+        );
+        assert_eq!(
+            config.admin,
+            AdminConfig {
+                enabled: true,
+                listen: "127.0.0.1:9090".parse().unwrap(),
             }
         );
         assert_eq!(config.sinks.len(), 1);
@@ -1217,6 +1352,107 @@ mod tests {
         assert_invalid(&err, "server.listen", "`localhost:8080`");
         let err = parse_err(&with_server("listen = \"127.0.0.1\""));
         assert_invalid(&err, "server.listen", "`127.0.0.1`");
+    }
+
+    /// A self-signed certificate and its key, as PEM text.
+    fn test_cert() -> (String, String) {
+        let generated = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        (generated.cert.pem(), generated.signing_key.serialize_pem())
+    }
+
+    fn with_tls(cert: &Path, key: &Path) -> String {
+        with_server(&format!(
+            "[server.tls]\ncert_file = {}\nkey_file = {}",
+            toml_path(cert),
+            toml_path(key)
+        ))
+    }
+
+    #[test]
+    fn tls_files_are_loaded_and_checked() {
+        let (cert_pem, key_pem) = test_cert();
+        let (cert, key) = (
+            temp_file(cert_pem.as_bytes()),
+            temp_file(key_pem.as_bytes()),
+        );
+        let config = parse(&with_tls(cert.path(), key.path())).unwrap();
+        assert_eq!(
+            config.server.tls,
+            Some(TlsConfig {
+                cert_file: cert.path().to_owned(),
+                key_file: key.path().to_owned(),
+            })
+        );
+    }
+
+    #[test]
+    fn tls_keys_are_both_required() {
+        let (cert_pem, _) = test_cert();
+        let cert = temp_file(cert_pem.as_bytes());
+        let err = parse_err(&with_server(&format!(
+            "[server.tls]\ncert_file = {}",
+            toml_path(cert.path())
+        )));
+        assert_invalid(&err, "server.tls.key_file", "is required");
+        let err = parse_err(&with_server("[server.tls]\nkey_file = '/etc/key.pem'"));
+        assert_invalid(&err, "server.tls.cert_file", "is required");
+        let err = parse_err(&with_server("[server.tls]\ncert_file = ''\nkey_file = ''"));
+        assert_invalid(&err, "server.tls.cert_file", "must name a file");
+        let err = parse_err(&with_server("[server.tls]\ncert = 'x'"));
+        assert!(err.to_string().contains("`cert`"), "{err}");
+    }
+
+    #[test]
+    fn unreadable_tls_file_names_key_and_path() {
+        let (cert_pem, key_pem) = test_cert();
+        let (cert, key) = (
+            temp_file(cert_pem.as_bytes()),
+            temp_file(key_pem.as_bytes()),
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.pem");
+        let err = parse_err(&with_tls(&missing, key.path()));
+        assert_invalid(&err, "server.tls.cert_file", &missing.display().to_string());
+        assert!(err.to_string().contains("cannot read"), "{err}");
+        let err = parse_err(&with_tls(cert.path(), &missing));
+        assert_invalid(&err, "server.tls.key_file", &missing.display().to_string());
+        // A directory cannot be read as a file either.
+        let err = parse_err(&with_tls(cert.path(), dir.path()));
+        assert_invalid(&err, "server.tls.key_file", "cannot read");
+    }
+
+    #[test]
+    fn tls_files_that_are_not_pem_name_key_and_path() {
+        let (cert_pem, key_pem) = test_cert();
+        let (cert, key) = (
+            temp_file(cert_pem.as_bytes()),
+            temp_file(key_pem.as_bytes()),
+        );
+        let junk = temp_file(b"\x30\x82\x01\x0a binary, not PEM");
+        let err = parse_err(&with_tls(junk.path(), key.path()));
+        assert_invalid(&err, "server.tls.cert_file", "no certificate");
+        assert!(err.to_string().contains(&junk.path().display().to_string()));
+        let err = parse_err(&with_tls(cert.path(), junk.path()));
+        assert_invalid(&err, "server.tls.key_file", "no private key");
+        // The two swapped: no certificate in the key file.
+        let err = parse_err(&with_tls(key.path(), cert.path()));
+        assert_invalid(&err, "server.tls.cert_file", "no certificate");
+        // A truncated key: the message never quotes it.
+        let truncated = &key_pem[..key_pem.len() / 2];
+        let broken = temp_file(truncated.as_bytes());
+        let err = parse_err(&with_tls(cert.path(), broken.path()));
+        assert_invalid(&err, "server.tls.key_file", "not a valid PEM file");
+        let body_line = key_pem.lines().nth(1).unwrap();
+        assert!(!format!("{err} {err:?}").contains(body_line), "{err:?}");
+        // A key of another certificate.
+        let (_, other_key) = test_cert();
+        let other = temp_file(other_key.as_bytes());
+        let err = parse_err(&with_tls(cert.path(), other.path()));
+        assert_invalid(
+            &err,
+            "server.tls.key_file",
+            "cannot be used with the certificate",
+        );
     }
 
     #[test]
@@ -1291,6 +1527,77 @@ mod tests {
         assert_eq!(config.store.retention_days, 365);
         let err = parse_err(&with_store("path = \"\""));
         assert_invalid(&err, "store.path", "must not be empty");
+    }
+
+    #[test]
+    fn keep_delivered_hours() {
+        let config = parse(&with_store("keep_delivered_hours = 48")).unwrap();
+        assert_eq!(config.store.keep_delivered, Duration::from_secs(48 * 3600));
+        let config = parse(&with_store("keep_delivered_hours = 0")).unwrap();
+        assert_eq!(config.store.keep_delivered, Duration::ZERO);
+        let err = parse_err(&with_store("keep_delivered_hours = 8761"));
+        assert_invalid(
+            &err,
+            "store.keep_delivered_hours",
+            "between 0 and 8760 hours",
+        );
+    }
+
+    fn with_admin(server: &str, admin: &str) -> String {
+        format!("[server]\n{server}\n[admin]\n{admin}\n{}", minimal())
+    }
+
+    #[test]
+    fn admin_listener() {
+        let config = parse(&with_admin("", "listen = \"[::1]:9191\"\nenabled = false")).unwrap();
+        assert_eq!(
+            config.admin,
+            AdminConfig {
+                enabled: false,
+                listen: "[::1]:9191".parse().unwrap(),
+            }
+        );
+        let err = parse_err(&with_admin("", "listen = \"localhost:9090\""));
+        assert_invalid(&err, "admin.listen", "not an IP address and port");
+        let err = parse_err(&with_admin("", "listen = 9090"));
+        assert!(matches!(err, ConfigError::Parse(_)), "{err:?}");
+        let err = parse_err(&with_admin("", "port = 1"));
+        assert!(err.to_string().contains("`port`"), "{err}");
+    }
+
+    #[test]
+    fn admin_listen_is_never_the_public_port() {
+        for (server, admin) in [
+            ("127.0.0.1:8080", "127.0.0.1:8080"),
+            ("0.0.0.0:8080", "127.0.0.1:8080"),
+            ("127.0.0.1:8080", "0.0.0.0:8080"),
+            ("[::]:8080", "[::1]:8080"),
+        ] {
+            let text = with_admin(
+                &format!("listen = \"{server}\""),
+                &format!("listen = \"{admin}\""),
+            );
+            let err = parse_err(&text);
+            assert_invalid(
+                &err,
+                "admin.listen",
+                "never be reachable on the public port",
+            );
+        }
+        for (server, admin) in [
+            ("127.0.0.1:8080", "127.0.0.1:9090"),
+            ("127.0.0.1:8080", "127.0.0.2:8080"),
+            ("127.0.0.1:0", "127.0.0.1:0"),
+        ] {
+            let text = with_admin(
+                &format!("listen = \"{server}\""),
+                &format!("listen = \"{admin}\""),
+            );
+            assert!(parse(&text).is_ok(), "{server} and {admin}");
+        }
+        // A disabled admin listener does not bind, so its address cannot clash.
+        let text = with_admin("listen = \"127.0.0.1:9090\"", "enabled = false");
+        assert!(parse(&text).is_ok());
     }
 
     #[test]
@@ -1707,11 +2014,48 @@ mod tests {
         assert_eq!(ids, ["sec_DEMO0000000000000000000000"]);
         assert_eq!(config.store.path, PathBuf::from("./data"));
         assert_eq!(config.store.retention_days, 35);
+        assert_eq!(config.store.keep_delivered, Duration::ZERO);
+        assert!(config.admin.enabled);
+        assert_eq!(config.admin.listen, "127.0.0.1:9090".parse().unwrap());
         assert_eq!(config.sinks.len(), 1);
         assert_eq!(config.sinks[0].name, "stdout");
         assert!(matches!(config.sinks[0].kind, SinkKind::Stdout));
         assert!(config.sinks[0].filter.is_everything());
         assert_eq!(config.sinks[0].retry, RetryPolicy::default());
+    }
+
+    /// The commented-out `[server.tls]` table of the example has the keys it documents.
+    #[test]
+    fn example_tls_table_uncommented_has_both_keys() {
+        let example = include_str!("../config.example.toml");
+        let start = example
+            .find("\n# [server.tls]\n")
+            .expect("the example has a commented-out [server.tls] table");
+        let block: String = example[start + 1..]
+            .lines()
+            .take_while(|line| line.starts_with('#'))
+            .map(|line| {
+                let line = line.strip_prefix('#').unwrap_or(line);
+                format!("{}\n", line.strip_prefix(' ').unwrap_or(line))
+            })
+            .collect();
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = test_cert();
+        std::fs::write(dir.path().join("cert.pem"), cert).unwrap();
+        std::fs::write(dir.path().join("key.pem"), key).unwrap();
+        let block = block
+            .replace(
+                "/etc/kirimhook/tls/fullchain.pem",
+                &dir.path().join("cert.pem").display().to_string(),
+            )
+            .replace(
+                "/run/credentials/kirimhook.service/tls_key",
+                &dir.path().join("key.pem").display().to_string(),
+            );
+        let config = parse(&format!("{block}\n{}", minimal())).unwrap();
+        let tls = config.server.tls.unwrap();
+        assert_eq!(tls.cert_file, dir.path().join("cert.pem"));
+        assert_eq!(tls.key_file, dir.path().join("key.pem"));
     }
 
     /// The commented-out HTTP sink at the end of the example, uncommented by removing the

@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
 use crate::config::RetryPolicy;
+use crate::metrics::{Metrics, SinkCounters};
 use crate::retry;
 use crate::sinks::{Attempt, Failure, Sink, SinkError};
 use crate::store::{self, AttemptState, LastError, QueueEntry, Settlement, Store, StoredEvent};
@@ -61,11 +62,19 @@ struct Dispatcher<S> {
     pause_failures: u32,
     running: JoinSet<Done>,
     batches: HashMap<Id, Vec<u64>>,
+    /// Delivered, failed attempts, dead-lettered.
+    counters: SinkCounters,
 }
 
 /// Runs `sink` until `stop` is cancelled and nothing more can be delivered right now
 /// (entries waiting for a retry stay queued for the next start).
-pub async fn run<S: Sink>(store: Store, sink: S, policy: RetryPolicy, stop: CancellationToken) {
+pub async fn run<S: Sink>(
+    store: Store,
+    sink: S,
+    policy: RetryPolicy,
+    stop: CancellationToken,
+    metrics: Metrics,
+) {
     let name = sink.name().to_owned();
     let mut dispatcher = Dispatcher {
         store: store.clone(),
@@ -81,6 +90,7 @@ pub async fn run<S: Sink>(store: Store, sink: S, policy: RetryPolicy, stop: Canc
         pause_failures: 0,
         running: JoinSet::new(),
         batches: HashMap::new(),
+        counters: metrics.sink(&name),
     };
     while let Err(e) = dispatcher.load_retries().await {
         tracing::error!(sink = %name, error = %e, "cannot read the sink's queue");
@@ -96,9 +106,12 @@ impl<S: Sink> Dispatcher<S> {
     async fn run(&mut self, stop: CancellationToken) {
         let mut committed = self.store.subscribe();
         let mut requeued = self.store.requeued();
+        // Set when the select below saw `requeued` change: `changed()` marks the value seen,
+        // so `has_changed()` alone would miss a requeue that woke the loop.
+        let mut rescan = false;
         loop {
             let last_committed = *committed.borrow_and_update();
-            if requeued.has_changed().unwrap_or(false) {
+            if std::mem::take(&mut rescan) || requeued.has_changed().unwrap_or(false) {
                 requeued.borrow_and_update();
                 // Entries were put back below the scan position: scan the queue again, once
                 // this sink's recorded outcomes are applied (so nothing just delivered is
@@ -140,7 +153,7 @@ impl<S: Sink> Dispatcher<S> {
                     tracing::error!(sink = %self.name, "the store's writer stopped; sink stops");
                     return;
                 },
-                _ = requeued.changed() => {}
+                Ok(()) = requeued.changed() => rescan = true,
                 _ = tokio::time::sleep(sleep.unwrap_or_default()), if sleep.is_some() => {}
                 _ = stop.cancelled(), if !stop.is_cancelled() => {}
             }
@@ -387,12 +400,15 @@ impl<S: Sink> Dispatcher<S> {
             .take(delivered)
             .map(|e| Settlement::Delivered(e.seq))
             .collect();
+        self.counters.delivered(delivered);
         if delivered > 0 || failure.is_none() {
             self.reachable();
         }
         match failure {
             Some(SinkError::Unreachable { message }) => {
-                // Nothing was delivered and the event is not to blame: no attempt is counted.
+                // Nothing was delivered and the event is not to blame: no attempt is counted
+                // against the event (the metric counts the failed probe).
+                self.counters.failed_attempt();
                 self.unreachable(&message);
                 for entry in batch.rev() {
                     self.requeue(entry, None);
@@ -436,6 +452,7 @@ impl<S: Sink> Dispatcher<S> {
 
     /// The outcome of one failed attempt: retry later, or dead letter.
     fn failed(&mut self, entry: QueueEntry, started_ms: u64, error: SinkError) -> Settlement {
+        self.counters.failed_attempt();
         let mut state = entry.state;
         state.attempts += 1;
         if state.first_attempt_ms == 0 {
@@ -464,6 +481,7 @@ impl<S: Sink> Dispatcher<S> {
                     sink = %self.name, seq, attempts = state.attempts, error = %error,
                     "delivery failed; moved to the dead letters"
                 );
+                self.counters.dead_lettered();
                 Settlement::DeadLetter(seq, state)
             }
         }
@@ -566,6 +584,64 @@ mod tests {
         }
     }
 
+    /// Waits until `sink` has received `n` deliveries.
+    async fn wait_for(sink: &Collect, n: usize) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while sink.got.lock().unwrap().len() < n {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the sink got {:?}, expected {n} deliveries",
+                sink.got.lock().unwrap()
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_requeue_wakes_an_idle_dispatcher() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), vec!["collect".into()]).unwrap();
+        let sink = Arc::new(Collect {
+            got: Mutex::new(Vec::new()),
+            fail_every: 0,
+            concurrency: 4,
+        });
+        struct Shared(Arc<Collect>);
+        impl Sink for Shared {
+            fn name(&self) -> &str {
+                self.0.name()
+            }
+            fn concurrency(&self) -> usize {
+                self.0.concurrency()
+            }
+            async fn deliver(&self, batch: &[Attempt]) -> Result<(), Failure> {
+                self.0.deliver(batch).await
+            }
+        }
+        let stop = CancellationToken::new();
+        let runner = tokio::spawn(run(
+            store.clone(),
+            Shared(sink.clone()),
+            RetryPolicy::default(),
+            stop.clone(),
+            Metrics::default(),
+        ));
+        store.admit(delivery(1)).await.unwrap();
+        wait_for(&sink, 1).await;
+        store.settle_durably("collect", vec![]).await.unwrap();
+        // The dispatcher is idle in its select now; a replay must wake it and rescan.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let queued = store
+            .replay("collect", std::time::UNIX_EPOCH)
+            .await
+            .unwrap();
+        assert_eq!(queued, 1);
+        wait_for(&sink, 2).await;
+        stop.cancel();
+        runner.await.unwrap();
+        store.close().await.unwrap();
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn every_event_admitted_under_load_reaches_the_sink_once_retries_included() {
         let dir = tempfile::tempdir().unwrap();
@@ -595,11 +671,13 @@ mod tests {
                 self.0.deliver(batch).await
             }
         }
+        let metrics = Metrics::new(&[], &["collect"]);
         let runner = tokio::spawn(run(
             store.clone(),
             Shared(sink.clone()),
             policy,
             stop.clone(),
+            metrics.clone(),
         ));
 
         let mut writers = Vec::new();
@@ -641,6 +719,23 @@ mod tests {
         assert_eq!(retried, accepted.iter().filter(|s| *s % 7 == 0).count());
         stop.cancel();
         runner.await.unwrap();
+        let text = metrics.render(&crate::metrics::Snapshot::default());
+        for (series, value) in [
+            (
+                "kirimhook_sink_delivered_total{sink=\"collect\"}",
+                accepted.len(),
+            ),
+            (
+                "kirimhook_sink_failed_attempts_total{sink=\"collect\"}",
+                retried,
+            ),
+            ("kirimhook_sink_dead_lettered_total{sink=\"collect\"}", 0),
+        ] {
+            assert!(
+                text.lines().any(|l| l == format!("{series} {value}")),
+                "{series} {value} in\n{text}"
+            );
+        }
         // Outcomes ride the next group commit: a durable no-op waits for them.
         store.settle_durably("collect", vec![]).await.unwrap();
         assert_eq!(store.queue_len("collect").await.unwrap(), 0);

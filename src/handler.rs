@@ -18,6 +18,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use tracing::Instrument;
 
 use crate::envelope::{self, Classified, Hints};
+use crate::metrics::{Metrics, Outcome};
 use crate::route::Filter;
 use crate::signature::{self, SigningSecret, VerifyError};
 use crate::store::{self, Admission, Destination, NewDelivery, RecordMeta, Store};
@@ -43,6 +44,8 @@ pub struct ReceiveSettings {
     pub secrets: Arc<[SigningSecret]>,
     /// Every sink with its filter: an event is queued for the sinks whose filter matches.
     pub routes: Arc<[(String, Filter)]>,
+    /// Where every answer, verified secret and accepted event is counted.
+    pub metrics: Metrics,
 }
 
 /// Handles requests against one store.
@@ -74,9 +77,11 @@ impl Receiver {
         B::Error: std::error::Error + Send + Sync + 'static,
     {
         if req.uri().path() != self.settings.path {
+            self.settings.metrics.request(Outcome::NotFound);
             return Ok(json(StatusCode::NOT_FOUND, r#"{"error":"not_found"}"#));
         }
         if req.method() != Method::POST {
+            self.settings.metrics.request(Outcome::MethodNotAllowed);
             let mut response = json(
                 StatusCode::METHOD_NOT_ALLOWED,
                 r#"{"error":"method_not_allowed"}"#,
@@ -120,6 +125,7 @@ impl Receiver {
         let body = match tokio::time::timeout(self.settings.body_timeout, limited.collect()).await {
             Err(_) => {
                 tracing::warn!("request body did not arrive in time");
+                self.settings.metrics.request(Outcome::BodyTimeout);
                 return json(StatusCode::REQUEST_TIMEOUT, r#"{"error":"body_timeout"}"#);
             }
             Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
@@ -127,6 +133,7 @@ impl Receiver {
             }
             Ok(Err(e)) => {
                 tracing::debug!(error = %e, "reading the request body failed");
+                self.settings.metrics.request(Outcome::UnreadableBody);
                 return json(StatusCode::BAD_REQUEST, r#"{"error":"unreadable_body"}"#);
             }
             Ok(Ok(collected)) => collected.to_bytes(),
@@ -159,6 +166,7 @@ impl Receiver {
         };
 
         // Authentic from here on: never refused for its content.
+        self.settings.metrics.verified(verified.secret_id());
         let hints = Hints {
             source: header_str(headers, "x-kirim-source"),
             event: header_str(headers, "x-kirim-event"),
@@ -195,6 +203,7 @@ impl Receiver {
             }
         };
         let quarantine_reason = meta.quarantine_reason.clone();
+        let counted = (meta.event_type.clone(), meta.source);
         let sinks = match destination {
             Destination::Events => self
                 .settings
@@ -213,10 +222,16 @@ impl Receiver {
             sinks,
         };
 
-        match self.store.admit(delivery).await {
+        let started = std::time::Instant::now();
+        let admitted = self.store.admit(delivery).await;
+        let metrics = &self.settings.metrics;
+        metrics.store_flush(started.elapsed());
+        match admitted {
             Ok(Admission::New { seq }) => match quarantine_reason {
                 None => {
                     tracing::debug!(seq, "accepted");
+                    metrics.request(Outcome::Accepted);
+                    metrics.event_accepted(counted.0.as_deref(), counted.1);
                     json(StatusCode::OK, r#"{"status":"accepted"}"#)
                 }
                 Some(reason) => {
@@ -226,15 +241,18 @@ impl Receiver {
                         quarantined = self.store.quarantine_count(),
                         "authentic delivery with an unrecognised body kept in quarantine"
                     );
+                    metrics.request(Outcome::Quarantined);
                     json(StatusCode::OK, r#"{"status":"quarantined"}"#)
                 }
             },
             Ok(Admission::Duplicate) => {
                 tracing::debug!("duplicate");
+                metrics.request(Outcome::Duplicate);
                 json(StatusCode::OK, r#"{"status":"duplicate"}"#)
             }
             Err(e) => {
                 tracing::error!(error = %e, "store unavailable; answering 503");
+                metrics.request(Outcome::StoreUnavailable);
                 let mut response = json(
                     StatusCode::SERVICE_UNAVAILABLE,
                     r#"{"error":"store_unavailable"}"#,
@@ -254,6 +272,9 @@ impl Receiver {
             attempt = header_str(headers, "x-kirim-attempt").unwrap_or("-"),
             "signature verification failed; answering 401",
         );
+        self.settings
+            .metrics
+            .request(Outcome::of_verify_error(error));
         let body = match error.reason() {
             "missing_signature" => r#"{"error":"missing_signature"}"#,
             "signature_expired" => r#"{"error":"signature_expired"}"#,
@@ -263,6 +284,7 @@ impl Receiver {
     }
 
     fn too_large(&self) -> HttpResponse {
+        self.settings.metrics.request(Outcome::BodyTooLarge);
         tracing::warn!(
             limit = self.settings.max_body_bytes,
             "request body over the limit; answering 413"

@@ -6,23 +6,30 @@
 //! because kirim.dev retried.
 //!
 //! Codemap, in the order a delivery travels:
-//! - [`server`]: hyper accept loop, connection limits, graceful drain.
+//! - [`server`]: hyper accept loop, connection limits, graceful drain; the TLS handshake with
+//!   the certificate held by [`tls`] when `[server.tls]` is set.
 //! - [`handler`]: body limit -> [`signature`] -> [`envelope`] -> [`store`]; the only place that
 //!   knows HTTP status codes.
 //! - [`signature`]: `X-Kirim-Signature` parsing and HMAC verification; pure.
 //! - [`envelope`]: body shapes and dedupe keys; pure.
 //! - [`store`]: the only code that knows fjall; group-committed admissions, cursors, sweep.
 //! - [`dispatch`]: drains the store into each [`sinks`] `Sink` and records its progress.
+//! - [`metrics`]: counters the receive path and the dispatchers bump; [`admin`] serves them
+//!   with health, readiness and the operator API on a second, loopback listener, and
+//!   [`admin_cli`] is that API's command-line client.
 //! - [`app`]: wires it all under one shutdown token; [`config`], [`cli`], [`telemetry`],
 //!   [`shutdown`], [`systemd`] and [`send`] are the edges.
 
 pub mod accounts;
+pub mod admin;
+pub mod admin_cli;
 pub mod app;
 pub mod cli;
 pub mod config;
 pub mod dispatch;
 pub mod envelope;
 pub mod handler;
+pub mod metrics;
 pub mod retry;
 pub mod route;
 pub mod send;
@@ -33,3 +40,4 @@ pub mod sinks;
 pub mod store;
 pub mod systemd;
 pub mod telemetry;
+pub mod tls;

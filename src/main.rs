@@ -5,7 +5,9 @@ use std::process::ExitCode;
 use clap::Parser as _;
 use kirimhook::cli::{Cli, Command};
 use kirimhook::config::Config;
-use kirimhook::{accounts, app, send, shutdown, signature::SigningSecret, systemd, telemetry};
+use kirimhook::{
+    accounts, admin_cli, app, send, shutdown, signature::SigningSecret, systemd, telemetry,
+};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -79,6 +81,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 print!("{}", accounts::to_table(&list));
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Admin(command) => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            print!("{}", runtime.block_on(admin_cli::run(&command))?);
             Ok(ExitCode::SUCCESS)
         }
     }

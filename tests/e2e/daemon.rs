@@ -28,12 +28,22 @@ pub struct Settings {
     pub tolerance_secs: u64,
     /// `server.max_body_bytes`; the daemon's default when `None`.
     pub max_body_bytes: Option<usize>,
+    /// Whether secret A (`sec_A`) is configured.
+    pub secret_a: bool,
     /// Whether secret B (`sec_B`) is configured after secret A (`sec_A`).
     pub secret_b: bool,
     /// Whether the config has the sink `stdout` of kind `stdout` (the event stream).
     pub stdout_sink: bool,
     /// TOML appended verbatim at the end of the config: more `[[sinks]]` tables.
     pub extra_sinks: String,
+    /// Whether the admin listener runs (on `127.0.0.1:0`; see [`Daemon::admin_addr`]).
+    pub admin: bool,
+    /// `store.keep_delivered_hours`.
+    pub keep_delivered_hours: u32,
+    /// Lines added verbatim to the `[server]` table, such as `"request_timeout_secs = 1\n"`.
+    pub extra_server: String,
+    /// `[server.tls]`: the certificate and key files; plain HTTP when `None`.
+    pub tls: Option<(PathBuf, PathBuf)>,
 }
 
 impl Default for Settings {
@@ -41,9 +51,14 @@ impl Default for Settings {
         Settings {
             tolerance_secs: 300,
             max_body_bytes: None,
+            secret_a: true,
             secret_b: true,
             stdout_sink: true,
             extra_sinks: String::new(),
+            admin: true,
+            keep_delivered_hours: 0,
+            extra_server: String::new(),
+            tls: None,
         }
     }
 }
@@ -55,18 +70,36 @@ impl Settings {
         if let Some(max) = self.max_body_bytes {
             text.push_str(&format!("max_body_bytes = {max}\n"));
         }
+        text.push_str(&self.extra_server);
+        if let Some((cert, key)) = &self.tls {
+            text.push_str(&format!(
+                "\n[server.tls]\ncert_file = {}\nkey_file = {}\n",
+                toml_string(cert),
+                toml_string(key)
+            ));
+        }
         text.push_str(&format!(
-            "\n[verify]\ntolerance_secs = {}\n\n[[verify.secrets]]\nid = \"sec_A\"\nvalue = \"{SECRET_A}\"\n",
+            "\n[verify]\ntolerance_secs = {}\n",
             self.tolerance_secs
         ));
+        if self.secret_a {
+            text.push_str(&format!(
+                "\n[[verify.secrets]]\nid = \"sec_A\"\nvalue = \"{SECRET_A}\"\n"
+            ));
+        }
         if self.secret_b {
             text.push_str(&format!(
                 "\n[[verify.secrets]]\nid = \"sec_B\"\nvalue = \"{SECRET_B}\"\n"
             ));
         }
         text.push_str(&format!(
-            "\n[store]\npath = {}\n",
-            toml_string(&store_path(dir))
+            "\n[store]\npath = {}\nkeep_delivered_hours = {}\n",
+            toml_string(&store_path(dir)),
+            self.keep_delivered_hours
+        ));
+        text.push_str(&format!(
+            "\n[admin]\nenabled = {}\nlisten = \"127.0.0.1:0\"\n",
+            self.admin
         ));
         if self.stdout_sink {
             text.push_str("\n[[sinks]]\nname = \"stdout\"\nkind = \"stdout\"\n");
@@ -245,6 +278,8 @@ pub struct Daemon {
     exited: Option<ExitStatus>,
     /// Where it listens.
     pub addr: SocketAddr,
+    /// Where its admin listener listens (`None` when [`Settings::admin`] is off).
+    pub admin_addr: Option<SocketAddr>,
     /// Its stdout: the event stream.
     pub stdout: Lines,
     /// Its stderr: JSON log lines.
@@ -285,12 +320,21 @@ impl Daemon {
             child,
             exited: None,
             addr: "0.0.0.0:0".parse().expect("an address"),
+            admin_addr: None,
             stdout,
             stderr,
             dir: dir.to_owned(),
         };
         match listening {
-            Some(Ok(addr)) => daemon.addr = addr,
+            Some(Ok(addr)) => {
+                daemon.addr = addr;
+                // Logged before "listening", so it is there by now when the listener runs.
+                daemon.admin_addr = daemon
+                    .stderr
+                    .lines()
+                    .iter()
+                    .find_map(|line| logged_addr(line, "admin listening"));
+            }
             Some(Err(())) => panic!(
                 "kirimhook serve exited before listening; stderr:\n{}",
                 daemon.stderr_text()
@@ -310,6 +354,25 @@ impl Daemon {
             "restart() needs the daemon stopped first"
         );
         Daemon::start(&self.dir, settings).await
+    }
+
+    /// Rewrites the daemon's config file for `settings` (takes effect on SIGHUP).
+    pub fn rewrite_config(&self, settings: &Settings) {
+        std::fs::write(
+            self.dir.join("kirimhook.toml"),
+            settings.config_toml(&self.dir),
+        )
+        .expect("rewrite the config");
+    }
+
+    /// Sends the daemon a signal (`"HUP"`, `"TERM"`, ...).
+    pub fn signal(&self, name: &str) {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill")
+            .args([&format!("-{name}"), pid.as_str()])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill -{name} {pid} failed");
     }
 
     /// A new HTTP client for this daemon.
@@ -417,8 +480,13 @@ impl Drop for Daemon {
 
 /// The `addr` of the daemon's `listening` log line, if `line` is that line.
 fn listening_addr(line: &str) -> Option<SocketAddr> {
+    logged_addr(line, "listening")
+}
+
+/// The `addr` of a JSON log line whose message is `message`, if `line` is that line.
+fn logged_addr(line: &str, message: &str) -> Option<SocketAddr> {
     let json: serde_json::Value = serde_json::from_str(line).ok()?;
-    if json.get("message")?.as_str()? != "listening" {
+    if json.get("message")?.as_str()? != message {
         return None;
     }
     json.get("addr")?.as_str()?.parse().ok()

@@ -4,8 +4,8 @@
 //! Every test runs its own daemon in its own temp dir, so tests run in parallel without
 //! locks. Helpers: [`daemon`] (spawn, wait for lines, stop, kill), [`http`] (client and raw
 //! requests), [`fixtures`] (spec fixtures F1-F9 and signed deliveries), [`target`] (the fake
-//! service the HTTP relay posts to). Tests: [`accept`], [`reject`], [`durability`], [`cli`],
-//! [`stdout_only`], [`relay`], [`systemd`].
+//! service the HTTP relay posts to). Tests: [`accept`], [`admin`], [`reject`], [`durability`],
+//! [`cli`], [`stdout_only`], [`relay`], [`systemd`], [`tls`].
 
 mod daemon;
 mod fixtures;
@@ -14,9 +14,11 @@ mod target;
 
 mod accept;
 mod accounts;
+mod admin;
 mod cli;
 mod durability;
 mod reject;
 mod relay;
 mod stdout_only;
 mod systemd;
+mod tls;
