@@ -20,10 +20,11 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, Admin};
-use crate::config::{Config, SinkKind};
-use crate::handler::{ReceiveSettings, Receiver};
+use crate::config::{Config, ServerConfig, SinkConfig, SinkKind};
+use crate::handler::{Live, ReceiveSettings, Receiver};
 use crate::metrics::Metrics;
 use crate::server::{self, Limits};
+use crate::shutdown::Signals;
 use crate::sinks::http::HttpSink;
 use crate::sinks::stdout::StdoutSink;
 use crate::store::Store;
@@ -38,9 +39,14 @@ const SWEEP_EVERY: Duration = Duration::from_secs(60);
 /// given, else it binds `server.listen`.
 pub async fn run(
     config: Config,
+    config_path: std::path::PathBuf,
     activated: Option<std::net::TcpListener>,
-    shutdown: CancellationToken,
+    signals: Signals,
 ) -> anyhow::Result<()> {
+    let Signals {
+        shutdown,
+        reload: mut reloads,
+    } = signals;
     let notifier = Notifier::from_env();
     let watchdog = systemd::watchdog_from_env()
         .filter(|_| notifier.is_enabled())
@@ -89,32 +95,7 @@ pub async fn run(
         .context("listener has no local address")?;
 
     let stop_sinks = CancellationToken::new();
-    let mut sinks = JoinSet::new();
-    for sink in &config.sinks {
-        let (store, stop, policy) = (store.clone(), stop_sinks.clone(), sink.retry);
-        match &sink.kind {
-            SinkKind::Stdout => {
-                let stdout = StdoutSink::new(sink.name.clone());
-                sinks.spawn(crate::dispatch::run(
-                    store,
-                    stdout,
-                    policy,
-                    stop,
-                    metrics.clone(),
-                ));
-            }
-            SinkKind::Http(http) => {
-                let relay = HttpSink::new(sink.name.clone(), http);
-                sinks.spawn(crate::dispatch::run(
-                    store,
-                    relay,
-                    policy,
-                    stop,
-                    metrics.clone(),
-                ));
-            }
-        }
-    }
+    let mut sinks = SinkSet::start(&config.sinks, &store, &metrics, &stop_sinks);
 
     let sweeper = tokio::spawn(sweep_forever(
         store.clone(),
@@ -154,6 +135,7 @@ pub async fn run(
         "listening"
     );
 
+    let receiver_handle = receiver.clone();
     let server = tokio::spawn(server::serve(
         listener,
         receiver,
@@ -165,8 +147,19 @@ pub async fn run(
     if let Some((admin, _)) = &admin {
         admin.set_serving(true);
     }
-    notifier.notify_or_log(&[State::Ready, State::Status(&format!("listening on {addr}"))]);
-    shutdown.cancelled().await;
+    let status = format!("listening on {addr}");
+    notifier.notify_or_log(&[State::Ready, State::Status(&status)]);
+    let mut running = config;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            Some(()) = reloads.recv() => {
+                notifier.notify_or_log(&[State::Reloading, State::Status("reloading")]);
+                reload(&config_path, &mut running, &receiver_handle, &mut sinks, tls.as_deref(), &store, &metrics, &stop_sinks).await;
+                notifier.notify_or_log(&[State::Ready, State::Status(&status)]);
+            }
+        }
+    }
     notifier.notify_or_log(&[State::Stopping, State::Status("draining")]);
     let deadline = tokio::time::Instant::now() + drain;
     if let Err(e) = server.await {
@@ -176,12 +169,12 @@ pub async fn run(
     // No new events can arrive now; let every sink deliver what is committed.
     stop_sinks.cancel();
     let drained = tokio::time::timeout_at(deadline, async {
-        while sinks.join_next().await.is_some() {}
+        while sinks.tasks.join_next().await.is_some() {}
     })
     .await;
     if drained.is_err() {
         tracing::warn!("sinks did not finish before the drain deadline; the rest is delivered after the next start");
-        sinks.abort_all();
+        sinks.tasks.abort_all();
     }
     sweeper.abort();
     if let Some((_, task)) = admin {
@@ -194,6 +187,153 @@ pub async fn run(
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The running sink dispatchers.
+struct SinkSet {
+    tasks: JoinSet<()>,
+    /// Cancelled to swap the sinks on a reload: in-flight deliveries finish, nothing new starts.
+    halt: CancellationToken,
+}
+
+impl SinkSet {
+    /// Starts one dispatcher per configured sink; `stop` drains them at shutdown.
+    fn start(
+        sinks: &[SinkConfig],
+        store: &Store,
+        metrics: &Metrics,
+        stop: &CancellationToken,
+    ) -> SinkSet {
+        let halt = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+        for sink in sinks {
+            let (store, stop, halt, policy) =
+                (store.clone(), stop.clone(), halt.clone(), sink.retry);
+            let metrics = metrics.clone();
+            match &sink.kind {
+                SinkKind::Stdout => {
+                    let stdout = StdoutSink::new(sink.name.clone());
+                    tasks.spawn(crate::dispatch::run_until(
+                        store, stdout, policy, stop, halt, metrics,
+                    ));
+                }
+                SinkKind::Http(http) => {
+                    let relay = HttpSink::new(sink.name.clone(), http);
+                    tasks.spawn(crate::dispatch::run_until(
+                        store, relay, policy, stop, halt, metrics,
+                    ));
+                }
+            }
+        }
+        SinkSet { tasks, halt }
+    }
+
+    /// Lets in-flight deliveries finish (at most `deadline`), then stops every dispatcher.
+    async fn halt(&mut self, deadline: Duration) {
+        self.halt.cancel();
+        let halted = tokio::time::timeout(deadline, async {
+            while self.tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if halted.is_err() {
+            tracing::warn!("sinks did not halt in time for the reload; abandoning their in-flight deliveries (they are retried)");
+            self.tasks.abort_all();
+            while self.tasks.join_next().await.is_some() {}
+        }
+    }
+}
+
+/// Re-reads the config file and applies what can change while running: secrets, tolerance,
+/// sink settings and filters, TLS certificates. An invalid file changes nothing. Settings that
+/// need a restart (listen addresses, path, limits, store, admin, the set of sink names, turning
+/// TLS on or off) are reported and left as they are.
+#[allow(clippy::too_many_arguments)]
+async fn reload(
+    path: &std::path::Path,
+    running: &mut Config,
+    receiver: &Receiver,
+    sinks: &mut SinkSet,
+    tls: Option<&Tls>,
+    store: &Store,
+    metrics: &Metrics,
+    stop: &CancellationToken,
+) {
+    let file = path.to_owned();
+    let loaded = tokio::task::spawn_blocking(move || Config::load(&file)).await;
+    let new = match loaded {
+        Ok(Ok(new)) => new,
+        Ok(Err(e)) => {
+            tracing::error!(key = e.key().unwrap_or("-"), error = %e, "reload refused; keeping the running configuration");
+            return;
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "reload refused; keeping the running configuration");
+            return;
+        }
+    };
+    for (key, same) in [
+        (
+            "server",
+            ServerConfig {
+                tls: None,
+                ..new.server.clone()
+            } == ServerConfig {
+                tls: None,
+                ..running.server.clone()
+            },
+        ),
+        ("store", new.store == running.store),
+        ("admin", new.admin == running.admin),
+        (
+            "server.tls (on/off)",
+            new.server.tls.is_some() == running.server.tls.is_some(),
+        ),
+    ] {
+        if !same {
+            tracing::warn!(key, "changed, but takes effect only after a restart");
+        }
+    }
+    // TLS first: if the new certificate is unusable, nothing else changes either.
+    if let (Some(tls), Some(files)) = (tls, new.server.tls.as_ref()) {
+        if let Err(e) = tls.reload(files) {
+            tracing::error!(key = e.file().config_key(), error = %e, "reload refused; keeping the running configuration");
+            return;
+        }
+    }
+    let same_sinks = new
+        .sinks
+        .iter()
+        .map(|s| &s.name)
+        .eq(running.sinks.iter().map(|s| &s.name));
+    let sinks_config = if same_sinks {
+        new.sinks.clone()
+    } else {
+        tracing::warn!(
+            key = "sinks",
+            "sinks were added, removed or reordered: that takes a restart; the running sinks keep their settings"
+        );
+        running.sinks.clone()
+    };
+    receiver.reload(Live {
+        tolerance_secs: new.verify.tolerance_secs,
+        secrets: new.verify.secrets.clone().into(),
+        routes: sinks_config
+            .iter()
+            .map(|s| (s.name.clone(), s.filter.clone()))
+            .collect(),
+    });
+    if same_sinks {
+        sinks.halt(running.server.shutdown_timeout).await;
+        *sinks = SinkSet::start(&sinks_config, store, metrics, stop);
+    }
+    tracing::info!(
+        secrets = new.verify.secrets.len(),
+        sinks = sinks_config.len(),
+        "configuration reloaded"
+    );
+    running.verify = new.verify;
+    running.sinks = sinks_config;
+    running.server.tls = new.server.tls;
 }
 
 /// Binds the admin listener (`[admin] listen`) and starts serving it; `None` when `[admin]

@@ -75,6 +75,19 @@ pub async fn run<S: Sink>(
     stop: CancellationToken,
     metrics: Metrics,
 ) {
+    run_until(store, sink, policy, stop, CancellationToken::new(), metrics).await;
+}
+
+/// Like [`run`], and also ends when `halt` is cancelled, as soon as the deliveries in flight
+/// have finished (nothing new is started): how a reload swaps a sink's settings.
+pub async fn run_until<S: Sink>(
+    store: Store,
+    sink: S,
+    policy: RetryPolicy,
+    stop: CancellationToken,
+    halt: CancellationToken,
+    metrics: Metrics,
+) {
     let name = sink.name().to_owned();
     let mut dispatcher = Dispatcher {
         store: store.clone(),
@@ -99,11 +112,11 @@ pub async fn run<S: Sink>(
         }
     }
     tracing::info!(sink = %name, waiting_retries = dispatcher.waiting.len(), "sink started");
-    dispatcher.run(stop).await;
+    dispatcher.run(stop, halt).await;
 }
 
 impl<S: Sink> Dispatcher<S> {
-    async fn run(&mut self, stop: CancellationToken) {
+    async fn run(&mut self, stop: CancellationToken, halt: CancellationToken) {
         let mut committed = self.store.subscribe();
         let mut requeued = self.store.requeued();
         // Set when the select below saw `requeued` change: `changed()` marks the value seen,
@@ -122,7 +135,12 @@ impl<S: Sink> Dispatcher<S> {
                 self.fresh.clear();
                 self.scanned = 0;
             }
-            if let Err(e) = self.fill(last_committed).await {
+            if halt.is_cancelled() {
+                if self.running.is_empty() {
+                    tracing::info!(sink = %self.name, "sink halted");
+                    return;
+                }
+            } else if let Err(e) = self.fill(last_committed).await {
                 tracing::error!(sink = %self.name, error = %e, "reading the sink's queue failed");
                 if self.running.is_empty() {
                     if pause(&stop, STORE_RETRY).await {
@@ -156,6 +174,7 @@ impl<S: Sink> Dispatcher<S> {
                 Ok(()) = requeued.changed() => rescan = true,
                 _ = tokio::time::sleep(sleep.unwrap_or_default()), if sleep.is_some() => {}
                 _ = stop.cancelled(), if !stop.is_cancelled() => {}
+                _ = halt.cancelled(), if !halt.is_cancelled() => {}
             }
         }
     }

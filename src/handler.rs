@@ -48,9 +48,22 @@ pub struct ReceiveSettings {
     pub metrics: Metrics,
 }
 
+/// What a reload (SIGHUP) may change on the receive path.
+#[derive(Debug, Clone)]
+pub struct Live {
+    /// Allowed clock difference for the signature timestamp; 0 disables the check.
+    pub tolerance_secs: u64,
+    /// Secrets tried in order.
+    pub secrets: Arc<[SigningSecret]>,
+    /// Every sink with its filter.
+    pub routes: Arc<[(String, Filter)]>,
+}
+
 /// Handles requests against one store.
 pub struct Receiver {
     settings: ReceiveSettings,
+    /// The current reloadable part; starts as the `settings` values.
+    live: std::sync::RwLock<Live>,
     store: Store,
     clock: fn() -> SystemTime,
 }
@@ -63,10 +76,32 @@ impl Receiver {
 
     /// A receiver with an injected clock (tests).
     pub fn with_clock(settings: ReceiveSettings, store: Store, clock: fn() -> SystemTime) -> Self {
+        let live = Live {
+            tolerance_secs: settings.tolerance_secs,
+            secrets: settings.secrets.clone(),
+            routes: settings.routes.clone(),
+        };
         Receiver {
             settings,
+            live: std::sync::RwLock::new(live),
             store,
             clock,
+        }
+    }
+
+    /// Swaps in reloaded secrets, tolerance and routes; requests that start verifying after
+    /// this use them.
+    pub fn reload(&self, live: Live) {
+        match self.live.write() {
+            Ok(mut current) => *current = live,
+            Err(poisoned) => *poisoned.into_inner() = live,
+        }
+    }
+
+    fn live(&self) -> Live {
+        match self.live.read() {
+            Ok(live) => live.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
         }
     }
 
@@ -143,15 +178,16 @@ impl Receiver {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs() as i64)
             .unwrap_or(0);
+        let live = self.live();
         // X-Kirim-Signature is preferred; when both headers are present, either verifying is
         // enough (spec 10, row 1), and a failure reports the preferred header's reason.
         let verify = |header: Option<&HeaderValue>| {
             signature::verify(
                 header.map(HeaderValue::as_bytes),
                 &body,
-                &self.settings.secrets,
+                &live.secrets,
                 now,
-                self.settings.tolerance_secs,
+                live.tolerance_secs,
             )
         };
         let verified = match verify(primary.or(alternate)) {
@@ -205,8 +241,7 @@ impl Receiver {
         let quarantine_reason = meta.quarantine_reason.clone();
         let counted = (meta.event_type.clone(), meta.source);
         let sinks = match destination {
-            Destination::Events => self
-                .settings
+            Destination::Events => live
                 .routes
                 .iter()
                 .filter(|(_, filter)| filter.matches(&meta))

@@ -24,13 +24,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve { config } => {
             telemetry::init(cli.log_format);
-            let config = Config::load(&config)?;
+            let path = config;
+            let config = Config::load(&path)?;
             // Before the runtime starts its threads: this edits the environment.
             let activated = systemd::take_activated_listener()?;
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(async {
-                let token = shutdown::on_signals()?;
-                app::run(config, activated, token).await
+                let signals = shutdown::on_signals()?;
+                app::run(config, path, activated, signals).await
             })?;
             Ok(ExitCode::SUCCESS)
         }

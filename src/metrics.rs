@@ -6,7 +6,7 @@
 //! configured sink, and kept in plain arrays and maps, so counting takes no lock and allocates
 //! nothing. Only two paths go through a prometheus-client `Family` lookup: accepted events by
 //! type and source (types are open-ended, so that label set is built per accepted event), and a
-//! secret id that was not configured at start-up (none today; kept for a future reload). The
+//! secret id that was not configured at start-up (added by a reload). The
 //! flush latency histogram has prometheus-client's own short mutex.
 //!
 //! The gauges (queue depth, oldest undelivered age, dead letters, quarantine size, store

@@ -6,7 +6,7 @@
 //! is taken over. Reading the environment is pure ([`NotifyTarget::parse`],
 //! [`watchdog_period`], [`activated_fd_count`] take the values as arguments) and tested beside
 //! it; the I/O is one datagram per notification and, at start-up, one inherited socket. This
-//! module does not decide when the daemon is ready (`app` does), does not reload anything and
+//! module does not decide when the daemon is ready (`app` does), does not reload anything itself and
 //! knows nothing about HTTP.
 //!
 //! Notifications are a few lines over std's `UnixDatagram` rather than the `sd-notify` crate,
@@ -50,6 +50,8 @@ pub enum State<'a> {
     Ready,
     /// `STOPPING=1`: a graceful shutdown has begun.
     Stopping,
+    /// `RELOADING=1`: a configuration reload has begun (followed by `READY=1`).
+    Reloading,
     /// `WATCHDOG=1`: still alive.
     Watchdog,
     /// `STATUS=...`: one line for `systemctl status`.
@@ -64,6 +66,7 @@ pub fn message(states: &[State<'_>]) -> String {
         match state {
             State::Ready => text.push_str("READY=1\n"),
             State::Stopping => text.push_str("STOPPING=1\n"),
+            State::Reloading => text.push_str("RELOADING=1\n"),
             State::Watchdog => text.push_str("WATCHDOG=1\n"),
             State::Status(status) => {
                 let status = status.replace(['\n', '\r'], " ");

@@ -19,6 +19,7 @@ mod cli;
 mod durability;
 mod reject;
 mod relay;
+mod reload;
 mod stdout_only;
 mod systemd;
 mod tls;
