@@ -150,9 +150,21 @@ pub async fn run(
     let status = format!("listening on {addr}");
     notifier.notify_or_log(&[State::Ready, State::Status(&status)]);
     let mut running = config;
+    // The store's writer stops for good after a failed write (fjall refuses every later one):
+    // then the daemon shuts down and exits non-zero, so its supervisor restarts it.
+    let mut writer_alive = store.subscribe();
+    let mut writer_gone =
+        tokio::spawn(async move { while writer_alive.changed().await.is_ok() {} });
+    let mut store_failed = false;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
+            _ = &mut writer_gone => {
+                tracing::error!("the store failed; shutting down so the service manager restarts kirimhook");
+                store_failed = true;
+                shutdown.cancel();
+                break;
+            }
             Some(()) = reloads.recv() => {
                 notifier.notify_or_log(&[State::Reloading, State::Status("reloading")]);
                 reload(&config_path, &mut running, &receiver_handle, &mut sinks, tls.as_deref(), &store, &metrics, &stop_sinks).await;
@@ -181,7 +193,14 @@ pub async fn run(
         // It stopped accepting at the shutdown signal; in-flight requests had a short drain.
         let _ = task.await;
     }
-    store.close().await.context("closing the store")?;
+    let closed = store.close().await;
+    if store_failed {
+        if let Some(watchdog) = watchdog {
+            watchdog.abort();
+        }
+        anyhow::bail!("the store failed (see the error above); exiting");
+    }
+    closed.context("closing the store")?;
     if let Some(watchdog) = watchdog {
         watchdog.abort();
     }
