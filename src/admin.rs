@@ -678,6 +678,8 @@ pub struct Admin {
     store: Store,
     metrics: Metrics,
     sinks: Vec<String>,
+    /// Each sink's filter, so a replay queues only what the sink would have been given.
+    filters: std::collections::HashMap<String, crate::route::Filter>,
     shutdown: CancellationToken,
     serving: AtomicBool,
 }
@@ -695,9 +697,19 @@ impl Admin {
             store,
             metrics,
             sinks,
+            filters: std::collections::HashMap::new(),
             shutdown,
             serving: AtomicBool::new(false),
         }
+    }
+
+    /// Sets the sinks' filters, which `replay` honours (a sink without one gets everything).
+    pub fn with_filters(
+        mut self,
+        filters: impl IntoIterator<Item = (String, crate::route::Filter)>,
+    ) -> Admin {
+        self.filters = filters.into_iter().collect();
+        self
     }
 
     /// Whether the public listener serves (for `/readyz`).
@@ -847,9 +859,10 @@ impl Admin {
                 let request = read_json::<ReplayRequest, B>(req).await?;
                 let since = parse_rfc3339(&request.since)
                     .map_err(|e| ApiError::bad_request(format!("since: {e}")))?;
+                let filter = self.filters.get(sink).cloned().unwrap_or_default();
                 let n = self
                     .store
-                    .replay(sink, since)
+                    .replay(sink, since, move |meta| filter.matches(meta))
                     .await
                     .map_err(|e| ApiError::store(&e))?;
                 tracing::info!(

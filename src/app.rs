@@ -380,12 +380,20 @@ async fn start_admin(
              whoever reaches it can read stored events and drop dead letters"
         );
     }
-    let admin = Arc::new(Admin::new(
-        store.clone(),
-        metrics.clone(),
-        config.sinks.iter().map(|s| s.name.clone()).collect(),
-        shutdown.clone(),
-    ));
+    let admin = Arc::new(
+        Admin::new(
+            store.clone(),
+            metrics.clone(),
+            config.sinks.iter().map(|s| s.name.clone()).collect(),
+            shutdown.clone(),
+        )
+        .with_filters(
+            config
+                .sinks
+                .iter()
+                .map(|s| (s.name.clone(), s.filter.clone())),
+        ),
+    );
     tracing::info!(addr = %addr, "admin listening");
     let task = tokio::spawn(admin::serve(listener, admin.clone(), shutdown.clone()));
     Ok(Some((admin, task)))

@@ -651,7 +651,7 @@ mod tests {
         // The dispatcher is idle in its select now; a replay must wake it and rescan.
         tokio::time::sleep(Duration::from_millis(50)).await;
         let queued = store
-            .replay("collect", std::time::UNIX_EPOCH)
+            .replay("collect", std::time::UNIX_EPOCH, |_| true)
             .await
             .unwrap();
         assert_eq!(queued, 1);

@@ -337,12 +337,19 @@ impl Store {
         self.maintain(Maintenance::DropQuarantine { seqs }).await
     }
 
-    /// Queues every stored event received at or after `since` for `sink` again (events are
-    /// kept after delivery only for the configured keep window). Returns how many were queued.
-    pub async fn replay(&self, sink: &str, since: SystemTime) -> Result<usize, StoreError> {
+    /// Queues every stored event received at or after `since` that `matches` (the sink's
+    /// filter) for `sink` again (events are kept after delivery only for the configured keep
+    /// window). Returns how many were queued.
+    pub async fn replay(
+        &self,
+        sink: &str,
+        since: SystemTime,
+        matches: impl Fn(&RecordMeta) -> bool + Send + 'static,
+    ) -> Result<usize, StoreError> {
         self.maintain(Maintenance::Replay {
             sink: sink.to_owned(),
             since_ms: millis(since),
+            matches: Box::new(matches),
         })
         .await
     }

@@ -458,7 +458,10 @@ async fn operator_actions_on_dead_letters_quarantine_and_replay() {
         .unwrap();
     assert_eq!(swept.events, 0);
     let since = SystemTime::now() - Duration::from_secs(60);
-    assert_eq!(store.replay("stdout", since).await.unwrap(), 2);
+    // The sink's filter is honoured: nothing matches this one.
+    let none = |meta: &RecordMeta| meta.event_type.as_deref() == Some("no.such.type");
+    assert_eq!(store.replay("stdout", since, none).await.unwrap(), 0);
+    assert_eq!(store.replay("stdout", since, |_| true).await.unwrap(), 2);
     assert!(requeued.has_changed().unwrap());
     assert_eq!(store.queue_len("stdout").await.unwrap(), 2);
     store.close().await.unwrap();

@@ -73,8 +73,13 @@ pub(super) enum Maintenance {
     },
     /// Forget quarantined deliveries (all, or these seqs).
     DropQuarantine { seqs: Option<Vec<u64>> },
-    /// Queue every stored event received at or after `since_ms` for `sink` again.
-    Replay { sink: String, since_ms: u64 },
+    /// Queue every stored event received at or after `since_ms` that `matches` for `sink`
+    /// again.
+    Replay {
+        sink: String,
+        since_ms: u64,
+        matches: Box<dyn Fn(&super::RecordMeta) -> bool + Send>,
+    },
 }
 
 pub(super) struct Writer {
@@ -375,13 +380,17 @@ impl Writer {
                     }
                 }
             }
-            Maintenance::Replay { sink, since_ms } => {
+            Maintenance::Replay {
+                sink,
+                since_ms,
+                matches,
+            } => {
                 for guard in self.ks.events.iter() {
                     let (key, value) = guard.into_inner()?;
                     let seq = be_u64(&key);
                     let event = record::decode(seq, &value)
                         .map_err(|source| StoreError::Decode { seq, source })?;
-                    if event.meta.received_at_ms < since_ms {
+                    if event.meta.received_at_ms < since_ms || !matches(&event.meta) {
                         continue;
                     }
                     let entry = queue::key(&sink, seq);
