@@ -12,13 +12,16 @@
 //!   knows HTTP status codes.
 //! - [`signature`]: `X-Kirim-Signature` parsing and HMAC verification; pure.
 //! - [`envelope`]: body shapes and dedupe keys; pure.
-//! - [`store`]: the only code that knows fjall; group-committed admissions, cursors, sweep.
-//! - [`dispatch`]: drains the store into each [`sinks`] `Sink` and records its progress.
+//! - [`route`]: which sinks an event is queued for (their filters); pure.
+//! - [`store`]: the only code that knows fjall; group-committed admissions with one queue
+//!   entry per matching sink, sink outcomes, dead letters, sweep.
+//! - [`dispatch`]: feeds each [`sinks`] `Sink` from its queue: concurrency, retries with
+//!   [`retry`]'s back-off, pausing an unreachable sink, dead letters.
 //! - [`metrics`]: counters the receive path and the dispatchers bump; [`admin`] serves them
 //!   with health, readiness and the operator API on a second, loopback listener, and
 //!   [`admin_cli`] is that API's command-line client.
-//! - [`app`]: wires it all under one shutdown token; [`config`], [`cli`], [`telemetry`],
-//!   [`shutdown`], [`systemd`] and [`send`] are the edges.
+//! - [`app`]: wires it all under one shutdown token and applies reloads (SIGHUP); [`config`],
+//!   [`cli`], [`telemetry`], [`shutdown`], [`systemd`], [`send`] and [`accounts`] are the edges.
 
 pub mod accounts;
 pub mod admin;
