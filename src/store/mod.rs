@@ -3,7 +3,7 @@
 //! Its API is small: [`Store::admit`] (dedupe check + keys + event + one queue entry per
 //! matching sink, in one fsync'd batch), [`Store::queue`] / [`Store::events`] (what a sink still
 //! owes), [`Store::settle`] (a sink's outcomes: delivered, retry later, dead letter) and
-//! [`Store::sweep`] (retention). Every write goes through one writer thread ([`writer`]) that
+//! [`Store::sweep`] (retention). Every write goes through one writer thread (`writer.rs`) that
 //! takes every command waiting at that moment, applies them as one atomic batch and persists it
 //! with a single `fdatasync`: concurrent requests share flushes (group commit), and the dedupe
 //! check and the insert can never race because one thread does both.
