@@ -61,7 +61,8 @@ struct Dispatcher<S> {
     paused_until: u64,
     pause_failures: u32,
     running: JoinSet<Done>,
-    batches: HashMap<Id, Vec<u64>>,
+    /// The entries each running delivery task carries (to account for a task that panics).
+    batches: HashMap<Id, Vec<QueueEntry>>,
     /// Delivered, failed attempts, dead-lettered.
     counters: SinkCounters,
 }
@@ -365,6 +366,7 @@ impl<S: Sink> Dispatcher<S> {
             return;
         }
         let seqs: Vec<u64> = entries.iter().map(|e| e.seq).collect();
+        let carried = entries.clone();
         let sink = self.sink.clone();
         let span = tracing::debug_span!(
             "attempt",
@@ -386,7 +388,7 @@ impl<S: Sink> Dispatcher<S> {
             }
             .instrument(span),
         );
-        self.batches.insert(handle.id(), seqs);
+        self.batches.insert(handle.id(), carried);
     }
 
     async fn joined(&mut self, joined: Result<(Id, Done), tokio::task::JoinError>) {
@@ -395,7 +397,7 @@ impl<S: Sink> Dispatcher<S> {
                 self.batches.remove(&id);
                 self.finish(done).await;
             }
-            Err(e) => self.lost(e.id()),
+            Err(e) => self.lost(e.id()).await,
         }
     }
 
@@ -506,20 +508,23 @@ impl<S: Sink> Dispatcher<S> {
         }
     }
 
-    /// A delivery task panicked: its events are tried again later.
-    fn lost(&mut self, id: Id) {
-        let seqs = self.batches.remove(&id).unwrap_or_default();
-        tracing::error!(sink = %self.name, seqs = ?seqs, "a delivery task failed; retrying its events");
-        let due = now_ms().saturating_add(STORE_RETRY.as_millis() as u64);
-        for seq in seqs {
-            self.in_flight.remove(&seq);
-            let state = AttemptState {
-                next_attempt_ms: due,
-                ..AttemptState::default()
-            };
-            self.retries.push(Reverse((due, seq)));
-            self.waiting.insert(seq, state);
+    /// A delivery task panicked: each of its events counts a failed attempt (so a sink that
+    /// panics on one event dead-letters it after `max_attempts` instead of looping).
+    async fn lost(&mut self, id: Id) {
+        let entries = self.batches.remove(&id).unwrap_or_default();
+        let seqs: Vec<u64> = entries.iter().map(|e| e.seq).collect();
+        tracing::error!(sink = %self.name, seqs = ?seqs, "a delivery task failed; counting a failed attempt");
+        let now = now_ms();
+        let mut outcomes = Vec::with_capacity(entries.len());
+        for entry in entries {
+            self.in_flight.remove(&entry.seq);
+            outcomes.push(self.failed(
+                entry,
+                now,
+                SinkError::retryable("the delivery task panicked"),
+            ));
         }
+        self.settle(outcomes).await;
     }
 
     async fn settle(&self, outcomes: Vec<Settlement>) {
@@ -758,6 +763,84 @@ mod tests {
         // Outcomes ride the next group commit: a durable no-op waits for them.
         store.settle_durably("collect", vec![]).await.unwrap();
         assert_eq!(store.queue_len("collect").await.unwrap(), 0);
+        store.close().await.unwrap();
+    }
+}
+
+#[cfg(test)]
+mod panics {
+    use super::*;
+    use crate::signature::{self, SigningSecret};
+    use crate::store::{NewDelivery, RecordMeta};
+
+    /// Panics on every attempt.
+    struct Panicky;
+
+    impl Sink for Panicky {
+        fn name(&self) -> &str {
+            "panicky"
+        }
+        async fn deliver(&self, _batch: &[Attempt]) -> Result<(), Failure> {
+            panic!("a sink bug");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_sink_that_panics_dead_letters_the_event_after_max_attempts() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), vec!["panicky".into()]).unwrap();
+        let secret = SigningSecret::new("sec_T", "whsec_test");
+        let header = secret.sign(1000, b"{}");
+        let verified =
+            signature::verify(Some(header.as_bytes()), b"{}", &[secret], 1000, 300).unwrap();
+        let meta = RecordMeta {
+            received_at_ms: 1,
+            secret_id: String::new(),
+            headers: vec![],
+            keys: vec![serde_json::from_value("kirim:evt_p".into()).unwrap()],
+            shape: None,
+            source: None,
+            event_type: None,
+            event_id: None,
+            phone_number_ids: vec![],
+            quarantine_reason: None,
+        };
+        store
+            .admit(NewDelivery {
+                verified,
+                destination: store::Destination::Events,
+                meta,
+                body: bytes::Bytes::from_static(b"{}"),
+                sinks: vec!["panicky".into()],
+            })
+            .await
+            .unwrap();
+        let policy = RetryPolicy {
+            initial_backoff: Duration::from_millis(1),
+            max_backoff: Duration::from_millis(2),
+            max_attempts: 3,
+        };
+        let stop = CancellationToken::new();
+        let runner = tokio::spawn(run(
+            store.clone(),
+            Panicky,
+            policy,
+            stop.clone(),
+            Metrics::default(),
+        ));
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let letters = loop {
+            store.settle_durably("panicky", vec![]).await.unwrap();
+            let letters = store.dead_letters("panicky", 0, 10).await.unwrap();
+            if !letters.is_empty() {
+                break letters;
+            }
+            assert!(std::time::Instant::now() < deadline, "never dead-lettered");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        assert_eq!(letters[0].state.attempts, 3);
+        stop.cancel();
+        runner.await.unwrap();
         store.close().await.unwrap();
     }
 }
