@@ -167,8 +167,15 @@ pub async fn run(
             }
             Some(()) = reloads.recv() => {
                 notifier.notify_or_log(&[State::Reloading, State::Status("reloading")]);
-                reload(&config_path, &mut running, &receiver_handle, &mut sinks, tls.as_deref(), &store, &metrics, &stop_sinks).await;
-                notifier.notify_or_log(&[State::Ready, State::Status(&status)]);
+                // A shutdown during a reload wins: the reload stops where it is (at worst
+                // between halting the old sinks and starting the new ones, which leaves the
+                // queued events for the next start) and the drain begins at once.
+                tokio::select! {
+                    _ = reload(&config_path, &mut running, &receiver_handle, &mut sinks, tls.clone(), &store, &metrics, &stop_sinks) => {
+                        notifier.notify_or_log(&[State::Ready, State::Status(&status)]);
+                    }
+                    _ = shutdown.cancelled() => break,
+                }
             }
         }
     }
@@ -247,18 +254,12 @@ impl SinkSet {
         SinkSet { tasks, halt }
     }
 
-    /// Lets in-flight deliveries finish (at most `deadline`), then stops every dispatcher.
-    async fn halt(&mut self, deadline: Duration) {
+    /// Lets in-flight deliveries finish, then stops every dispatcher. Nothing is aborted: a
+    /// delivery is bounded by its sink's timeout, and cutting one short could send an event
+    /// twice at once (old and new dispatcher) or tear a stdout line.
+    async fn halt(&mut self) {
         self.halt.cancel();
-        let halted = tokio::time::timeout(deadline, async {
-            while self.tasks.join_next().await.is_some() {}
-        })
-        .await;
-        if halted.is_err() {
-            tracing::warn!("sinks did not halt in time for the reload; abandoning their in-flight deliveries (they are retried)");
-            self.tasks.abort_all();
-            while self.tasks.join_next().await.is_some() {}
-        }
+        while self.tasks.join_next().await.is_some() {}
     }
 }
 
@@ -272,7 +273,7 @@ async fn reload(
     running: &mut Config,
     receiver: &Receiver,
     sinks: &mut SinkSet,
-    tls: Option<&Tls>,
+    tls: Option<Arc<Tls>>,
     store: &Store,
     metrics: &Metrics,
     stop: &CancellationToken,
@@ -313,10 +314,20 @@ async fn reload(
         }
     }
     // TLS first: if the new certificate is unusable, nothing else changes either.
-    if let (Some(tls), Some(files)) = (tls, new.server.tls.as_ref()) {
-        if let Err(e) = tls.reload(files) {
-            tracing::error!(key = e.file().config_key(), error = %e, "reload refused; keeping the running configuration");
-            return;
+    let tls_switched = new.server.tls.is_some() != running.server.tls.is_some();
+    if let (Some(tls), Some(files)) = (tls, new.server.tls.clone()) {
+        // Reads the files: off the async runtime.
+        let reloaded = tokio::task::spawn_blocking(move || tls.reload(&files)).await;
+        match reloaded {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::error!(key = e.file().config_key(), error = %e, "reload refused; keeping the running configuration");
+                return;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "reload refused; keeping the running configuration");
+                return;
+            }
         }
     }
     let same_sinks = new
@@ -342,7 +353,7 @@ async fn reload(
             .collect(),
     });
     if same_sinks {
-        sinks.halt(running.server.shutdown_timeout).await;
+        sinks.halt().await;
         *sinks = SinkSet::start(&sinks_config, store, metrics, stop);
     }
     tracing::info!(
@@ -352,7 +363,9 @@ async fn reload(
     );
     running.verify = new.verify;
     running.sinks = sinks_config;
-    running.server.tls = new.server.tls;
+    if !tls_switched {
+        running.server.tls = new.server.tls;
+    }
 }
 
 /// Binds the admin listener (`[admin] listen`) and starts serving it; `None` when `[admin]

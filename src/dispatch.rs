@@ -123,6 +123,9 @@ impl<S: Sink> Dispatcher<S> {
         // Set when the select below saw `requeued` change: `changed()` marks the value seen,
         // so `has_changed()` alone would miss a requeue that woke the loop.
         let mut rescan = false;
+        // Set when the store's writer stopped: outcomes can no longer be recorded, so nothing
+        // new is started; what is in flight finishes, then the dispatcher ends.
+        let mut store_gone = false;
         loop {
             let last_committed = *committed.borrow_and_update();
             if std::mem::take(&mut rescan) || requeued.has_changed().unwrap_or(false) {
@@ -136,8 +139,18 @@ impl<S: Sink> Dispatcher<S> {
                 self.fresh.clear();
                 self.scanned = 0;
             }
-            if halt.is_cancelled() {
+            if store_gone {
                 if self.running.is_empty() {
+                    tracing::error!(sink = %self.name, "the store's writer stopped; sink stops");
+                    return;
+                }
+            } else if halt.is_cancelled() {
+                if self.running.is_empty() {
+                    // Let the recorded outcomes reach the store before a successor reads the
+                    // queue, so it does not send again what was just delivered.
+                    if let Err(e) = self.store.settle_durably(&self.name, Vec::new()).await {
+                        tracing::warn!(sink = %self.name, error = %e, "waiting for recorded outcomes failed");
+                    }
                     tracing::info!(sink = %self.name, "sink halted");
                     return;
                 }
@@ -168,9 +181,8 @@ impl<S: Sink> Dispatcher<S> {
                         self.joined(joined).await;
                     }
                 }
-                changed = committed.changed() => if changed.is_err() && self.running.is_empty() {
-                    tracing::error!(sink = %self.name, "the store's writer stopped; sink stops");
-                    return;
+                changed = committed.changed(), if !store_gone => if changed.is_err() {
+                    store_gone = true;
                 },
                 Ok(()) = requeued.changed() => rescan = true,
                 _ = tokio::time::sleep(sleep.unwrap_or_default()), if sleep.is_some() => {}
