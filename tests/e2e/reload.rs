@@ -203,3 +203,49 @@ async fn a_reload_applies_new_sink_settings() {
         "the event accepted under the old filter must not be relayed"
     );
 }
+
+#[tokio::test]
+async fn reloads_under_traffic_relay_every_event_once() {
+    let target = crate::target::Target::start().await;
+    // A slow service: deliveries are in flight whenever a reload comes.
+    target.set_default(crate::target::Plan {
+        delay: std::time::Duration::from_millis(15),
+        ..crate::target::Plan::ok()
+    });
+    let dir = temp_dir();
+    let relay = Settings {
+        extra_sinks: format!(
+            "[[sinks]]\nname = \"app\"\nkind = \"http\"\nurl = \"{}\"\nconcurrency = 4\n",
+            target.url()
+        ),
+        ..Settings::default()
+    };
+    let daemon = Daemon::start(dir.path(), &relay).await;
+    let mut client = daemon.client();
+    let mut ids = Vec::new();
+    for round in 0..4 {
+        for _ in 0..40 {
+            let delivery = kirim_event(&new_event_id());
+            client.send(&delivery).await.expect(
+                200,
+                json!({"status": "accepted"}),
+                "a delivery between reloads",
+            );
+            ids.push(delivery.event_id().to_owned());
+        }
+        // Reload while the relay is still busy with what was just accepted.
+        daemon.signal("HUP");
+        wait_for_log(&daemon, RELOADED, round + 1).await;
+    }
+    target.wait_acknowledged(&ids).await;
+    let hits = target.hits();
+    let repeated: Vec<&str> = ids
+        .iter()
+        .filter(|id| hits.iter().filter(|h| h.event_id() == id.as_str()).count() > 1)
+        .map(String::as_str)
+        .collect();
+    assert!(
+        repeated.is_empty(),
+        "reloads must not make the relay send an event twice; sent more than once: {repeated:?}"
+    );
+}
