@@ -584,7 +584,8 @@ mod tests {
         }
         async fn deliver(&self, batch: &[Attempt]) -> Result<(), Failure> {
             let a = &batch[0];
-            if self.fail_every > 0 && a.event.seq % self.fail_every == 0 && a.attempt == 1 {
+            if self.fail_every > 0 && a.event.seq.is_multiple_of(self.fail_every) && a.attempt == 1
+            {
                 return Err(Failure {
                     delivered: 0,
                     error: SinkError::retryable("first attempt fails"),
