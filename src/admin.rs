@@ -39,15 +39,10 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Body;
 use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE};
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::{self, Metrics, SinkSnapshot, Snapshot};
@@ -1044,50 +1039,21 @@ where
 }
 
 /// Serves `listener` until `shutdown` is cancelled, then lets in-flight requests finish for a
-/// short while.
+/// short while (the webhook listener's accept loop, with the admin limits).
 pub async fn serve(listener: TcpListener, admin: Arc<Admin>, shutdown: CancellationToken) {
-    let graceful = GracefulShutdown::new();
-    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        let permit = tokio::select! {
-            permit = permits.clone().acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => break,
-            },
-            _ = shutdown.cancelled() => break,
-        };
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    tracing::warn!(error = %e, "admin: accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = shutdown.cancelled() => break,
-        };
-        let admin = admin.clone();
-        let service = service_fn(move |req| admin.clone().handle(req));
-        let mut builder = http1::Builder::new();
-        builder
-            .timer(TokioTimer::new())
-            .header_read_timeout(BODY_TIMEOUT)
-            .keep_alive(true);
-        let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(%peer, error = %e, "admin connection ended with an error");
-            }
-            drop(permit);
-        });
-    }
-    drop(listener);
-    tokio::select! {
-        _ = graceful.shutdown() => {}
-        _ = tokio::time::sleep(DRAIN) => {
-            tracing::debug!("admin: closing connections still open after the drain");
-        }
+    let limits = crate::server::Limits {
+        max_connections: MAX_CONNECTIONS,
+        header_timeout: BODY_TIMEOUT,
+    };
+    crate::server::serve("admin", listener, admin, limits, None, shutdown, DRAIN).await;
+}
+
+impl crate::server::Handler for Admin {
+    fn respond(
+        self: Arc<Self>,
+        req: Request<hyper::body::Incoming>,
+    ) -> impl std::future::Future<Output = Result<AdminResponse, Infallible>> + Send {
+        self.handle(req)
     }
 }
 

@@ -137,6 +137,7 @@ pub async fn run(
 
     let receiver_handle = receiver.clone();
     let server = tokio::spawn(server::serve(
+        "webhook",
         listener,
         receiver,
         limits,

@@ -1,21 +1,28 @@
 //! The HTTP/1.1 accept loop: one task per connection, a bound on open connections, header and
 //! body timeouts, and a graceful drain when shutdown is requested.
 //!
-//! It knows nothing about deliveries: every request goes to [`Receiver::handle`]. On shutdown it
-//! stops accepting at once, lets in-flight requests finish (keep-alive connections are closed
-//! after their current request) and gives up on stragglers at the drain deadline.
+//! It knows nothing about deliveries: every request goes to a [`Handler`] (the webhook
+//! [`Receiver`], or the admin API). On shutdown it stops accepting at once, lets in-flight
+//! requests finish (keep-alive connections are closed after their current request) and gives
+//! up on stragglers at the drain deadline.
 //!
 //! With [`Tls`], each connection's task first runs the TLS handshake (never the accept loop,
 //! so a slow client cannot stall it), bounded by the header timeout, and then serves HTTP/1.1
 //! over the encrypted stream with the same limits. Failed handshakes are everyday noise on the
 //! internet (scanners, plain HTTP to the TLS port) and are logged at debug only.
 
+use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
+use hyper::{Request, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
@@ -25,6 +32,24 @@ use tokio_util::sync::CancellationToken;
 
 use crate::handler::Receiver;
 use crate::tls::Tls;
+
+/// What answers the requests of one listener.
+pub trait Handler: Send + Sync + 'static {
+    /// Answers one request; every failure is a response.
+    fn respond(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+    ) -> impl Future<Output = Result<Response<Full<Bytes>>, Infallible>> + Send;
+}
+
+impl Handler for Receiver {
+    fn respond(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+    ) -> impl Future<Output = Result<Response<Full<Bytes>>, Infallible>> + Send {
+        self.handle(req)
+    }
+}
 
 /// Limits of the listener.
 #[derive(Debug, Clone, Copy)]
@@ -36,11 +61,13 @@ pub struct Limits {
     pub header_timeout: Duration,
 }
 
-/// Serves `listener` until `shutdown` is cancelled, then drains until `drain` has passed.
-/// With `tls`, every connection speaks HTTPS, with the certificate current when it connected.
-pub async fn serve(
+/// Serves `listener` with `handler` until `shutdown` is cancelled, then drains until `drain`
+/// has passed. With `tls`, every connection speaks HTTPS, with the certificate current when it
+/// connected. `name` labels the log lines (`webhook`, `admin`).
+pub async fn serve<H: Handler>(
+    name: &'static str,
     listener: TcpListener,
-    receiver: Arc<Receiver>,
+    handler: Arc<H>,
     limits: Limits,
     tls: Option<Arc<Tls>>,
     shutdown: CancellationToken,
@@ -61,7 +88,7 @@ pub async fn serve(
                 Ok(accepted) => accepted,
                 Err(e) => {
                     // EMFILE and friends: back off briefly instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
+                    tracing::warn!(listener = name, error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
@@ -69,8 +96,8 @@ pub async fn serve(
             _ = shutdown.cancelled() => break,
         };
         let _ = stream.set_nodelay(true);
-        let receiver = receiver.clone();
-        let service = service_fn(move |req| receiver.clone().handle(req));
+        let handler = handler.clone();
+        let service = service_fn(move |req| handler.clone().respond(req));
         let mut builder = http1::Builder::new();
         builder
             .timer(TokioTimer::new())
@@ -105,11 +132,15 @@ pub async fn serve(
     }
     drop(listener);
     let open = graceful.count();
-    tracing::info!(open_connections = open, "stopped accepting; draining");
+    tracing::info!(
+        listener = name,
+        open_connections = open,
+        "stopped accepting; draining"
+    );
     tokio::select! {
-        _ = graceful.shutdown() => tracing::info!("all connections drained"),
+        _ = graceful.shutdown() => tracing::info!(listener = name, "all connections drained"),
         _ = tokio::time::sleep(drain) => {
-            tracing::warn!(deadline_secs = drain.as_secs(), "drain deadline passed; closing remaining connections");
+            tracing::warn!(listener = name, deadline_secs = drain.as_secs(), "drain deadline passed; closing remaining connections");
         }
     }
 }
