@@ -677,7 +677,13 @@ pub struct Admin {
     filters: std::collections::HashMap<String, crate::route::Filter>,
     shutdown: CancellationToken,
     serving: AtomicBool,
+    /// The last gauges computed for `/metrics`: counting queues is O(queue), so concurrent or
+    /// frequent scrapes share one count for [`SNAPSHOT_TTL`].
+    snapshot_cache: tokio::sync::Mutex<Option<(std::time::Instant, Snapshot)>>,
 }
+
+/// How long `/metrics` reuses the gauges it computed.
+const SNAPSHOT_TTL: Duration = Duration::from_secs(5);
 
 impl Admin {
     /// An admin API over `store`. `/readyz` answers 503 until [`Admin::set_serving`] says the
@@ -695,6 +701,7 @@ impl Admin {
             filters: std::collections::HashMap::new(),
             shutdown,
             serving: AtomicBool::new(false),
+            snapshot_cache: tokio::sync::Mutex::new(None),
         }
     }
 
@@ -738,7 +745,7 @@ impl Admin {
             Route::Metrics => Ok(text(
                 StatusCode::OK,
                 metrics::CONTENT_TYPE,
-                self.metrics.render(&self.snapshot().await),
+                self.metrics.render(&self.cached_snapshot().await),
             )),
             Route::Status => self.status().await.map(|s| json(StatusCode::OK, &s)),
             Route::DeadLetters(sink) => {
@@ -947,6 +954,19 @@ impl Admin {
             events_stored: self.store.event_count() as u64,
             store_bytes: self.store_bytes().await,
         })
+    }
+
+    /// [`Admin::snapshot`], reused for [`SNAPSHOT_TTL`]; one computation at a time.
+    async fn cached_snapshot(&self) -> Snapshot {
+        let mut cache = self.snapshot_cache.lock().await;
+        if let Some((at, snapshot)) = cache.as_ref() {
+            if at.elapsed() < SNAPSHOT_TTL {
+                return snapshot.clone();
+            }
+        }
+        let snapshot = self.snapshot().await;
+        *cache = Some((std::time::Instant::now(), snapshot.clone()));
+        snapshot
     }
 
     /// The gauges' values; a sink whose status cannot be read is left out (and logged).
