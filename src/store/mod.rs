@@ -374,23 +374,16 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<QueueEntry>, StoreError> {
         let queue_ks = self.inner.queue.clone();
-        let prefix = queue::prefix(sink);
-        let start = after.checked_add(1).map(|s| queue::key(sink, s));
+        let sink = sink.to_owned();
         blocking(move || {
-            let Some(start) = start else {
-                return Ok(Vec::new());
-            };
             let mut out = Vec::new();
-            for guard in queue_ks.range(start..).take(limit) {
-                let (key, value) = guard.into_inner()?;
-                if !key.starts_with(&prefix) {
-                    break;
-                }
+            scan_sink_keys(&queue_ks, &sink, after, u64::MAX, limit, |seq, value| {
                 out.push(QueueEntry {
-                    seq: queue::seq_of(&key),
-                    state: queue::decode_state(&value),
+                    seq,
+                    state: queue::decode_state(value),
                 });
-            }
+                Ok(())
+            })?;
             Ok(out)
         })
         .await
@@ -407,29 +400,14 @@ impl Store {
     ) -> Result<Vec<(QueueEntry, Option<StoredEvent>)>, StoreError> {
         let queue_ks = self.inner.queue.clone();
         let events = self.inner.events.clone();
-        let prefix = queue::prefix(sink);
-        let start = after.checked_add(1).map(|s| queue::key(sink, s));
+        let sink = sink.to_owned();
         blocking(move || {
-            let Some(start) = start else {
-                return Ok(Vec::new());
-            };
             let mut out = Vec::new();
-            for guard in queue_ks.range(start..).take(limit) {
-                let (key, value) = guard.into_inner()?;
-                let seq = queue::seq_of(&key);
-                if !key.starts_with(&prefix) || seq > up_to {
-                    break;
-                }
-                let event = match events.get(seq.to_be_bytes())? {
-                    Some(record) => Some(
-                        record::decode(seq, &record)
-                            .map_err(|source| StoreError::Decode { seq, source })?,
-                    ),
-                    None => None,
-                };
-                let state = queue::decode_state(&value);
-                out.push((QueueEntry { seq, state }, event));
-            }
+            scan_sink_keys(&queue_ks, &sink, after, up_to, limit, |seq, value| {
+                let state = queue::decode_state(value);
+                out.push((QueueEntry { seq, state }, get_event(&events, seq)?));
+                Ok(())
+            })?;
             Ok(out)
         })
         .await
@@ -448,11 +426,10 @@ impl Store {
                 let key = guard.key()?;
                 if status.queued == 0 {
                     let seq = queue::seq_of(&key);
-                    if let Some(record) = events.get(seq.to_be_bytes())? {
-                        status.oldest_received_ms = record::decode(seq, &record)
-                            .ok()
-                            .map(|e| e.meta.received_at_ms);
-                    }
+                    status.oldest_received_ms = get_event(&events, seq)
+                        .ok()
+                        .flatten()
+                        .map(|e| e.meta.received_at_ms);
                 }
                 status.queued += 1;
             }
@@ -467,17 +444,7 @@ impl Store {
 
     /// Number of events in `sink`'s queue (counts them: O(queue)).
     pub async fn queue_len(&self, sink: &str) -> Result<usize, StoreError> {
-        let queue_ks = self.inner.queue.clone();
-        let prefix = queue::prefix(sink);
-        blocking(move || {
-            let mut n = 0;
-            for guard in queue_ks.prefix(&prefix) {
-                guard.key()?;
-                n += 1;
-            }
-            Ok(n)
-        })
-        .await
+        Ok(self.sink_status(sink).await?.queued)
     }
 
     /// The stored events with these seqs (`None` for one that is gone), in the given order.
@@ -485,12 +452,7 @@ impl Store {
         let events = self.inner.events.clone();
         blocking(move || {
             seqs.into_iter()
-                .map(|seq| match events.get(seq.to_be_bytes())? {
-                    Some(value) => record::decode(seq, &value)
-                        .map(Some)
-                        .map_err(|source| StoreError::Decode { seq, source }),
-                    None => Ok(None),
-                })
+                .map(|seq| get_event(&events, seq))
                 .collect()
         })
         .await
@@ -526,21 +488,13 @@ impl Store {
         let dead = self.inner.dead_letters.clone();
         let sink = sink.to_owned();
         blocking(move || {
-            let Some(start) = after.checked_add(1) else {
-                return Ok(Vec::new());
-            };
-            let prefix = queue::prefix(&sink);
             let mut out = Vec::new();
-            for guard in dead.range(queue::key(&sink, start)..).take(limit) {
-                let (key, value) = guard.into_inner()?;
-                if !key.starts_with(&prefix) {
-                    break;
-                }
-                let seq = queue::seq_of(&key);
-                let letter = queue::decode_dead_letter(&sink, seq, &value)
+            scan_sink_keys(&dead, &sink, after, u64::MAX, limit, |seq, value| {
+                let letter = queue::decode_dead_letter(&sink, seq, value)
                     .map_err(|source| StoreError::Decode { seq, source })?;
                 out.push(letter);
-            }
+                Ok(())
+            })?;
             Ok(out)
         })
         .await
@@ -606,6 +560,41 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| StoreError::Task(e.to_string()))?
+}
+
+/// Calls `each` with the seq and value of every entry of `sink` (keys `sink ++ 0 ++ seq`: the
+/// queue and dead-letter keyspaces) with `after < seq <= up_to`, at most `limit`, in seq order.
+fn scan_sink_keys(
+    keyspace: &Keyspace,
+    sink: &str,
+    after: u64,
+    up_to: u64,
+    limit: usize,
+    mut each: impl FnMut(u64, &[u8]) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    let Some(start) = after.checked_add(1) else {
+        return Ok(());
+    };
+    let prefix = queue::prefix(sink);
+    for guard in keyspace.range(queue::key(sink, start)..).take(limit) {
+        let (key, value) = guard.into_inner()?;
+        let seq = queue::seq_of(&key);
+        if !key.starts_with(&prefix) || seq > up_to {
+            break;
+        }
+        each(seq, &value)?;
+    }
+    Ok(())
+}
+
+/// The stored event `seq`, `None` when it is gone.
+fn get_event(events: &Keyspace, seq: u64) -> Result<Option<StoredEvent>, StoreError> {
+    match events.get(seq.to_be_bytes())? {
+        Some(value) => record::decode(seq, &value)
+            .map(Some)
+            .map_err(|source| StoreError::Decode { seq, source }),
+        None => Ok(None),
+    }
 }
 
 fn read_range(ks: &Keyspace, after: u64, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
