@@ -37,7 +37,6 @@ type Item = (QueueEntry, Option<Arc<StoredEvent>>);
 
 /// What a finished delivery task reports.
 struct Done {
-    batch: Vec<QueueEntry>,
     started_ms: u64,
     result: Result<(), Failure>,
 }
@@ -61,7 +60,7 @@ struct Dispatcher<S> {
     paused_until: u64,
     pause_failures: u32,
     running: JoinSet<Done>,
-    /// The entries each running delivery task carries (to account for a task that panics).
+    /// The entries each running delivery task is delivering, by task id.
     batches: HashMap<Id, Vec<QueueEntry>>,
     /// Delivered, failed attempts, dead-lettered.
     counters: SinkCounters,
@@ -377,14 +376,12 @@ impl<S: Sink> Dispatcher<S> {
         if attempts.is_empty() {
             return;
         }
-        let seqs: Vec<u64> = entries.iter().map(|e| e.seq).collect();
-        let carried = entries.clone();
         let sink = self.sink.clone();
         let span = tracing::debug_span!(
             "attempt",
             sink = %self.name,
-            first_seq = seqs[0],
-            count = seqs.len(),
+            first_seq = entries[0].seq,
+            count = entries.len(),
             event_id = attempts[0].event.meta.event_id.as_deref().unwrap_or("-"),
             attempt = attempts[0].attempt,
         );
@@ -392,34 +389,26 @@ impl<S: Sink> Dispatcher<S> {
             async move {
                 let started_ms = now_ms();
                 let result = sink.deliver(&attempts).await;
-                Done {
-                    batch: entries,
-                    started_ms,
-                    result,
-                }
+                Done { started_ms, result }
             }
             .instrument(span),
         );
-        self.batches.insert(handle.id(), carried);
+        self.batches.insert(handle.id(), entries);
     }
 
     async fn joined(&mut self, joined: Result<(Id, Done), tokio::task::JoinError>) {
         match joined {
             Ok((id, done)) => {
-                self.batches.remove(&id);
-                self.finish(done).await;
+                let batch = self.batches.remove(&id).unwrap_or_default();
+                self.finish(batch, done).await;
             }
             Err(e) => self.lost(e.id()).await,
         }
     }
 
-    /// Records the outcome of a finished delivery.
-    async fn finish(&mut self, done: Done) {
-        let Done {
-            batch,
-            started_ms,
-            result,
-        } = done;
+    /// Records the outcome of a finished delivery of `batch`.
+    async fn finish(&mut self, batch: Vec<QueueEntry>, done: Done) {
+        let Done { started_ms, result } = done;
         for entry in &batch {
             self.in_flight.remove(&entry.seq);
         }
