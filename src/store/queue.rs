@@ -120,12 +120,8 @@ pub fn encode_dead_letter(state: &AttemptState, record: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Decodes a dead letter written by [`encode_dead_letter`].
-pub fn decode_dead_letter(
-    sink: &str,
-    seq: u64,
-    bytes: &[u8],
-) -> Result<DeadLetter, record::DecodeError> {
+/// Splits a dead letter value into its state JSON and the event record it holds.
+fn split_dead_letter(bytes: &[u8]) -> Result<(&[u8], &[u8]), record::DecodeError> {
     let bad = |what: &str| record::DecodeError::new(format!("dead letter: {what}"));
     let (len, rest) = bytes
         .split_first_chunk::<4>()
@@ -134,8 +130,23 @@ pub fn decode_dead_letter(
     if rest.len() < len {
         return Err(bad("truncated state"));
     }
-    let (json, record) = rest.split_at(len);
-    let state = serde_json::from_slice(json).map_err(|e| bad(&e.to_string()))?;
+    Ok(rest.split_at(len))
+}
+
+/// The event record kept in a dead letter value, as stored (not decoded).
+pub fn dead_letter_record(bytes: &[u8]) -> Result<&[u8], record::DecodeError> {
+    split_dead_letter(bytes).map(|(_, record)| record)
+}
+
+/// Decodes a dead letter written by [`encode_dead_letter`].
+pub fn decode_dead_letter(
+    sink: &str,
+    seq: u64,
+    bytes: &[u8],
+) -> Result<DeadLetter, record::DecodeError> {
+    let (json, record) = split_dead_letter(bytes)?;
+    let state = serde_json::from_slice(json)
+        .map_err(|e| record::DecodeError::new(format!("dead letter: {e}")))?;
     Ok(DeadLetter {
         sink: sink.to_owned(),
         state,

@@ -339,21 +339,16 @@ impl Writer {
         let mut batch = self.db.batch().durability(Some(PersistMode::SyncData));
         let mut touched = 0;
         let mut requeued = false;
-        let selected = |seqs: &Option<Vec<u64>>, seq: u64| {
-            seqs.as_ref().is_none_or(|list| list.contains(&seq))
-        };
         match op {
             Maintenance::Requeue { sink, seqs } => {
-                for guard in self.ks.dead_letters.prefix(queue::prefix(&sink)) {
-                    let (key, value) = guard.into_inner()?;
+                let prefix = queue::prefix(&sink);
+                for (key, value) in pick(&self.ks.dead_letters, &prefix, seqs, |seq| {
+                    queue::key(&sink, seq)
+                })? {
                     let seq = queue::seq_of(&key);
-                    if !selected(&seqs, seq) {
-                        continue;
-                    }
-                    let letter = queue::decode_dead_letter(&sink, seq, &value)
-                        .map_err(|source| StoreError::Decode { seq, source })?;
                     if !self.ks.events.contains_key(seq.to_be_bytes())? {
-                        let record = record::encode(&letter.event.meta, &letter.event.body);
+                        let record = queue::dead_letter_record(&value)
+                            .map_err(|source| StoreError::Decode { seq, source })?;
                         batch.insert(&self.ks.events, seq.to_be_bytes(), record);
                     }
                     batch.insert(&self.ks.queue, key.clone(), []);
@@ -363,21 +358,20 @@ impl Writer {
                 requeued = touched > 0;
             }
             Maintenance::DropDeadLetters { sink, seqs } => {
-                for guard in self.ks.dead_letters.prefix(queue::prefix(&sink)) {
-                    let key = guard.key()?;
-                    if selected(&seqs, queue::seq_of(&key)) {
-                        batch.remove(&self.ks.dead_letters, key);
-                        touched += 1;
-                    }
+                let prefix = queue::prefix(&sink);
+                for (key, _) in pick(&self.ks.dead_letters, &prefix, seqs, |seq| {
+                    queue::key(&sink, seq)
+                })? {
+                    batch.remove(&self.ks.dead_letters, key);
+                    touched += 1;
                 }
             }
             Maintenance::DropQuarantine { seqs } => {
-                for guard in self.ks.quarantine.iter() {
-                    let key = guard.key()?;
-                    if selected(&seqs, be_u64(&key)) {
-                        batch.remove(&self.ks.quarantine, key);
-                        touched += 1;
-                    }
+                for (key, _) in pick(&self.ks.quarantine, &[], seqs, |seq| {
+                    seq.to_be_bytes().to_vec()
+                })? {
+                    batch.remove(&self.ks.quarantine, key);
+                    touched += 1;
                 }
             }
             Maintenance::Replay {
@@ -464,6 +458,36 @@ impl Writer {
         batch.commit()?;
         Ok(SweepReport { swept, more })
     }
+}
+
+/// The entries an operator action selects: every key under `prefix` when `seqs` is `None`,
+/// else the listed ones that exist (looked up directly, not by scanning).
+fn pick(
+    keyspace: &fjall::Keyspace,
+    prefix: &[u8],
+    seqs: Option<Vec<u64>>,
+    key_of: impl Fn(u64) -> Vec<u8>,
+) -> Result<Vec<(Vec<u8>, fjall::Slice)>, StoreError> {
+    let mut out = Vec::new();
+    match seqs {
+        None => {
+            for guard in keyspace.prefix(prefix) {
+                let (key, value) = guard.into_inner()?;
+                out.push((key.to_vec(), value));
+            }
+        }
+        Some(mut seqs) => {
+            seqs.sort_unstable();
+            seqs.dedup();
+            for seq in seqs {
+                let key = key_of(seq);
+                if let Some(value) = keyspace.get(&key)? {
+                    out.push((key, value));
+                }
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Every sink that has a queue, with the lowest seq in it (skip-scan over the queue keyspace).
