@@ -220,6 +220,7 @@ impl Receiver {
             phone_number_ids: Vec::new(),
             quarantine_reason: None,
         };
+        let mut quarantine_reason: Option<&'static str> = None;
         let destination = match envelope::classify(hints, &body) {
             Classified::Event(info) => {
                 meta.keys = info.keys;
@@ -234,11 +235,11 @@ impl Receiver {
                 meta.keys = vec![unrecognized.key];
                 meta.event_type = hints.event.map(str::to_owned);
                 meta.event_id = hints.event_id.map(str::to_owned);
-                meta.quarantine_reason = Some(unrecognized.reason.as_str().to_owned());
+                quarantine_reason = Some(unrecognized.reason.as_str());
+                meta.quarantine_reason = quarantine_reason.map(str::to_owned);
                 Destination::Quarantine
             }
         };
-        let quarantine_reason = meta.quarantine_reason.clone();
         let counted = (meta.event_type.clone(), meta.source);
         let sinks = match destination {
             Destination::Events => live

@@ -225,11 +225,10 @@ impl Store {
     pub async fn admit(&self, delivery: NewDelivery) -> Result<Admission, StoreError> {
         let mut meta = delivery.meta;
         meta.secret_id = delivery.verified.secret_id().to_owned();
-        let keys = meta.keys.clone();
         let record = record::encode(&meta, &delivery.body);
         let (reply, answer) = oneshot::channel();
         let command = Command::Admit(AdmitCommand {
-            keys,
+            keys: meta.keys,
             destination: delivery.destination,
             sinks: delivery.sinks,
             received_at_ms: meta.received_at_ms,
