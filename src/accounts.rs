@@ -220,19 +220,12 @@ impl ApiBase {
             base: base.to_owned(),
             reason,
         };
-        let trimmed = base.trim().trim_end_matches('/');
-        if trimmed.contains(['?', '#']) {
-            return Err(invalid("a base URL has no query or fragment"));
-        }
-        let uri: Uri = trimmed.parse().map_err(|_| invalid("not a URL"))?;
-        match uri.scheme_str() {
-            Some("https" | "http") => {}
-            _ => return Err(invalid("must start with https:// (or http://)")),
-        }
-        if uri.host().is_none_or(str::is_empty) {
-            return Err(invalid("no host"));
-        }
-        Ok(ApiBase(trimmed.to_owned()))
+        let trimmed = crate::client::base_url(base, |scheme| match scheme {
+            Some("https" | "http") => Ok(()),
+            _ => Err("must start with https:// (or http://)"),
+        })
+        .map_err(invalid)?;
+        Ok(ApiBase(trimmed))
     }
 
     /// The URL of the accounts page at `cursor` (the first page when `None`).

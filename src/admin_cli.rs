@@ -117,28 +117,13 @@ impl AdminUrl {
             url: url.to_owned(),
             reason,
         };
-        let trimmed = url.trim().trim_end_matches('/');
-        if trimmed.contains(['?', '#']) {
-            return Err(invalid("the admin URL has no query or fragment"));
-        }
-        let uri: Uri = trimmed.parse().map_err(|_| invalid("not a URL"))?;
-        match uri.scheme_str() {
-            Some("http") => {}
-            Some("https") => {
-                return Err(invalid(
-                    "the admin listener speaks plain http:// (keep it on loopback)",
-                ))
-            }
-            _ => {
-                return Err(invalid(
-                    "must start with http://, e.g. http://127.0.0.1:9090",
-                ))
-            }
-        }
-        if uri.host().is_none_or(str::is_empty) {
-            return Err(invalid("no host"));
-        }
-        Ok(AdminUrl(trimmed.to_owned()))
+        let trimmed = crate::client::base_url(url, |scheme| match scheme {
+            Some("http") => Ok(()),
+            Some("https") => Err("the admin listener speaks plain http:// (keep it on loopback)"),
+            _ => Err("must start with http://, e.g. http://127.0.0.1:9090"),
+        })
+        .map_err(invalid)?;
+        Ok(AdminUrl(trimmed))
     }
 
     fn uri(&self, path: &str) -> Result<Uri, AdminError> {

@@ -28,6 +28,7 @@ pub mod admin;
 pub mod admin_cli;
 pub mod app;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod dispatch;
 pub mod envelope;
