@@ -367,12 +367,7 @@ impl Daemon {
 
     /// Sends the daemon a signal (`"HUP"`, `"TERM"`, ...).
     pub fn signal(&self, name: &str) {
-        let pid = self.child.id().to_string();
-        let sent = Command::new("kill")
-            .args([&format!("-{name}"), pid.as_str()])
-            .status()
-            .expect("run kill");
-        assert!(sent.success(), "kill -{name} {pid} failed");
+        send_signal(self.child.id(), name);
     }
 
     /// A new HTTP client for this daemon.
@@ -429,25 +424,8 @@ impl Daemon {
 
     /// SIGTERM, then waits for the process to exit and its pipes to close; asserts exit code 0.
     pub async fn stop_gracefully(&mut self) {
-        let pid = self.child.id().to_string();
-        let sent = Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .expect("run kill -TERM");
-        assert!(sent.success(), "kill -TERM {pid} failed");
-        let deadline = Instant::now() + DEADLINE;
-        let status = loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                break status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the daemon did not exit within {DEADLINE:?} of SIGTERM; stderr:\n{}",
-                self.stderr_text()
-            );
-            // Process exit has no async notification here; poll it briefly.
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
+        self.signal("TERM");
+        let status = wait_for_exit(&mut self.child, || self.stderr.lines().join("\n")).await;
         self.exited = Some(status);
         self.stdout.wait_closed().await;
         self.stderr.wait_closed().await;
@@ -490,6 +468,34 @@ fn logged_addr(line: &str, message: &str) -> Option<SocketAddr> {
         return None;
     }
     json.get("addr")?.as_str()?.parse().ok()
+}
+
+/// Sends process `pid` the signal `name` (`"HUP"`, `"TERM"`, ...) with `kill`.
+pub fn send_signal(pid: u32, name: &str) {
+    let pid = pid.to_string();
+    let sent = Command::new("kill")
+        .args([&format!("-{name}"), pid.as_str()])
+        .status()
+        .expect("run kill");
+    assert!(sent.success(), "kill -{name} {pid} failed");
+}
+
+/// Waits (at most [`DEADLINE`]) for `child` to exit; `stderr` gives the log for the failure
+/// message.
+pub async fn wait_for_exit(child: &mut Child, stderr: impl Fn() -> String) -> ExitStatus {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the daemon did not exit within {DEADLINE:?}; stderr:\n{}",
+            stderr()
+        );
+        // Process exit has no async notification here; poll it briefly.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// A temp dir for one test's config and store.

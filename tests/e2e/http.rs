@@ -83,36 +83,15 @@ impl Client {
                 Some(sender) => sender,
                 None => self.connect().await,
             };
-            let mut request = Request::builder()
+            let request = Request::builder()
                 .method(method)
                 .uri(path)
                 .header("host", self.addr.to_string());
-            for (name, value) in headers {
-                request = request.header(name.as_str(), value.as_str());
-            }
-            let request = request
-                .body(Full::new(Bytes::from(body)))
-                .expect("a valid request");
-            let response = sender
-                .send_request(request)
-                .await
-                .unwrap_or_else(|e| panic!("no HTTP answer from the daemon: {e}"));
-            let status = response.status().as_u16();
-            let headers = response.headers().clone();
-            let body = response
-                .into_body()
-                .collect()
-                .await
-                .unwrap_or_else(|e| panic!("reading the answer body failed: {e}"))
-                .to_bytes();
-            if status == 200 {
+            let reply = exchange_on(&mut sender, request, headers, body).await;
+            if reply.status == 200 {
                 self.sender = Some(sender);
             }
-            Reply {
-                status,
-                headers,
-                body: String::from_utf8_lossy(&body).into_owned(),
-            }
+            reply
         };
         tokio::time::timeout(DEADLINE, exchange)
             .await
@@ -128,6 +107,38 @@ impl Client {
             .expect("HTTP/1 handshake");
         tokio::spawn(connection);
         sender
+    }
+}
+
+/// Sends one request on `sender` (adding `headers` and `body`) and reads the whole answer.
+pub async fn exchange_on(
+    sender: &mut SendRequest<Full<Bytes>>,
+    mut request: hyper::http::request::Builder,
+    headers: &[(String, String)],
+    body: Vec<u8>,
+) -> Reply {
+    for (name, value) in headers {
+        request = request.header(name.as_str(), value.as_str());
+    }
+    let request = request
+        .body(Full::new(Bytes::from(body)))
+        .expect("a valid request");
+    let response = sender
+        .send_request(request)
+        .await
+        .unwrap_or_else(|e| panic!("no HTTP answer from the daemon: {e}"));
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .unwrap_or_else(|e| panic!("reading the answer body failed: {e}"))
+        .to_bytes();
+    Reply {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
     }
 }
 

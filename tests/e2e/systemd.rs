@@ -172,12 +172,7 @@ impl Managed {
     }
 
     fn signal(&self, name: &str) {
-        let pid = self.child.id().to_string();
-        let sent = Command::new("kill")
-            .args([&format!("-{name}"), &pid])
-            .status()
-            .expect("run kill");
-        assert!(sent.success(), "kill -{name} {pid} failed");
+        crate::daemon::send_signal(self.child.id(), name);
     }
 
     fn terminate(&self) {
@@ -186,19 +181,9 @@ impl Managed {
 
     /// Waits for the process to exit and asserts exit code 0.
     async fn wait_exit_0(&mut self) {
-        let deadline = Instant::now() + DEADLINE;
-        let status = loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                break status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the daemon did not exit within {DEADLINE:?}; stderr:\n{}",
-                self.stderr()
-            );
-            // Process exit has no async notification here; poll it briefly.
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
+        let dir = self.dir.clone();
+        let stderr = move || std::fs::read_to_string(dir.join("stderr")).unwrap_or_default();
+        let status = crate::daemon::wait_for_exit(&mut self.child, stderr).await;
         self.exited = Some(status);
         assert_eq!(
             status.code(),

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper::client::conn::http1::SendRequest;
 use hyper::Request;
 use hyper_util::rt::TokioIo;
@@ -118,31 +118,14 @@ impl HttpsConnection {
     async fn send(&mut self, delivery: &Delivery) -> Reply {
         let exchange = async {
             self.sender.ready().await.expect("connection still usable");
-            let mut request = Request::post(PATH).header("host", "localhost");
-            for (name, value) in &delivery.headers {
-                request = request.header(name.as_str(), value.as_str());
-            }
-            let request = request
-                .body(Full::new(Bytes::from(delivery.body.clone())))
-                .expect("a valid request");
-            let response = self
-                .sender
-                .send_request(request)
-                .await
-                .unwrap_or_else(|e| panic!("no HTTPS answer from the daemon: {e}"));
-            let status = response.status().as_u16();
-            let headers = response.headers().clone();
-            let body = response
-                .into_body()
-                .collect()
-                .await
-                .expect("read the answer body")
-                .to_bytes();
-            Reply {
-                status,
-                headers,
-                body: String::from_utf8_lossy(&body).into_owned(),
-            }
+            let request = Request::post(PATH).header("host", "localhost");
+            crate::http::exchange_on(
+                &mut self.sender,
+                request,
+                &delivery.headers,
+                delivery.body.clone(),
+            )
+            .await
         };
         tokio::time::timeout(DEADLINE, exchange)
             .await
