@@ -45,6 +45,7 @@ use serde_json::value::RawValue;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::health::Health;
 use crate::metrics::{self, Metrics, SinkSnapshot, Snapshot};
 use crate::store::{self, DeadLetter, Store, StoredEvent};
 
@@ -673,6 +674,7 @@ pub struct Admin {
     store: Store,
     metrics: Metrics,
     sinks: Vec<String>,
+    health: Health,
     /// Each sink's filter, so a replay queues only what the sink would have been given.
     filters: std::collections::HashMap<String, crate::route::Filter>,
     shutdown: CancellationToken,
@@ -692,12 +694,14 @@ impl Admin {
         store: Store,
         metrics: Metrics,
         sinks: Vec<String>,
+        health: Health,
         shutdown: CancellationToken,
     ) -> Admin {
         Admin {
             store,
             metrics,
             sinks,
+            health,
             filters: std::collections::HashMap::new(),
             shutdown,
             serving: AtomicBool::new(false),
@@ -905,6 +909,9 @@ impl Admin {
                 },
             )
         };
+        if let Some(fault) = self.health.fault() {
+            return not_ready(format!("not taking deliveries: {fault}"));
+        }
         if self.shutdown.is_cancelled() {
             return not_ready("shutting down".into());
         }
@@ -1310,6 +1317,7 @@ mod tests {
             store.clone(),
             Metrics::new(&["sec_T"], &["app"]),
             vec!["app".into()],
+            Health::new(),
             shutdown.clone(),
         ));
 

@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use crate::admin::{self, Admin};
 use crate::config::{Config, ServerConfig, SinkConfig, SinkKind};
 use crate::handler::{Live, ReceiveSettings, Receiver};
+use crate::health::{Fault, Health};
 use crate::metrics::Metrics;
 use crate::server::{self, Limits};
 use crate::shutdown::Signals;
@@ -74,7 +75,8 @@ pub async fn run(
     let secret_ids: Vec<&str> = config.verify.secrets.iter().map(|s| s.id()).collect();
     let sink_names: Vec<&str> = config.sinks.iter().map(|s| s.name.as_str()).collect();
     let metrics = Metrics::new(&secret_ids, &sink_names);
-    let admin = start_admin(&config, &store, &metrics, &shutdown).await?;
+    let health = Health::new();
+    let admin = start_admin(&config, &store, &metrics, &health, &shutdown).await?;
 
     let (listener, source) = match activated {
         Some(inherited) => (
@@ -116,6 +118,7 @@ pub async fn run(
                 .map(|s| (s.name.clone(), s.filter.clone()))
                 .collect(),
             metrics: metrics.clone(),
+            health: health.clone(),
         },
         store.clone(),
     ));
@@ -156,16 +159,25 @@ pub async fn run(
     let mut writer_alive = store.subscribe();
     let mut writer_gone =
         tokio::spawn(async move { while writer_alive.changed().await.is_ok() {} });
-    let mut store_failed = false;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = &mut writer_gone => {
-                tracing::error!("the store failed; shutting down so the service manager restarts kirimhook");
-                store_failed = true;
+                health.fail(Fault::StoreFailed("the store's writer stopped after a failed write".into()));
                 shutdown.cancel();
                 break;
             }
+            Some(ended) = sinks.tasks.join_next() => match ended {
+                // A sink that can never deliver again (stdout's reader has gone): stop taking
+                // deliveries and exit non-zero; its queue waits for the next start.
+                Ok(Err(fault)) => {
+                    health.fail(fault);
+                    shutdown.cancel();
+                    break;
+                }
+                Ok(Ok(())) => {}
+                Err(e) => tracing::error!(error = %e, "a sink task failed"),
+            },
             Some(()) = reloads.recv() => {
                 notifier.notify_or_log(&[State::Reloading, State::Status("reloading")]);
                 // A shutdown during a reload wins: the reload stops where it is (at worst
@@ -202,11 +214,11 @@ pub async fn run(
         let _ = task.await;
     }
     let closed = store.close().await;
-    if store_failed {
+    if let Some(fault) = health.fault() {
         if let Some(watchdog) = watchdog {
             watchdog.abort();
         }
-        anyhow::bail!("the store failed (see the error above); exiting");
+        anyhow::bail!("{fault}; exiting so that the service manager restarts kirimhook");
     }
     closed.context("closing the store")?;
     if let Some(watchdog) = watchdog {
@@ -218,7 +230,7 @@ pub async fn run(
 
 /// The running sink dispatchers.
 struct SinkSet {
-    tasks: JoinSet<()>,
+    tasks: JoinSet<Result<(), Fault>>,
     /// Cancelled to swap the sinks on a reload: in-flight deliveries finish, nothing new starts.
     halt: CancellationToken,
 }
@@ -260,7 +272,11 @@ impl SinkSet {
     /// twice at once (old and new dispatcher) or tear a stdout line.
     async fn halt(&mut self) {
         self.halt.cancel();
-        while self.tasks.join_next().await.is_some() {}
+        while let Some(ended) = self.tasks.join_next().await {
+            if let Ok(Err(fault)) = ended {
+                tracing::error!(fault = %fault, "a sink failed while being swapped");
+            }
+        }
     }
 }
 
@@ -375,6 +391,7 @@ async fn start_admin(
     config: &Config,
     store: &Store,
     metrics: &Metrics,
+    health: &Health,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<Option<(Arc<Admin>, tokio::task::JoinHandle<()>)>> {
     if !config.admin.enabled {
@@ -399,6 +416,7 @@ async fn start_admin(
             store.clone(),
             metrics.clone(),
             config.sinks.iter().map(|s| s.name.clone()).collect(),
+            health.clone(),
             shutdown.clone(),
         )
         .with_filters(

@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
 use crate::config::RetryPolicy;
+use crate::health::Fault;
 use crate::metrics::{Metrics, SinkCounters};
 use crate::retry;
 use crate::sinks::{Attempt, Failure, Sink, SinkError};
@@ -64,18 +65,22 @@ struct Dispatcher<S> {
     batches: HashMap<Id, Vec<QueueEntry>>,
     /// Delivered, failed attempts, dead-lettered.
     counters: SinkCounters,
+    /// Set when the sink can never deliver again in this process ([`SinkError::Gone`]).
+    gone: Option<String>,
 }
 
 /// Runs `sink` until `stop` is cancelled and nothing more can be delivered right now
-/// (entries waiting for a retry stay queued for the next start).
+/// (entries waiting for a retry stay queued for the next start). Ends early with
+/// [`Fault::SinkGone`] when the sink can never deliver again in this process; its queue is
+/// left as it is for the next start.
 pub async fn run<S: Sink>(
     store: Store,
     sink: S,
     policy: RetryPolicy,
     stop: CancellationToken,
     metrics: Metrics,
-) {
-    run_until(store, sink, policy, stop, CancellationToken::new(), metrics).await;
+) -> Result<(), Fault> {
+    run_until(store, sink, policy, stop, CancellationToken::new(), metrics).await
 }
 
 /// Like [`run`], and also ends when `halt` is cancelled, as soon as the deliveries in flight
@@ -87,7 +92,7 @@ pub async fn run_until<S: Sink>(
     stop: CancellationToken,
     halt: CancellationToken,
     metrics: Metrics,
-) {
+) -> Result<(), Fault> {
     let name = sink.name().to_owned();
     let mut dispatcher = Dispatcher {
         store: store.clone(),
@@ -104,19 +109,20 @@ pub async fn run_until<S: Sink>(
         running: JoinSet::new(),
         batches: HashMap::new(),
         counters: metrics.sink(&name),
+        gone: None,
     };
     while let Err(e) = dispatcher.load_retries().await {
         tracing::error!(sink = %name, error = %e, "cannot read the sink's queue");
         if pause(&stop, STORE_RETRY).await {
-            return;
+            return Ok(());
         }
     }
     tracing::info!(sink = %name, waiting_retries = dispatcher.waiting.len(), "sink started");
-    dispatcher.run(stop, halt).await;
+    dispatcher.run(stop, halt).await
 }
 
 impl<S: Sink> Dispatcher<S> {
-    async fn run(&mut self, stop: CancellationToken, halt: CancellationToken) {
+    async fn run(&mut self, stop: CancellationToken, halt: CancellationToken) -> Result<(), Fault> {
         let mut committed = self.store.subscribe();
         let mut requeued = self.store.requeued();
         // Set when the select below saw `requeued` change: `changed()` marks the value seen,
@@ -138,10 +144,21 @@ impl<S: Sink> Dispatcher<S> {
                 self.fresh.clear();
                 self.scanned = 0;
             }
-            if store_gone {
+            if let Some(message) = &self.gone {
+                if self.running.is_empty() {
+                    // What was delivered before the fault is recorded; the rest stays queued.
+                    if let Err(e) = self.store.settle_durably(&self.name, Vec::new()).await {
+                        tracing::warn!(sink = %self.name, error = %e, "waiting for recorded outcomes failed");
+                    }
+                    return Err(Fault::SinkGone {
+                        sink: self.name.clone(),
+                        message: message.clone(),
+                    });
+                }
+            } else if store_gone {
                 if self.running.is_empty() {
                     tracing::error!(sink = %self.name, "the store's writer stopped; sink stops");
-                    return;
+                    return Ok(());
                 }
             } else if halt.is_cancelled() {
                 if self.running.is_empty() {
@@ -151,20 +168,20 @@ impl<S: Sink> Dispatcher<S> {
                         tracing::warn!(sink = %self.name, error = %e, "waiting for recorded outcomes failed");
                     }
                     tracing::info!(sink = %self.name, "sink halted");
-                    return;
+                    return Ok(());
                 }
             } else if let Err(e) = self.fill(last_committed).await {
                 tracing::error!(sink = %self.name, error = %e, "reading the sink's queue failed");
                 if self.running.is_empty() {
                     if pause(&stop, STORE_RETRY).await {
-                        return;
+                        return Ok(());
                     }
                     continue;
                 }
             }
             if stop.is_cancelled() && self.running.is_empty() {
                 tracing::info!(sink = %self.name, waiting_retries = self.waiting.len(), "sink drained");
-                return;
+                return Ok(());
             }
             let next_retry = self.retries.peek().map(|Reverse((due, _))| *due);
             let wake = match (next_retry, self.paused_until) {
@@ -427,6 +444,16 @@ impl<S: Sink> Dispatcher<S> {
             self.reachable();
         }
         match failure {
+            Some(SinkError::Gone { message }) => {
+                // Not the event's fault and no attempt: it stays queued for the next start.
+                if self.gone.is_none() {
+                    tracing::error!(sink = %self.name, error = %message, "the sink can never deliver again in this process; it stops, its queue is kept");
+                }
+                self.gone = Some(message);
+                for entry in batch.rev() {
+                    self.requeue(entry, None);
+                }
+            }
             Some(SinkError::Unreachable { message }) => {
                 // Nothing was delivered and the event is not to blame: no attempt is counted
                 // against the event (the metric counts the failed probe).
@@ -664,7 +691,7 @@ mod tests {
         assert_eq!(queued, 1);
         wait_for(&sink, 2).await;
         stop.cancel();
-        runner.await.unwrap();
+        runner.await.unwrap().unwrap();
         store.close().await.unwrap();
     }
 
@@ -744,7 +771,7 @@ mod tests {
         let retried = sink.got.lock().unwrap().iter().filter(|g| g.1 == 2).count();
         assert_eq!(retried, accepted.iter().filter(|s| *s % 7 == 0).count());
         stop.cancel();
-        runner.await.unwrap();
+        runner.await.unwrap().unwrap();
         let text = metrics.render(&crate::metrics::Snapshot::default());
         for (series, value) in [
             (
@@ -842,7 +869,7 @@ mod panics {
         };
         assert_eq!(letters[0].state.attempts, 3);
         stop.cancel();
-        runner.await.unwrap();
+        runner.await.unwrap().unwrap();
         store.close().await.unwrap();
     }
 }

@@ -18,6 +18,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use tracing::Instrument;
 
 use crate::envelope::{self, Classified, Hints};
+use crate::health::Health;
 use crate::metrics::{Metrics, Outcome};
 use crate::route::Filter;
 use crate::signature::{self, SigningSecret, VerifyError};
@@ -46,6 +47,8 @@ pub struct ReceiveSettings {
     pub routes: Arc<[(String, Filter)]>,
     /// Where every answer, verified secret and accepted event is counted.
     pub metrics: Metrics,
+    /// Whether deliveries may still be taken (a fault answers 503 before anything is read).
+    pub health: Health,
 }
 
 /// What a reload (SIGHUP) may change on the receive path.
@@ -139,6 +142,10 @@ impl Receiver {
         B: Body,
         B::Error: std::error::Error + Send + Sync + 'static,
     {
+        if let Some(fault) = self.settings.health.fault() {
+            tracing::debug!(fault = %fault, "not taking deliveries; answering 503");
+            return self.unavailable(r#"{"error":"not_accepting"}"#);
+        }
         let received_at = (self.clock)();
         let (parts, body) = req.into_parts();
         let headers = &parts.headers;
@@ -288,17 +295,19 @@ impl Receiver {
             }
             Err(e) => {
                 tracing::error!(error = %e, "store unavailable; answering 503");
-                metrics.request(Outcome::StoreUnavailable);
-                let mut response = json(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    r#"{"error":"store_unavailable"}"#,
-                );
-                response
-                    .headers_mut()
-                    .insert(RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECS));
-                response
+                self.unavailable(r#"{"error":"store_unavailable"}"#)
             }
         }
+    }
+
+    /// 503 with `Retry-After`: nothing was stored, kirim.dev retries later.
+    fn unavailable(&self, body: &'static str) -> HttpResponse {
+        self.settings.metrics.request(Outcome::StoreUnavailable);
+        let mut response = json(StatusCode::SERVICE_UNAVAILABLE, body);
+        response
+            .headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECS));
+        response
     }
 
     fn unauthorized(&self, error: &VerifyError, headers: &HeaderMap) -> HttpResponse {

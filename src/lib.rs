@@ -33,6 +33,7 @@ pub mod config;
 pub mod dispatch;
 pub mod envelope;
 pub mod handler;
+pub mod health;
 pub mod metrics;
 pub mod retry;
 pub mod route;

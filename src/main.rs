@@ -14,7 +14,8 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // Not `eprintln!`: it panics when stderr is gone.
+            telemetry::stderr_line(&format!("error: {e:#}"));
             ExitCode::FAILURE
         }
     }

@@ -44,6 +44,14 @@ pub enum SinkError {
         /// What happened.
         message: String,
     },
+    /// The sink can never work again in this process (stdout's reader has exited): nothing
+    /// counts against the event, it stays queued for the next start, and the daemon stops so
+    /// that its supervisor restarts the pipeline.
+    #[error("{message}")]
+    Gone {
+        /// What happened.
+        message: String,
+    },
     /// Trying again cannot succeed (3xx, most 4xx): dead-letter at once.
     #[error("{message}")]
     Permanent {
@@ -68,7 +76,7 @@ impl SinkError {
     pub fn status(&self) -> Option<u16> {
         match self {
             SinkError::Retryable { status, .. } | SinkError::Permanent { status, .. } => *status,
-            SinkError::Unreachable { .. } => None,
+            SinkError::Unreachable { .. } | SinkError::Gone { .. } => None,
         }
     }
 }

@@ -74,10 +74,17 @@ impl<W: AsyncWrite + Unpin + Send + 'static> Sink for StdoutSink<W> {
             writer.flush().await
         };
         // A failed write may have put part of the batch out; the whole batch is retried, so a
-        // consumer can see a line twice after a write error (at least once, never lost).
+        // consumer can see a line twice after a write error (at least once, never lost). A
+        // broken pipe cannot heal: the reader has exited, and only a restart of the pipeline
+        // brings a new one.
         written.await.map_err(|e| Failure {
             delivered: 0,
-            error: SinkError::retryable(format!("writing to stdout: {e}")),
+            error: match e.kind() {
+                std::io::ErrorKind::BrokenPipe => SinkError::Gone {
+                    message: format!("stdout consumer has gone ({e})"),
+                },
+                _ => SinkError::retryable(format!("writing to stdout: {e}")),
+            },
         })
     }
 }
@@ -183,6 +190,48 @@ mod tests {
         let parsed: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(parsed["phone_number_id"], "1065");
         assert_eq!(parsed["body"]["object"], "x");
+    }
+
+    /// A writer whose reader has gone.
+    struct ClosedPipe;
+
+    impl AsyncWrite for ClosedPipe {
+        fn poll_write(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            _: &[u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            std::task::Poll::Ready(Err(std::io::ErrorKind::BrokenPipe.into()))
+        }
+
+        fn poll_flush(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_broken_pipe_means_the_consumer_is_gone() {
+        let sink = StdoutSink::with_writer("stdout", ClosedPipe);
+        let batch = [Attempt {
+            event: std::sync::Arc::new(event(b"{}", vec![])),
+            attempt: 1,
+        }];
+        let failure = sink.deliver(&batch).await.unwrap_err();
+        assert_eq!(failure.delivered, 0);
+        assert!(
+            matches!(&failure.error, SinkError::Gone { message } if message.contains("stdout consumer has gone")),
+            "{failure:?}"
+        );
     }
 
     #[tokio::test]

@@ -143,7 +143,7 @@ struct LinesState {
 
 impl Lines {
     /// Starts a thread that reads `pipe` until EOF.
-    fn collect(pipe: impl Read + Send + 'static, name: &str) -> Lines {
+    pub fn collect(pipe: impl Read + Send + 'static, name: &str) -> Lines {
         let lines = Lines::default();
         let writer = lines.clone();
         std::thread::Builder::new()
@@ -457,7 +457,7 @@ impl Drop for Daemon {
 }
 
 /// The `addr` of the daemon's `listening` log line, if `line` is that line.
-fn listening_addr(line: &str) -> Option<SocketAddr> {
+pub fn listening_addr(line: &str) -> Option<SocketAddr> {
     logged_addr(line, "listening")
 }
 

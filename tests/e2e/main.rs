@@ -17,6 +17,7 @@ mod accounts;
 mod admin;
 mod cli;
 mod durability;
+mod faults;
 mod reject;
 mod relay;
 mod reload;
