@@ -28,7 +28,7 @@ use crate::server::{self, Limits};
 use crate::shutdown::Signals;
 use crate::sinks::http::HttpSink;
 use crate::sinks::stdout::StdoutSink;
-use crate::store::Store;
+use crate::store::{Store, StoreOptions};
 use crate::systemd::{self, Notifier, State};
 use crate::tls::Tls;
 
@@ -67,10 +67,15 @@ pub async fn run(
 
     let sink_names = config.sinks.iter().map(|s| s.name.clone()).collect();
     let store_path = config.store.path.clone();
-    let store = tokio::task::spawn_blocking(move || Store::open(&store_path, sink_names))
-        .await
-        .context("store open task failed")?
-        .with_context(|| format!("cannot open the store at {}", config.store.path.display()))?;
+    let options = StoreOptions {
+        min_free_bytes: config.store.min_free_bytes,
+        ..StoreOptions::default()
+    };
+    // The error says what is wrong with the store and what to do, path included.
+    let store =
+        tokio::task::spawn_blocking(move || Store::open_with(&store_path, sink_names, options))
+            .await
+            .context("store open task failed")??;
 
     let secret_ids: Vec<&str> = config.verify.secrets.iter().map(|s| s.id()).collect();
     let sink_names: Vec<&str> = config.sinks.iter().map(|s| s.name.as_str()).collect();
@@ -99,9 +104,12 @@ pub async fn run(
     let stop_sinks = CancellationToken::new();
     let mut sinks = SinkSet::start(&config.sinks, &store, &metrics, &stop_sinks);
 
+    let retention = Duration::from_secs(u64::from(config.store.retention_days) * 86_400);
+    let (tolerance_tx, tolerance) = tokio::sync::watch::channel(config.verify.tolerance_secs);
     let sweeper = tokio::spawn(sweep_forever(
         store.clone(),
-        Duration::from_secs(u64::from(config.store.retention_days) * 86_400),
+        retention,
+        tolerance,
         config.store.keep_delivered,
     ));
 
@@ -163,7 +171,8 @@ pub async fn run(
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = &mut writer_gone => {
-                health.fail(Fault::StoreFailed("the store's writer stopped after a failed write".into()));
+                let reason = store.failure().unwrap_or_else(|| "the store's writer stopped".into());
+                health.fail(Fault::StoreFailed(reason));
                 shutdown.cancel();
                 break;
             }
@@ -185,6 +194,7 @@ pub async fn run(
                 // queued events for the next start) and the drain begins at once.
                 tokio::select! {
                     _ = reload(&config_path, &mut running, &receiver_handle, &mut sinks, tls.clone(), &store, &metrics, &stop_sinks) => {
+                        tolerance_tx.send_replace(running.verify.tolerance_secs);
                         notifier.notify_or_log(&[State::Ready, State::Status(&status)]);
                     }
                     _ = shutdown.cancelled() => break,
@@ -431,14 +441,38 @@ async fn start_admin(
     Ok(Some((admin, task)))
 }
 
-/// Every [`SWEEP_EVERY`]: forgets dedupe keys older than `retention` and removes events every
-/// sink has taken once they are older than `keep_delivered` (`store.keep_delivered_hours`).
-async fn sweep_forever(store: Store, retention: Duration, keep_delivered: Duration) {
+/// How long a delivery's signed-content digest is kept: while a replay of it could still pass
+/// the freshness check (twice the tolerance, and at least an hour), or the whole dedupe
+/// retention when the check is off (`tolerance_secs = 0`).
+fn keep_signatures(tolerance_secs: u64, retention: Duration) -> Duration {
+    if tolerance_secs == 0 {
+        retention
+    } else {
+        Duration::from_secs(tolerance_secs.saturating_mul(2).max(3600)).min(retention)
+    }
+}
+
+/// Every [`SWEEP_EVERY`]: forgets dedupe keys older than `retention` and signed-content
+/// digests no replay could use any more (`tolerance`, the running `verify.tolerance_secs`),
+/// and removes events every sink has taken once they are older than `keep_delivered`
+/// (`store.keep_delivered_hours`).
+async fn sweep_forever(
+    store: Store,
+    retention: Duration,
+    tolerance: tokio::sync::watch::Receiver<u64>,
+    keep_delivered: Duration,
+) {
     let mut every = tokio::time::interval(SWEEP_EVERY);
     loop {
         every.tick().await;
+        let keep_signatures = keep_signatures(*tolerance.borrow(), retention);
         match store
-            .sweep(SystemTime::now(), retention, keep_delivered)
+            .sweep(
+                SystemTime::now(),
+                retention,
+                keep_signatures,
+                keep_delivered,
+            )
             .await
         {
             Ok(swept) if swept.keys > 0 || swept.events > 0 => {

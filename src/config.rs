@@ -36,6 +36,9 @@ const SHUTDOWN_TIMEOUT_SECS_RANGE: RangeInclusive<u64> = 1..=600;
 const DEFAULT_TOLERANCE_SECS: u64 = 300;
 const DEFAULT_STORE_PATH: &str = "./data";
 const DEFAULT_RETENTION_DAYS: u32 = 35;
+/// `store.min_free_bytes` when not set: 512 MiB, room for the engine's flushes and compactions
+/// after admissions stop.
+const DEFAULT_MIN_FREE_BYTES: u64 = 512 * 1024 * 1024;
 const DEFAULT_KEEP_DELIVERED_HOURS: u32 = 0;
 const KEEP_DELIVERED_HOURS_RANGE: RangeInclusive<u32> = 0..=8760;
 const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
@@ -141,6 +144,10 @@ pub struct StoreConfig {
     /// `kirimhook replay` can send it again, `keep_delivered_hours`. Default 0 (removed at
     /// the next sweep); 0..=8760 hours.
     pub keep_delivered: Duration,
+    /// Free bytes the store's filesystem must keep, `min_free_bytes`: below it new deliveries
+    /// get 503 + `Retry-After` (nothing is written) until space is back. Default 512 MiB; 0
+    /// turns the check off.
+    pub min_free_bytes: u64,
 }
 
 /// One event sink (`[[sinks]]`).
@@ -344,6 +351,7 @@ struct RawStore {
     path: Option<PathBuf>,
     retention_days: Option<u32>,
     keep_delivered_hours: Option<u32>,
+    min_free_bytes: Option<u64>,
 }
 
 /// A sink table. Kind-specific keys are `Option`s here too (serde's `flatten` does not work
@@ -752,6 +760,7 @@ impl RawStore {
             path,
             retention_days,
             keep_delivered: Duration::from_secs(u64::from(keep_delivered_hours) * 3600),
+            min_free_bytes: self.min_free_bytes.unwrap_or(DEFAULT_MIN_FREE_BYTES),
         })
     }
 }
@@ -1308,6 +1317,7 @@ mod tests {
                 path: PathBuf::from("./data"),
                 retention_days: 35,
                 keep_delivered: Duration::ZERO,
+                min_free_bytes: 512 * 1024 * 1024,
             }
         );
         assert_eq!(

@@ -293,6 +293,11 @@ impl Receiver {
                 metrics.request(Outcome::Duplicate);
                 json(StatusCode::OK, r#"{"status":"duplicate"}"#)
             }
+            Err(store::StoreError::LowDisk(reason)) => {
+                // Logged once when the disk crossed the watermark; this is every refusal.
+                tracing::debug!(reason, "disk nearly full; answering 503");
+                self.unavailable(r#"{"error":"store_unavailable"}"#)
+            }
             Err(e) => {
                 tracing::error!(error = %e, "store unavailable; answering 503");
                 self.unavailable(r#"{"error":"store_unavailable"}"#)

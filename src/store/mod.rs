@@ -15,24 +15,38 @@
 //! - `dedupe_by_time`: first-seen time (u64 BE) ++ key -> empty; lets the sweep find old keys.
 //! - `queue`: sink ++ 0 ++ seq -> attempt state ([`queue`]); one entry per event a sink owes.
 //! - `dead_letters`: sink ++ 0 ++ seq -> final attempt state + a copy of the event record.
-//! - `meta`: `next_seq` -> the next seq to hand out (a seq is never reused, even after a sweep).
+//! - `signatures`: SHA-256 of a delivery's signed content (`t` and body) -> first-seen time; a
+//!   captured delivery sent again with other unsigned headers is a duplicate. Kept only while
+//!   a replay could still pass the freshness check.
+//! - `signatures_by_time`: first-seen time ++ digest -> empty; lets the sweep find old ones.
+//! - `meta`: `next_seq` -> the next seq to hand out (a seq is never reused, even after a sweep);
+//!   the exact counters ([`counts`]); what recovery lost (`recovery:*`).
+//!
+//! Beside the engine's files, `kirimhook.acked` holds the highest acknowledged seq ([`guard`]):
+//! at open, a store whose recovered events end below it lost acknowledged data, and says so
+//! (error log, `kirimhook_store_recovery_dropped_total`, `kirimhook status`).
 //!
 //! Reads are blocking engine calls; the async wrappers run them on tokio's blocking pool.
 
+pub mod counts;
+pub mod guard;
 pub mod queue;
 pub mod record;
 mod writer;
 
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions};
+use sha2::Digest as _;
 use tokio::sync::{mpsc, oneshot, watch};
 
 #[cfg(test)]
 use crate::envelope::DedupeKey;
 use crate::signature::Verified;
+pub use counts::Counts;
+use guard::{DiskState, FreeSpaceProbe, Guard};
 pub use queue::{AttemptState, DeadLetter, LastError, QueueEntry};
 pub use record::{RecordMeta, StoredEvent};
 use writer::{AdmitCommand, Command, Maintenance, SweepReport};
@@ -46,6 +60,12 @@ pub enum StoreError {
     /// The engine failed (I/O error, poisoned after a failed fsync, ...).
     #[error("storage engine: {0}")]
     Engine(#[from] fjall::Error),
+    /// The store could not be opened; the message says what is wrong and what to do.
+    #[error("{0}")]
+    Open(String),
+    /// Free disk space is below `store.min_free_bytes`: nothing was written.
+    #[error("{0}")]
+    LowDisk(String),
     /// A batch could not be written or checked; nothing of it was stored.
     #[error("store unavailable: {0}")]
     Unavailable(String),
@@ -133,6 +153,61 @@ pub enum Settlement {
     DeadLetter(u64, AttemptState),
 }
 
+/// How the store is opened beyond its path.
+#[derive(Clone)]
+pub struct StoreOptions {
+    /// Below this many free bytes on the store's filesystem, admissions are refused (0: off).
+    pub min_free_bytes: u64,
+    /// Reads the free bytes of a filesystem (injected in tests).
+    pub free_space: FreeSpaceProbe,
+    /// How long a free-space sample is trusted while admissions are accepted.
+    pub free_space_sample_every: Duration,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            min_free_bytes: 0,
+            free_space: guard::statvfs_probe(),
+            free_space_sample_every: guard::DISK_SAMPLE_TTL,
+        }
+    }
+}
+
+/// What recovery found missing, over the store's life.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecoveryLoss {
+    /// Acknowledged admissions that recovery found missing, in total.
+    pub dropped_total: u64,
+    /// The last such finding, in words (when, how many, which seqs, which journal).
+    pub last: Option<String>,
+}
+
+/// State the writer publishes for readers.
+pub(crate) struct Shared {
+    counts: Mutex<Counts>,
+    disk: Arc<DiskState>,
+    failure: Mutex<Option<String>>,
+    recovery: RecoveryLoss,
+}
+
+impl Shared {
+    fn set_counts(&self, counts: Counts) {
+        *lock(&self.counts) = counts;
+    }
+
+    fn set_failure(&self, reason: String) {
+        lock(&self.failure).get_or_insert(reason);
+    }
+}
+
+/// Locks a mutex whose data stays valid even if a holder panicked.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// Handle to the store. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
@@ -140,7 +215,8 @@ pub struct Store {
 }
 
 struct Inner {
-    db: Database,
+    path: PathBuf,
+    shared: Arc<Shared>,
     events: Keyspace,
     quarantine: Keyspace,
     queue: Keyspace,
@@ -159,20 +235,60 @@ pub(crate) struct Keyspaces {
     dedupe_by_time: Keyspace,
     queue: Keyspace,
     dead_letters: Keyspace,
+    signatures: Keyspace,
+    signatures_by_time: Keyspace,
     meta: Keyspace,
 }
 
 const NEXT_SEQ: &[u8] = b"next_seq";
+const RECOVERY_DROPPED: &[u8] = b"recovery:dropped_total";
+const RECOVERY_LAST: &[u8] = b"recovery:last";
 
 impl Store {
     /// Opens (or creates) the store in `path` and starts its writer thread. `sinks` are the
     /// configured sink names; queues of other sinks are kept (and reported at start-up).
     pub fn open(path: &Path, sinks: Vec<String>) -> Result<Store, StoreError> {
-        std::fs::create_dir_all(path).map_err(|e| StoreError::Engine(e.into()))?;
+        Store::open_with(path, sinks, StoreOptions::default())
+    }
+
+    /// [`Store::open`] with options. An error says in plain words what is wrong and what to
+    /// do; directories this call created are removed again when it fails.
+    pub fn open_with(
+        path: &Path,
+        sinks: Vec<String>,
+        options: StoreOptions,
+    ) -> Result<Store, StoreError> {
+        let created = first_missing(path);
+        let opened = Store::open_inner(path, sinks, options);
+        if opened.is_err() {
+            if let Some(dir) = created {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+        }
+        opened
+    }
+
+    fn open_inner(
+        path: &Path,
+        sinks: Vec<String>,
+        options: StoreOptions,
+    ) -> Result<Store, StoreError> {
+        let shown = path.display();
+        std::fs::create_dir_all(path).map_err(|e| {
+            StoreError::Open(format!(
+                "cannot create the store directory {shown}: {}",
+                io_words(&e)
+            ))
+        })?;
+        check_not_damaged(path)?;
         let db = Database::builder(path)
             .manual_journal_persist(true)
-            .open()?;
-        let ks = |name: &str| db.keyspace(name, KeyspaceCreateOptions::default);
+            .open()
+            .map_err(|e| open_error(path, e))?;
+        let ks = |name: &str| {
+            db.keyspace(name, KeyspaceCreateOptions::default)
+                .map_err(|e| open_error(path, e))
+        };
         let keyspaces = Keyspaces {
             events: ks("events")?,
             quarantine: ks("quarantine")?,
@@ -180,9 +296,20 @@ impl Store {
             dedupe_by_time: ks("dedupe_by_time")?,
             queue: ks("queue")?,
             dead_letters: ks("dead_letters")?,
+            signatures: ks("signatures")?,
+            signatures_by_time: ks("signatures_by_time")?,
             meta: ks("meta")?,
         };
-        let next_seq = recover_next_seq(&keyspaces)?;
+        let counts = counts::Counts::load_or_count(&keyspaces, &db)?;
+        let (guard, acked) = Guard::open(path).map_err(|e| {
+            StoreError::Open(format!(
+                "cannot open {} in the store at {shown}: {}",
+                guard::MARK_FILE,
+                io_words(&e)
+            ))
+        })?;
+        let (next_seq, recovery) =
+            check_recovery(path, &db, &keyspaces, recover_next_seq(&keyspaces)?, acked)?;
         for (sink, first) in writer::queued_sinks(&keyspaces.queue)? {
             if !sinks.contains(&sink) {
                 tracing::warn!(
@@ -191,6 +318,20 @@ impl Store {
                 );
             }
         }
+        let disk_state = Arc::new(DiskState::default());
+        let shared = Arc::new(Shared {
+            counts: Mutex::new(counts.clone()),
+            disk: disk_state.clone(),
+            failure: Mutex::new(None),
+            recovery,
+        });
+        let disk = guard::Disk::new(
+            path,
+            options.min_free_bytes,
+            options.free_space,
+            options.free_space_sample_every,
+            disk_state,
+        );
         let (committed_tx, committed) = watch::channel(next_seq.saturating_sub(1));
         let (requeued_tx, requeued) = watch::channel(0);
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
@@ -200,14 +341,21 @@ impl Store {
             next_seq,
             committed_tx,
             requeued_tx,
+            counts,
+            guard,
+            disk,
+            shared.clone(),
         );
         let handle = std::thread::Builder::new()
             .name("kirimhook-store".into())
             .spawn(move || writer.run(rx))
-            .map_err(|e| StoreError::Engine(e.into()))?;
+            .map_err(|e| {
+                StoreError::Open(format!("cannot start the store's writer thread: {e}"))
+            })?;
         Ok(Store {
             inner: Arc::new(Inner {
-                db,
+                path: path.to_owned(),
+                shared,
                 events: keyspaces.events,
                 quarantine: keyspaces.quarantine,
                 queue: keyspaces.queue,
@@ -226,9 +374,11 @@ impl Store {
         let mut meta = delivery.meta;
         meta.secret_id = delivery.verified.secret_id().to_owned();
         let record = record::encode(&meta, &delivery.body);
+        let signed = signed_digest(delivery.verified.timestamp(), &delivery.body);
         let (reply, answer) = oneshot::channel();
         let command = Command::Admit(AdmitCommand {
             keys: meta.keys,
+            signed,
             destination: delivery.destination,
             sinks: delivery.sinks,
             received_at_ms: meta.received_at_ms,
@@ -270,16 +420,19 @@ impl Store {
         answer.await.map_err(|_| StoreError::WriterGone)?
     }
 
-    /// Forgets dedupe keys first seen before `now - retention` and removes events that no sink
-    /// has queued any more, once they are older than `keep_events` (0: at once). Works in
-    /// bounded steps; returns what it removed.
+    /// Forgets dedupe keys first seen before `now - retention` and signed-content digests
+    /// first seen before `now - keep_signatures`, and removes events that no sink has queued
+    /// any more, once they are older than `keep_events` (0: at once). Works in bounded steps;
+    /// returns what it removed.
     pub async fn sweep(
         &self,
         now: SystemTime,
         retention: Duration,
+        keep_signatures: Duration,
         keep_events: Duration,
     ) -> Result<Swept, StoreError> {
         let cutoff_ms = millis(now.checked_sub(retention).unwrap_or(UNIX_EPOCH));
+        let signatures_cutoff_ms = millis(now.checked_sub(keep_signatures).unwrap_or(UNIX_EPOCH));
         let keep_events_until_ms = if keep_events.is_zero() {
             0
         } else {
@@ -290,6 +443,7 @@ impl Store {
             let (reply, answer) = oneshot::channel();
             self.send(Command::Sweep {
                 cutoff_ms,
+                signatures_cutoff_ms,
                 keep_events_until_ms,
                 reply,
             })
@@ -412,36 +566,32 @@ impl Store {
         .await
     }
 
-    /// What `sink` owes: queue depth, the oldest queued event's arrival time, dead letters.
-    /// Counts entries (O(queue + dead letters)): for status pages and scrapes, not hot paths.
+    /// What `sink` owes: queue depth and dead letters (exact counters), and the oldest queued
+    /// event's arrival time (one lookup).
     pub async fn sink_status(&self, sink: &str) -> Result<SinkStatus, StoreError> {
+        let counts = self.counts();
         let queue_ks = self.inner.queue.clone();
-        let dead = self.inner.dead_letters.clone();
         let events = self.inner.events.clone();
         let prefix = queue::prefix(sink);
-        blocking(move || {
-            let mut status = SinkStatus::default();
-            for guard in queue_ks.prefix(&prefix) {
-                let key = guard.key()?;
-                if status.queued == 0 {
-                    let seq = queue::seq_of(&key);
-                    status.oldest_received_ms = get_event(&events, seq)
-                        .ok()
-                        .flatten()
-                        .map(|e| e.meta.received_at_ms);
-                }
-                status.queued += 1;
-            }
-            for guard in dead.prefix(&prefix) {
-                guard.key()?;
-                status.dead_letters += 1;
-            }
-            Ok(status)
+        let oldest_received_ms = blocking(move || {
+            let Some(guard) = queue_ks.prefix(&prefix).next() else {
+                return Ok(None);
+            };
+            let seq = queue::seq_of(&guard.key()?);
+            Ok(get_event(&events, seq)
+                .ok()
+                .flatten()
+                .map(|e| e.meta.received_at_ms))
         })
-        .await
+        .await?;
+        Ok(SinkStatus {
+            queued: counts.queued(sink) as usize,
+            oldest_received_ms,
+            dead_letters: counts.dead_letters(sink) as usize,
+        })
     }
 
-    /// Number of events in `sink`'s queue (counts them: O(queue)).
+    /// Number of events in `sink`'s queue.
     pub async fn queue_len(&self, sink: &str) -> Result<usize, StoreError> {
         Ok(self.sink_status(sink).await?.queued)
     }
@@ -499,14 +649,42 @@ impl Store {
         .await
     }
 
-    /// Number of stored events not yet removed by a sweep (approximate for large stores).
+    /// Number of stored events not yet removed by a sweep (exact).
     pub fn event_count(&self) -> usize {
-        self.inner.events.approximate_len()
+        self.counts().events as usize
     }
 
-    /// Number of quarantined deliveries (approximate for large stores).
+    /// Number of quarantined deliveries (exact).
     pub fn quarantine_count(&self) -> usize {
-        self.inner.quarantine.approximate_len()
+        self.counts().quarantine as usize
+    }
+
+    /// The exact counts of everything the store holds, as of the last commit.
+    pub fn counts(&self) -> Counts {
+        lock(&self.inner.shared.counts).clone()
+    }
+
+    /// Why the writer stopped for good, once it has.
+    pub fn failure(&self) -> Option<String> {
+        lock(&self.inner.shared.failure).clone()
+    }
+
+    /// `Some(free bytes)` while admissions are refused because free space is below
+    /// `store.min_free_bytes`.
+    pub fn low_disk(&self) -> Option<u64> {
+        let disk = &self.inner.shared.disk;
+        disk.is_low().then(|| disk.free_bytes())
+    }
+
+    /// Free bytes on the store's filesystem at the last sample (0 before the first, or when
+    /// the watermark is off).
+    pub fn free_bytes(&self) -> u64 {
+        self.inner.shared.disk.free_bytes()
+    }
+
+    /// What recovery found missing over the store's life.
+    pub fn recovery_loss(&self) -> RecoveryLoss {
+        self.inner.shared.recovery.clone()
     }
 
     /// A receiver that changes whenever new events are committed; its value is the highest
@@ -515,9 +693,10 @@ impl Store {
         self.inner.committed.clone()
     }
 
-    /// Bytes the store takes on disk.
+    /// Bytes the store's files take on disk (allocated blocks, so a journal file that is
+    /// preallocated but mostly empty counts for what it holds). Walks the directory: blocking.
     pub fn disk_space(&self) -> Result<u64, StoreError> {
-        Ok(self.inner.db.disk_space()?)
+        allocated_bytes(&self.inner.path).map_err(|e| StoreError::Engine(e.into()))
     }
 
     /// Stops the writer after it has written everything queued so far, and persists the journal.
@@ -609,6 +788,180 @@ fn read_range(ks: &Keyspace, after: u64, limit: usize) -> Result<Vec<StoredEvent
         out.push(event);
     }
     Ok(out)
+}
+
+/// SHA-256 of a delivery's signed content: its `t` and its body.
+fn signed_digest(t: i64, body: &[u8]) -> [u8; 32] {
+    let mut hasher = sha2::Sha256::new();
+    hasher.update(t.to_be_bytes());
+    hasher.update(body);
+    hasher.finalize().into()
+}
+
+/// The first of `path` and its ancestors that does not exist yet (what opening would create).
+fn first_missing(path: &Path) -> Option<PathBuf> {
+    let mut missing = None;
+    for dir in path.ancestors() {
+        if dir.as_os_str().is_empty() || dir.exists() {
+            break;
+        }
+        missing = Some(dir.to_owned());
+    }
+    missing
+}
+
+/// Refuses a directory that holds engine files but no `version` marker: the engine would try
+/// to create a new store over it and fail with an obscure "File exists".
+fn check_not_damaged(path: &Path) -> Result<(), StoreError> {
+    if path.join("version").exists() {
+        return Ok(());
+    }
+    let engine_files = ["keyspaces", "lock", "0.jnl"]
+        .iter()
+        .any(|name| path.join(name).exists());
+    if engine_files {
+        return Err(StoreError::Open(format!(
+            "the store at {} is damaged: its `version` file is missing. Restore the directory \
+             from a backup, or move it aside to start with an empty store (its undelivered \
+             events would then be lost)",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
+/// A plain-words message for an engine error at open.
+fn open_error(path: &Path, error: fjall::Error) -> StoreError {
+    let shown = path.display();
+    StoreError::Open(match error {
+        fjall::Error::Locked => format!(
+            "another kirimhook process is using the store at {shown}; stop it first, or give \
+             this one its own store.path"
+        ),
+        fjall::Error::Io(e) => format!("cannot open the store at {shown}: {}", io_words(&e)),
+        fjall::Error::InvalidVersion(version) => format!(
+            "the store at {shown} was written in a format this kirimhook cannot read \
+             ({version:?}); use the kirimhook version that wrote it, or move it aside"
+        ),
+        fjall::Error::Storage(lsm_error) => format!(
+            "the store at {shown} cannot be read ({lsm_error:?}); if it is damaged, restore it \
+             from a backup or move it aside to start with an empty store"
+        ),
+        other => format!(
+            "the store at {shown} is damaged and cannot be opened ({other:?}); restore it from \
+             a backup, or move it aside to start with an empty store"
+        ),
+    })
+}
+
+/// An I/O error in plain words, with what to do for the common cases.
+fn io_words(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::PermissionDenied => format!(
+            "permission denied ({e}); give the user kirimhook runs as write access to it, or \
+             set store.path"
+        ),
+        std::io::ErrorKind::ReadOnlyFilesystem => {
+            format!("the filesystem is read-only ({e}); set store.path to a writable directory")
+        }
+        std::io::ErrorKind::StorageFull => {
+            format!("the disk is full ({e}); free some space")
+        }
+        _ => e.to_string(),
+    }
+}
+
+/// Compares the recovered seqs with the acknowledged mark; reports and records a loss.
+/// Returns the next seq to hand out (past every acknowledged one: seqs are never reused) and
+/// the store's loss record.
+fn check_recovery(
+    path: &Path,
+    db: &Database,
+    ks: &Keyspaces,
+    next_seq: u64,
+    acked: Option<u64>,
+) -> Result<(u64, RecoveryLoss), StoreError> {
+    let mut loss = RecoveryLoss {
+        dropped_total: ks
+            .meta
+            .get(RECOVERY_DROPPED)?
+            .map(|v| be_u64(&v))
+            .unwrap_or(0),
+        last: ks
+            .meta
+            .get(RECOVERY_LAST)?
+            .map(|v| String::from_utf8_lossy(&v).into_owned()),
+    };
+    let recovered_last = next_seq.saturating_sub(1);
+    let Some(acked) = acked.filter(|&acked| acked > recovered_last) else {
+        return Ok((next_seq, loss));
+    };
+    let dropped = acked - recovered_last;
+    let journal = newest_journal(path)
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "-".into());
+    let when = humantime::format_rfc3339_seconds(SystemTime::now());
+    let words = format!(
+        "{when}: {dropped} acknowledged deliveries (seqs {}..={acked}) were missing after \
+         recovery; the journal ({journal}) was truncated or damaged",
+        recovered_last + 1
+    );
+    tracing::error!(
+        dropped,
+        first_seq = recovered_last + 1,
+        last_seq = acked,
+        journal = %journal,
+        store = %path.display(),
+        "the store lost acknowledged deliveries at recovery: its journal was truncated or \
+         damaged. They cannot be recovered from this store; kirim.dev will not resend them. \
+         Restore the store from a backup, or replay them from kirim.dev's dashboard"
+    );
+    loss.dropped_total += dropped;
+    loss.last = Some(words);
+    let next_seq = acked + 1;
+    let mut batch = db.batch().durability(Some(fjall::PersistMode::SyncData));
+    batch.insert(&ks.meta, NEXT_SEQ, next_seq.to_be_bytes());
+    batch.insert(&ks.meta, RECOVERY_DROPPED, loss.dropped_total.to_be_bytes());
+    if let Some(last) = &loss.last {
+        batch.insert(&ks.meta, RECOVERY_LAST, last.as_bytes());
+    }
+    batch.commit()?;
+    Ok((next_seq, loss))
+}
+
+/// The most recently modified journal file of the store, for messages.
+fn newest_journal(path: &Path) -> Option<PathBuf> {
+    std::fs::read_dir(path)
+        .ok()?
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".jnl"))
+        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+        .max()
+        .map(|(_, p)| p)
+}
+
+/// Bytes allocated to the files under `path` (blocks, not lengths).
+fn allocated_bytes(path: &Path) -> std::io::Result<u64> {
+    use std::os::unix::fs::MetadataExt as _;
+    let mut total = 0u64;
+    let mut dirs = vec![path.to_owned()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir)? {
+            let entry = entry?;
+            let meta = match entry.metadata() {
+                Ok(meta) => meta,
+                // Removed between listing and reading (compaction): not there any more.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            if meta.is_dir() {
+                dirs.push(entry.path());
+            } else {
+                total = total.saturating_add(meta.blocks().saturating_mul(512));
+            }
+        }
+    }
+    Ok(total)
 }
 
 /// The next seq: the persisted counter, or one past the highest stored seq if that is larger.

@@ -85,6 +85,12 @@ pub fn prefix(sink: &str) -> Vec<u8> {
     key
 }
 
+/// The sink of a key made by [`key`].
+pub fn sink_of(key: &[u8]) -> String {
+    let end = key.iter().position(|&b| b == 0).unwrap_or(key.len());
+    String::from_utf8_lossy(&key[..end]).into_owned()
+}
+
 /// The seq of a key made by [`key`].
 pub fn seq_of(key: &[u8]) -> u64 {
     key.len()

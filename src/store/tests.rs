@@ -5,10 +5,17 @@ use std::time::{Duration, SystemTime};
 use super::*;
 use crate::signature::{self, SigningSecret};
 
+/// A verification with its own `t`: two deliveries of the tests are never the same signed
+/// content, unless a test means them to be (see `same_signed_content_is_a_duplicate`).
 fn verified() -> Verified {
+    static T: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(1000);
+    verified_at(T.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+}
+
+fn verified_at(t: i64) -> Verified {
     let secret = SigningSecret::new("sec_T", "whsec_test");
-    let header = secret.sign(1000, b"{}");
-    signature::verify(Some(header.as_bytes()), b"{}", &[secret], 1000, 300).unwrap()
+    let header = secret.sign(t, b"{}");
+    signature::verify(Some(header.as_bytes()), b"{}", &[secret], t, 300).unwrap()
 }
 
 fn delivery(keys: &[&str], body: &str, destination: Destination, at_ms: u64) -> NewDelivery {
@@ -151,6 +158,7 @@ async fn delivered_events_are_swept_and_seqs_are_never_reused() {
         .sweep(
             SystemTime::now(),
             Duration::from_secs(86_400),
+            Duration::from_secs(86_400),
             Duration::ZERO,
         )
         .await
@@ -194,6 +202,7 @@ async fn sweep_keeps_events_a_sink_still_owes_and_forgets_old_keys() {
         .sweep(
             SystemTime::now(),
             Duration::from_millis(35 * day),
+            Duration::from_millis(35 * day),
             Duration::ZERO,
         )
         .await
@@ -216,6 +225,7 @@ async fn sweep_keeps_events_a_sink_still_owes_and_forgets_old_keys() {
     let swept = store
         .sweep(
             SystemTime::now(),
+            Duration::from_millis(35 * day),
             Duration::from_millis(35 * day),
             Duration::ZERO,
         )
@@ -249,6 +259,7 @@ async fn events_are_queued_only_for_the_listed_sinks() {
         .sweep(
             SystemTime::now(),
             Duration::from_secs(86_400),
+            Duration::from_secs(86_400),
             Duration::ZERO,
         )
         .await
@@ -261,6 +272,7 @@ async fn events_are_queued_only_for_the_listed_sinks() {
     let swept = store
         .sweep(
             SystemTime::now(),
+            Duration::from_secs(86_400),
             Duration::from_secs(86_400),
             Duration::ZERO,
         )
@@ -325,6 +337,7 @@ async fn retry_state_and_dead_letters_survive_a_restart() {
     store
         .sweep(
             SystemTime::now(),
+            Duration::from_secs(86_400),
             Duration::from_secs(86_400),
             Duration::ZERO,
         )
@@ -399,6 +412,7 @@ async fn operator_actions_on_dead_letters_quarantine_and_replay() {
         .sweep(
             SystemTime::now(),
             Duration::from_secs(86_400),
+            Duration::from_secs(86_400),
             Duration::ZERO,
         )
         .await
@@ -453,6 +467,7 @@ async fn operator_actions_on_dead_letters_quarantine_and_replay() {
             SystemTime::now(),
             Duration::from_secs(86_400),
             Duration::from_secs(86_400),
+            Duration::from_secs(86_400),
         )
         .await
         .unwrap();
@@ -465,4 +480,357 @@ async fn operator_actions_on_dead_letters_quarantine_and_replay() {
     assert!(requeued.has_changed().unwrap());
     assert_eq!(store.queue_len("stdout").await.unwrap(), 2);
     store.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn same_signed_content_is_a_duplicate_whatever_its_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let signed_once = |keys: &[&str]| NewDelivery {
+        verified: verified_at(7_000),
+        ..event(keys, "{\"id\":\"m1\"}")
+    };
+    assert_eq!(
+        store.admit(signed_once(&["event:A"])).await.unwrap(),
+        Admission::New { seq: 1 }
+    );
+    // The same signed request with another unsigned header (so other keys): a duplicate.
+    assert_eq!(
+        store.admit(signed_once(&["event:B"])).await.unwrap(),
+        Admission::Duplicate
+    );
+    // Also within one group commit, and after a restart.
+    let (a, b) = tokio::join!(
+        store.admit(signed_once(&["event:C"])),
+        store.admit(signed_once(&["event:D"]))
+    );
+    assert_eq!(
+        (a.unwrap(), b.unwrap()),
+        (Admission::Duplicate, Admission::Duplicate)
+    );
+    store.close().await.unwrap();
+    drop(store);
+    let store = open(dir.path());
+    assert_eq!(
+        store.admit(signed_once(&["event:E"])).await.unwrap(),
+        Admission::Duplicate
+    );
+    // Signed again (a kirim.dev retry has a new `t`) with a new key: new.
+    let resigned = NewDelivery {
+        verified: verified_at(7_001),
+        ..event(&["event:F"], "{\"id\":\"m1\"}")
+    };
+    assert_eq!(
+        store.admit(resigned).await.unwrap(),
+        Admission::New { seq: 2 }
+    );
+    // Once the window has passed, the digest is swept (the dedupe keys stay).
+    let swept = store
+        .sweep(
+            SystemTime::now() + Duration::from_secs(7200),
+            Duration::from_secs(86_400),
+            Duration::from_secs(3600),
+            Duration::ZERO,
+        )
+        .await
+        .unwrap();
+    assert_eq!(swept.keys, 0);
+    let again = NewDelivery {
+        verified: verified_at(7_000),
+        ..event(&["event:A"], "{\"id\":\"m1\"}")
+    };
+    assert_eq!(
+        store.admit(again).await.unwrap(),
+        Admission::Duplicate,
+        "by its key"
+    );
+}
+
+#[tokio::test]
+async fn counts_are_exact_after_drops_sweeps_and_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), vec!["a".into(), "b".into()]).unwrap();
+    let both = |key: &str| NewDelivery {
+        sinks: vec!["a".into(), "b".into()],
+        ..event(&[key], "{}")
+    };
+    for i in 1..=4 {
+        store.admit(both(&format!("k:{i}"))).await.unwrap();
+    }
+    for i in 1..=3 {
+        store
+            .admit(delivery(
+                &[&format!("q:{i}")],
+                "x",
+                Destination::Quarantine,
+                store_now_ms(),
+            ))
+            .await
+            .unwrap();
+    }
+    let counts = store.counts();
+    assert_eq!((counts.events, counts.quarantine), (4, 3));
+    assert_eq!((counts.queued("a"), counts.queued("b")), (4, 4));
+
+    // a takes 1 and 2 (and 1 again: settled twice counts once); b dead-letters 3 twice.
+    let state = AttemptState {
+        attempts: 1,
+        ..AttemptState::default()
+    };
+    store
+        .settle(
+            "a",
+            vec![
+                Settlement::Delivered(1),
+                Settlement::Delivered(2),
+                Settlement::Delivered(1),
+            ],
+        )
+        .await
+        .unwrap();
+    store
+        .settle_durably(
+            "b",
+            vec![
+                Settlement::DeadLetter(3, state.clone()),
+                Settlement::DeadLetter(3, state),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.drop_quarantine(None).await.unwrap(), 3);
+    let counts = store.counts();
+    assert_eq!((counts.queued("a"), counts.queued("b")), (2, 3));
+    assert_eq!((counts.dead_letters("a"), counts.dead_letters("b")), (0, 1));
+    assert_eq!(counts.quarantine, 0);
+    assert_eq!(store.read_quarantine(0, 100).await.unwrap().len(), 0);
+
+    // b takes everything; a takes 3 and 4: every event can go.
+    store
+        .settle(
+            "b",
+            vec![
+                Settlement::Delivered(1),
+                Settlement::Delivered(2),
+                Settlement::Delivered(4),
+            ],
+        )
+        .await
+        .unwrap();
+    store
+        .settle_durably(
+            "a",
+            vec![Settlement::Delivered(3), Settlement::Delivered(4)],
+        )
+        .await
+        .unwrap();
+    let swept = store
+        .sweep(
+            SystemTime::now(),
+            Duration::from_secs(86_400),
+            Duration::from_secs(3600),
+            Duration::ZERO,
+        )
+        .await
+        .unwrap();
+    assert_eq!(swept.events, 4);
+    let counts = store.counts();
+    assert_eq!(counts.events, 0);
+    assert_eq!(store.read_after(0, 100).await.unwrap().len(), 0);
+    assert_eq!((counts.queued("a"), counts.queued("b")), (0, 0));
+
+    // Retry the dead letter: back in b's queue, its event restored.
+    assert_eq!(store.retry_dead_letters("b", None).await.unwrap(), 1);
+    let before = store.counts();
+    assert_eq!(
+        (before.events, before.queued("b"), before.dead_letters("b")),
+        (1, 1, 0)
+    );
+    store.close().await.unwrap();
+    drop(store);
+
+    let store = Store::open(dir.path(), vec!["a".into(), "b".into()]).unwrap();
+    assert_eq!(store.counts(), before, "the counters survive a restart");
+    assert_eq!(store.sink_status("b").await.unwrap().queued, 1);
+}
+
+#[tokio::test]
+async fn a_store_without_counters_is_counted_once_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), vec!["a".into()]).unwrap();
+    for i in 1..=3 {
+        let e = NewDelivery {
+            sinks: vec!["a".into()],
+            ..event(&[&format!("k:{i}")], "{}")
+        };
+        store.admit(e).await.unwrap();
+    }
+    store.close().await.unwrap();
+    drop(store);
+    // As written by a kirimhook without counters.
+    {
+        let db = Database::builder(dir.path()).open().unwrap();
+        let meta = db.keyspace("meta", KeyspaceCreateOptions::default).unwrap();
+        let keys: Vec<Vec<u8>> = meta
+            .prefix(b"count:")
+            .map(|g| g.key().unwrap().to_vec())
+            .collect();
+        assert!(!keys.is_empty());
+        for key in keys {
+            meta.remove(key).unwrap();
+        }
+        db.persist(fjall::PersistMode::SyncAll).unwrap();
+    }
+    let store = Store::open(dir.path(), vec!["a".into()]).unwrap();
+    let counts = store.counts();
+    assert_eq!((counts.events, counts.queued("a")), (3, 3));
+}
+
+#[tokio::test]
+async fn a_truncated_journal_is_reported_not_silent() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    for i in 0..200 {
+        store
+            .admit(event(
+                &[&format!("k:{i}")],
+                "{\"pad\":\"................................\"}",
+            ))
+            .await
+            .unwrap();
+    }
+    // A kill -9: the writer's files are left as they are (no close).
+    drop(store);
+    let journal = newest_journal(dir.path()).expect("a journal file");
+    // The journal file is preallocated (sparse): cut what was written in half.
+    let len = {
+        use std::os::unix::fs::MetadataExt as _;
+        std::fs::metadata(&journal).unwrap().blocks() * 512
+    };
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&journal)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
+
+    let store = open(dir.path());
+    let loss = store.recovery_loss();
+    assert!(loss.dropped_total > 0, "{loss:?}");
+    let last = loss.last.clone().unwrap();
+    assert!(last.contains("acknowledged deliveries"), "{last}");
+    assert!(last.contains(".jnl"), "names the journal: {last}");
+    // Seqs are never reused: the next one is past every acknowledged one.
+    let Admission::New { seq } = store.admit(event(&["k:new"], "{}")).await.unwrap() else {
+        panic!("new");
+    };
+    assert_eq!(seq, 201);
+    store.close().await.unwrap();
+    drop(store);
+    // The finding stays on record after later clean restarts.
+    let store = open(dir.path());
+    assert_eq!(store.recovery_loss(), loss);
+}
+
+#[tokio::test]
+async fn open_errors_say_what_is_wrong() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let Err(locked) = Store::open(dir.path(), vec![]) else {
+        panic!("a second open must fail");
+    };
+    let text = locked.to_string();
+    assert!(
+        text.contains("another kirimhook process is using the store at"),
+        "{text}"
+    );
+    store.close().await.unwrap();
+    drop(store);
+
+    std::fs::remove_file(dir.path().join("version")).unwrap();
+    let Err(damaged) = Store::open(dir.path(), vec![]) else {
+        panic!("a store without its version file must not open");
+    };
+    let text = damaged.to_string();
+    assert!(text.contains("`version` file is missing"), "{text}");
+    assert!(!text.contains("File exists"), "{text}");
+
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, b"").unwrap();
+    let Err(under_file) = Store::open(&file.join("store"), vec![]) else {
+        panic!("a store under a file must not open");
+    };
+    assert!(under_file
+        .to_string()
+        .contains("cannot create the store directory"));
+}
+
+#[test]
+fn a_failed_open_removes_only_what_it_created() {
+    let dir = tempfile::tempdir().unwrap();
+    let new = dir.path().join("a").join("b");
+    assert_eq!(first_missing(&new), Some(dir.path().join("a")));
+    assert_eq!(first_missing(dir.path()), None);
+}
+
+#[tokio::test]
+async fn a_vanished_store_directory_fails_admissions_and_stops_the_writer() {
+    let parent = tempfile::tempdir().unwrap();
+    let path = parent.path().join("store");
+    let store = open(&path);
+    store.admit(event(&["k:1"], "{}")).await.unwrap();
+    std::fs::remove_dir_all(&path).unwrap();
+    let refused = store.admit(event(&["k:2"], "{}")).await;
+    assert!(
+        matches!(refused, Err(StoreError::Unavailable(_))),
+        "{refused:?}"
+    );
+    let failure = store.failure().expect("the reason is recorded");
+    assert!(failure.contains("is gone"), "{failure}");
+    assert!(matches!(
+        store.admit(event(&["k:3"], "{}")).await,
+        Err(StoreError::WriterGone)
+    ));
+}
+
+#[tokio::test]
+async fn low_disk_refuses_admissions_but_not_outcomes_and_recovers_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let free = Arc::new(std::sync::Mutex::new(1_000_000u64));
+    let probe: guard::FreeSpaceProbe = {
+        let free = free.clone();
+        Arc::new(move |_: &Path| Ok(*free.lock().unwrap()))
+    };
+    let options = StoreOptions {
+        min_free_bytes: 500_000,
+        free_space: probe,
+        free_space_sample_every: Duration::ZERO,
+    };
+    let store = Store::open_with(dir.path(), vec!["stdout".into()], options).unwrap();
+    assert_eq!(
+        store.admit(event(&["k:1"], "{}")).await.unwrap(),
+        Admission::New { seq: 1 }
+    );
+    assert_eq!(store.low_disk(), None);
+
+    *free.lock().unwrap() = 100_000;
+    let refused = store.admit(event(&["k:2"], "{}")).await;
+    assert!(
+        matches!(&refused, Err(StoreError::LowDisk(reason)) if reason.contains("min_free_bytes")),
+        "{refused:?}"
+    );
+    assert_eq!(store.low_disk(), Some(100_000));
+    // Outcomes still land (they free space).
+    store
+        .settle_durably("stdout", vec![Settlement::Delivered(1)])
+        .await
+        .unwrap();
+    assert_eq!(store.counts().queued("stdout"), 0);
+
+    *free.lock().unwrap() = 600_000;
+    assert_eq!(
+        store.admit(event(&["k:2"], "{}")).await.unwrap(),
+        Admission::New { seq: 2 }
+    );
+    assert_eq!(store.low_disk(), None);
 }

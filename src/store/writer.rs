@@ -7,15 +7,23 @@
 //! N concurrent requests cost one flush, not N. Sinks' outcomes (delivered, retry, dead letter)
 //! ride in the same batches. Sweeps run here too, so a sweep can never delete a key that a
 //! concurrent admission has just written.
+//!
+//! Every batch also carries the exact counters it changed ([`Counts`]), and is checked by the
+//! [`Guard`]: admissions are refused while free space is below the watermark, the
+//! acknowledged high-water mark follows each commit, and a store directory that vanished
+//! under the daemon fails the batch and stops the writer.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use fjall::{Database, PersistMode};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use super::counts::Counts;
+use super::guard::{Disk, Guard};
 use super::{
-    be_u64, queue, record, Admission, Destination, Keyspaces, Settlement, StoreError, Swept,
-    NEXT_SEQ,
+    be_u64, queue, record, Admission, Destination, Keyspaces, Settlement, Shared, StoreError,
+    Swept, NEXT_SEQ,
 };
 use crate::envelope::DedupeKey;
 
@@ -26,6 +34,9 @@ const SWEEP_STEP: usize = 2048;
 
 pub(super) struct AdmitCommand {
     pub keys: Vec<DedupeKey>,
+    /// SHA-256 of the signed content (`t` and body): a delivery seen before is a duplicate
+    /// whatever its unsigned headers say.
+    pub signed: [u8; 32],
     pub destination: Destination,
     pub sinks: Vec<String>,
     pub received_at_ms: u64,
@@ -47,6 +58,7 @@ pub(super) enum Command {
     },
     Sweep {
         cutoff_ms: u64,
+        signatures_cutoff_ms: u64,
         keep_events_until_ms: u64,
         reply: oneshot::Sender<Result<SweepReport, StoreError>>,
     },
@@ -88,6 +100,19 @@ pub(super) struct Writer {
     next_seq: u64,
     committed: watch::Sender<u64>,
     requeued: watch::Sender<u64>,
+    /// The counters as committed.
+    counts: Counts,
+    guard: Guard,
+    disk: Disk,
+    shared: Arc<Shared>,
+}
+
+/// Queue and dead-letter keys this batch has already added (true) or removed (false), so that
+/// counting sees the batch's own changes before they are committed.
+#[derive(Default)]
+struct Overlay {
+    queue: HashMap<Vec<u8>, bool>,
+    dead: HashMap<Vec<u8>, bool>,
 }
 
 /// What one batch will answer once it is persisted.
@@ -97,12 +122,17 @@ enum Pending {
 }
 
 impl Writer {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         db: Database,
         ks: Keyspaces,
         next_seq: u64,
         committed: watch::Sender<u64>,
         requeued: watch::Sender<u64>,
+        counts: Counts,
+        guard: Guard,
+        disk: Disk,
+        shared: Arc<Shared>,
     ) -> Self {
         Writer {
             db,
@@ -110,6 +140,32 @@ impl Writer {
             next_seq,
             committed,
             requeued,
+            counts,
+            guard,
+            disk,
+            shared,
+        }
+    }
+
+    /// Makes `counts` the committed counters, for the writer and its readers.
+    fn publish(&mut self, counts: Counts) {
+        self.shared.set_counts(counts.clone());
+        self.counts = counts;
+    }
+
+    /// Whether `key` is in the queue, counting this batch's own changes.
+    fn queued(&self, overlay: &Overlay, key: &[u8]) -> Result<bool, StoreError> {
+        match overlay.queue.get(key) {
+            Some(present) => Ok(*present),
+            None => Ok(self.ks.queue.contains_key(key)?),
+        }
+    }
+
+    /// Whether `key` is in the dead letters, counting this batch's own changes.
+    fn dead(&self, overlay: &Overlay, key: &[u8]) -> Result<bool, StoreError> {
+        match overlay.dead.get(key) {
+            Some(present) => Ok(*present),
+            None => Ok(self.ks.dead_letters.contains_key(key)?),
         }
     }
 
@@ -131,6 +187,15 @@ impl Writer {
         if let Err(e) = self.db.persist(PersistMode::SyncData) {
             tracing::error!(error = %e, "final store flush failed");
         }
+        if let Err(e) = self.guard.sync() {
+            tracing::warn!(error = %e, "cannot sync the store's acknowledged mark");
+        }
+    }
+
+    /// Stops for good after a failure no retry can heal: records why, for the daemon's exit.
+    fn stop_failed(&self, reason: &str) {
+        tracing::error!(error = %reason, "the store writer stops");
+        self.shared.set_failure(reason.to_owned());
     }
 
     /// Applies a batch of commands. Returns true when the writer must stop.
@@ -150,6 +215,15 @@ impl Writer {
         }));
         let mut pending = Vec::with_capacity(commands.len());
         let mut seen: HashSet<DedupeKey> = HashSet::new();
+        let mut seen_signed: HashSet<[u8; 32]> = HashSet::new();
+        let mut counts = self.counts.clone();
+        let mut overlay = Overlay::default();
+        // Refuse admissions before anything is written when the disk is nearly full.
+        let low_disk = if commands.iter().any(|c| matches!(c, Command::Admit(_))) {
+            self.disk.check().err()
+        } else {
+            None
+        };
         let mut sweeps = Vec::new();
         let mut maintenance = Vec::new();
         let mut close = None;
@@ -166,6 +240,22 @@ impl Writer {
                         )));
                         continue;
                     }
+                    if let Some(reason) = &low_disk {
+                        let _ = admit.reply.send(Err(StoreError::LowDisk(reason.clone())));
+                        continue;
+                    }
+                    match self.is_replay(&admit.signed, &seen_signed) {
+                        Ok(true) => {
+                            pending.push(Pending::Admit(admit.reply, Admission::Duplicate));
+                            continue;
+                        }
+                        Ok(false) => {}
+                        Err(e) => {
+                            failure = Some(e.to_string());
+                            let _ = admit.reply.send(Err(e));
+                            continue;
+                        }
+                    }
                     match self.is_new(&admit.keys, &seen) {
                         Ok(new_keys) if new_keys.is_empty() => {
                             pending.push(Pending::Admit(admit.reply, Admission::Duplicate));
@@ -176,19 +266,33 @@ impl Writer {
                             let tree = match admit.destination {
                                 Destination::Events => {
                                     last_event_seq = Some(seq);
+                                    counts.events += 1;
                                     &self.ks.events
                                 }
-                                Destination::Quarantine => &self.ks.quarantine,
+                                Destination::Quarantine => {
+                                    counts.quarantine += 1;
+                                    &self.ks.quarantine
+                                }
                             };
+                            self.disk.wrote(admit.record.len() as u64);
                             // The event before its queue entries: a reader that sees an
                             // entry finds the event (readers also stop at the committed seq).
                             batch.insert(tree, seq.to_be_bytes(), admit.record);
                             if admit.destination == Destination::Events {
                                 for sink in &admit.sinks {
-                                    batch.insert(&self.ks.queue, queue::key(sink, seq), []);
+                                    let key = queue::key(sink, seq);
+                                    batch.insert(&self.ks.queue, key.as_slice(), []);
+                                    overlay.queue.insert(key, true);
+                                    counts.add_queued(sink, 1);
                                 }
                             }
                             let ts = admit.received_at_ms.to_be_bytes();
+                            batch.insert(&self.ks.signatures, admit.signed, ts);
+                            let mut by_time = Vec::with_capacity(40);
+                            by_time.extend_from_slice(&ts);
+                            by_time.extend_from_slice(&admit.signed);
+                            batch.insert(&self.ks.signatures_by_time, by_time, []);
+                            seen_signed.insert(admit.signed);
                             for key in new_keys {
                                 batch.insert(&self.ks.dedupe, key.as_str(), ts);
                                 let mut by_time = Vec::with_capacity(8 + key.as_str().len());
@@ -210,16 +314,19 @@ impl Writer {
                     outcomes,
                     reply,
                 } => {
-                    if let Err(e) = self.settle(&mut batch, &sink, outcomes) {
+                    if let Err(e) =
+                        self.settle(&mut batch, &mut counts, &mut overlay, &sink, outcomes)
+                    {
                         tracing::error!(sink = %sink, error = %e, "recording sink outcomes failed");
                     }
                     pending.push(Pending::Settle(reply));
                 }
                 Command::Sweep {
                     cutoff_ms,
+                    signatures_cutoff_ms,
                     keep_events_until_ms,
                     reply,
-                } => sweeps.push((cutoff_ms, keep_events_until_ms, reply)),
+                } => sweeps.push((cutoff_ms, signatures_cutoff_ms, keep_events_until_ms, reply)),
                 Command::Maintain { op, reply } => maintenance.push((op, reply)),
                 Command::Close { reply } => close = Some(reply),
             }
@@ -234,8 +341,22 @@ impl Writer {
             if self.next_seq != first_seq {
                 batch.insert(&self.ks.meta, NEXT_SEQ, self.next_seq.to_be_bytes());
             }
+            counts.write_changed(&self.counts, &mut batch, &self.ks.meta, false);
             match batch.commit() {
                 Ok(()) => {
+                    // Written into files that were deleted under us: nothing of it is safe.
+                    if let Err(reason) = self.guard.check_identity() {
+                        self.next_seq = first_seq;
+                        self.stop_failed(&reason);
+                        fail_all(pending, &reason);
+                        return true;
+                    }
+                    self.publish(counts);
+                    if self.next_seq != first_seq {
+                        if let Err(e) = self.guard.acked(self.next_seq - 1) {
+                            tracing::warn!(error = %e, "cannot write the store's acknowledged mark");
+                        }
+                    }
                     // Publish the new events before anyone hears "accepted": a shutdown that
                     // follows a 200 must find them.
                     if let Some(seq) = last_event_seq {
@@ -257,7 +378,7 @@ impl Writer {
                     // fjall refuses every later write after a failed journal write or fsync:
                     // stop, so the daemon exits and its supervisor restarts it on a recovered
                     // store, instead of answering 503 for ever.
-                    tracing::error!(error = %e, "store write failed; the store writer stops");
+                    self.stop_failed(&format!("a store write failed: {e}"));
                     self.next_seq = first_seq;
                     fail_all(pending, &e.to_string());
                     return true;
@@ -265,18 +386,29 @@ impl Writer {
             }
         }
 
-        for (cutoff_ms, keep_events_until_ms, reply) in sweeps {
-            let _ = reply.send(self.sweep_step(cutoff_ms, keep_events_until_ms));
+        for (cutoff_ms, signatures_cutoff_ms, keep_events_until_ms, reply) in sweeps {
+            let _ =
+                reply.send(self.sweep_step(cutoff_ms, signatures_cutoff_ms, keep_events_until_ms));
         }
         for (op, reply) in maintenance {
             let _ = reply.send(self.maintain(op));
         }
 
         if let Some(reply) = close {
-            let _ = reply.send(self.db.persist(PersistMode::SyncData).map_err(Into::into));
+            let persisted = self.db.persist(PersistMode::SyncData).map_err(Into::into);
+            if let Err(e) = self.guard.sync() {
+                tracing::warn!(error = %e, "cannot sync the store's acknowledged mark");
+            }
+            let _ = reply.send(persisted);
             return true;
         }
         false
+    }
+
+    /// Whether this signed content (`t` and body) was admitted before: a captured delivery
+    /// sent again with other unsigned headers is a duplicate, never a new event.
+    fn is_replay(&self, signed: &[u8; 32], seen: &HashSet<[u8; 32]>) -> Result<bool, StoreError> {
+        Ok(seen.contains(signed) || self.ks.signatures.contains_key(signed)?)
     }
 
     /// The keys of `keys` that are neither stored nor earlier in this batch.
@@ -302,32 +434,53 @@ impl Writer {
     fn settle(
         &self,
         batch: &mut fjall::OwnedWriteBatch,
+        counts: &mut Counts,
+        overlay: &mut Overlay,
         sink: &str,
         outcomes: Vec<Settlement>,
     ) -> Result<(), StoreError> {
         for outcome in outcomes {
             match outcome {
-                Settlement::Delivered(seq) => batch.remove(&self.ks.queue, queue::key(sink, seq)),
+                Settlement::Delivered(seq) => {
+                    let key = queue::key(sink, seq);
+                    // Already gone (settled twice): nothing to remove or count.
+                    if self.queued(overlay, &key)? {
+                        batch.remove(&self.ks.queue, key.as_slice());
+                        overlay.queue.insert(key, false);
+                        counts.remove_queued(sink);
+                    }
+                }
                 Settlement::Retry(seq, state) => {
                     let key = queue::key(sink, seq);
                     // Never resurrect an entry that is gone (delivered or dead-lettered).
-                    if self.ks.queue.contains_key(&key)? {
+                    if self.queued(overlay, &key)? {
                         batch.insert(&self.ks.queue, key, queue::encode_state(&state));
                     }
                 }
                 Settlement::DeadLetter(seq, state) => {
                     let key = queue::key(sink, seq);
+                    if !self.queued(overlay, &key)? {
+                        continue;
+                    }
                     match self.ks.events.get(seq.to_be_bytes())? {
-                        Some(record) => batch.insert(
-                            &self.ks.dead_letters,
-                            key.clone(),
-                            queue::encode_dead_letter(&state, &record),
-                        ),
+                        Some(record) => {
+                            if !self.dead(overlay, &key)? {
+                                counts.add_dead(sink);
+                            }
+                            batch.insert(
+                                &self.ks.dead_letters,
+                                key.as_slice(),
+                                queue::encode_dead_letter(&state, &record),
+                            );
+                            overlay.dead.insert(key.clone(), true);
+                        }
                         None => tracing::error!(
                             sink, seq, "dead letter without its event (already removed); only its queue entry is dropped"
                         ),
                     }
-                    batch.remove(&self.ks.queue, key);
+                    batch.remove(&self.ks.queue, key.as_slice());
+                    overlay.queue.insert(key, false);
+                    counts.remove_queued(sink);
                 }
             }
         }
@@ -335,8 +488,9 @@ impl Writer {
     }
 
     /// Applies one operator action as its own fsync'd batch; returns how many items it touched.
-    fn maintain(&self, op: Maintenance) -> Result<usize, StoreError> {
+    fn maintain(&mut self, op: Maintenance) -> Result<usize, StoreError> {
         let mut batch = self.db.batch().durability(Some(PersistMode::SyncData));
+        let mut counts = self.counts.clone();
         let mut touched = 0;
         let mut requeued = false;
         match op {
@@ -350,9 +504,14 @@ impl Writer {
                         let record = queue::dead_letter_record(&value)
                             .map_err(|source| StoreError::Decode { seq, source })?;
                         batch.insert(&self.ks.events, seq.to_be_bytes(), record);
+                        counts.events += 1;
+                    }
+                    if !self.ks.queue.contains_key(&key)? {
+                        counts.add_queued(&sink, 1);
                     }
                     batch.insert(&self.ks.queue, key.clone(), []);
                     batch.remove(&self.ks.dead_letters, key);
+                    counts.remove_dead(&sink);
                     touched += 1;
                 }
                 requeued = touched > 0;
@@ -363,6 +522,7 @@ impl Writer {
                     queue::key(&sink, seq)
                 })? {
                     batch.remove(&self.ks.dead_letters, key);
+                    counts.remove_dead(&sink);
                     touched += 1;
                 }
             }
@@ -371,6 +531,7 @@ impl Writer {
                     seq.to_be_bytes().to_vec()
                 })? {
                     batch.remove(&self.ks.quarantine, key);
+                    counts.quarantine = counts.quarantine.saturating_sub(1);
                     touched += 1;
                 }
             }
@@ -390,13 +551,16 @@ impl Writer {
                     let entry = queue::key(&sink, seq);
                     if !self.ks.queue.contains_key(&entry)? {
                         batch.insert(&self.ks.queue, entry, []);
+                        counts.add_queued(&sink, 1);
                         touched += 1;
                     }
                 }
                 requeued = touched > 0;
             }
         }
+        counts.write_changed(&self.counts, &mut batch, &self.ks.meta, false);
         batch.commit()?;
+        self.publish(counts);
         if requeued {
             self.requeued.send_modify(|generation| *generation += 1);
         }
@@ -405,13 +569,41 @@ impl Writer {
 
     /// One bounded step of the retention sweep. Buffered, not fsync'd: a lost sweep is redone.
     fn sweep_step(
-        &self,
+        &mut self,
         cutoff_ms: u64,
+        signatures_cutoff_ms: u64,
         keep_events_until_ms: u64,
     ) -> Result<SweepReport, StoreError> {
         let mut batch = self.db.batch();
+        let mut counts = self.counts.clone();
         let mut swept = Swept::default();
         let mut more = false;
+
+        // Signed-content digests are needed only while a replay could still verify.
+        let mut signatures = 0;
+        for guard in self
+            .ks
+            .signatures_by_time
+            .range(..signatures_cutoff_ms.to_be_bytes())
+        {
+            if signatures == SWEEP_STEP {
+                more = true;
+                break;
+            }
+            let index_key = guard.key()?;
+            let ts = be_u64(&index_key);
+            let digest = index_key.get(8..).unwrap_or_default();
+            if self
+                .ks
+                .signatures
+                .get(digest)?
+                .is_some_and(|v| be_u64(&v) == ts)
+            {
+                batch.remove(&self.ks.signatures, digest);
+            }
+            batch.remove(&self.ks.signatures_by_time, index_key);
+            signatures += 1;
+        }
 
         for guard in self.ks.dedupe_by_time.range(..cutoff_ms.to_be_bytes()) {
             if swept.keys == SWEEP_STEP {
@@ -454,8 +646,11 @@ impl Writer {
             }
             batch.remove(&self.ks.events, key);
             swept.events += 1;
+            counts.events = counts.events.saturating_sub(1);
         }
+        counts.write_changed(&self.counts, &mut batch, &self.ks.meta, false);
         batch.commit()?;
+        self.publish(counts);
         Ok(SweepReport { swept, more })
     }
 }

@@ -1,0 +1,338 @@
+//! What the store checks besides the engine, so that it never loses data silently and never
+//! answers 200 for an event that did not reach the disk:
+//!
+//! - **Acknowledged high-water mark** (`kirimhook.acked` in the store directory): after every
+//!   group commit that admitted events, the highest committed seq is written there (and the
+//!   file is fdatasync'd at most once a second). The engine's recovery silently drops a torn
+//!   or truncated journal tail; at open, a mark above the highest recovered seq means
+//!   acknowledged admissions were lost, which [`crate::store::Store::open`] reports.
+//! - **Identity**: the store directory's device and inode, and the mark file's link count,
+//!   are checked after every commit. A directory that was removed or replaced under a running
+//!   daemon (`rm -rf`) still takes writes into unlinked files; the check turns that into a
+//!   failed batch (503) and stops the writer.
+//! - **Free space**: below `store.min_free_bytes` new admissions are refused (503) before
+//!   anything is written, so the engine never reaches ENOSPC in normal operation; sink
+//!   outcomes and sweeps still run (they free space), and admissions resume once the space is
+//!   back.
+
+use std::fs::File;
+use std::io::Read as _;
+use std::os::unix::fs::{FileExt as _, MetadataExt as _};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The mark file's name in the store directory.
+pub const MARK_FILE: &str = "kirimhook.acked";
+/// How often the mark file is fdatasync'd at most.
+const MARK_SYNC_EVERY: Duration = Duration::from_secs(1);
+/// How long a free-space sample is trusted by default.
+pub const DISK_SAMPLE_TTL: Duration = Duration::from_millis(250);
+/// Bytes admitted after which free space is sampled again, whatever its age.
+const DISK_SAMPLE_BYTES: u64 = 8 * 1024 * 1024;
+
+/// Reports the bytes available to an unprivileged writer on the filesystem holding a path.
+pub type FreeSpaceProbe = Arc<dyn Fn(&Path) -> std::io::Result<u64> + Send + Sync>;
+
+/// The real probe: `statvfs(2)`, blocks available to unprivileged users.
+pub fn statvfs_probe() -> FreeSpaceProbe {
+    Arc::new(|path: &Path| {
+        let stat = rustix::fs::statvfs(path)?;
+        Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
+    })
+}
+
+/// Free space as last seen, shared with readers (`/readyz`, metrics, status).
+#[derive(Debug, Default)]
+pub struct DiskState {
+    free: AtomicU64,
+    low: AtomicBool,
+}
+
+impl DiskState {
+    /// Bytes free at the last sample.
+    pub fn free_bytes(&self) -> u64 {
+        self.free.load(Ordering::Relaxed)
+    }
+
+    /// Whether admissions are refused for lack of space.
+    pub fn is_low(&self) -> bool {
+        self.low.load(Ordering::Relaxed)
+    }
+}
+
+/// The free-space watermark, sampled by the writer.
+pub struct Disk {
+    path: PathBuf,
+    min_free: u64,
+    probe: FreeSpaceProbe,
+    ttl: Duration,
+    sampled: Option<Instant>,
+    since_sample: u64,
+    state: Arc<DiskState>,
+}
+
+impl Disk {
+    /// A watermark of `min_free` bytes (0: off) on the filesystem of `path`; a sample is
+    /// trusted for `ttl`.
+    pub fn new(
+        path: &Path,
+        min_free: u64,
+        probe: FreeSpaceProbe,
+        ttl: Duration,
+        state: Arc<DiskState>,
+    ) -> Disk {
+        Disk {
+            path: path.to_owned(),
+            min_free,
+            probe,
+            ttl,
+            sampled: None,
+            since_sample: 0,
+            state,
+        }
+    }
+
+    /// Whether there is room for admissions now; samples the free space when the last
+    /// sample is old or much was written since. `Err` carries the refusal's reason.
+    pub fn check(&mut self) -> Result<(), String> {
+        if self.min_free == 0 {
+            return Ok(());
+        }
+        // While refusing, every batch samples again (nothing is written meanwhile), so
+        // admissions resume with the first delivery after space is back.
+        let stale = self.state.is_low()
+            || self.sampled.is_none_or(|at| at.elapsed() >= self.ttl)
+            || self.since_sample >= DISK_SAMPLE_BYTES;
+        if stale {
+            self.sample();
+        }
+        if self.state.is_low() {
+            Err(format!(
+                "free disk space {} is below store.min_free_bytes {}",
+                human_bytes(self.state.free_bytes()),
+                human_bytes(self.min_free)
+            ))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Counts bytes written since the last sample.
+    pub fn wrote(&mut self, bytes: u64) {
+        self.since_sample = self.since_sample.saturating_add(bytes);
+    }
+
+    fn sample(&mut self) {
+        self.sampled = Some(Instant::now());
+        self.since_sample = 0;
+        let free = match (self.probe)(&self.path) {
+            Ok(free) => free,
+            Err(e) => {
+                // Unknown: do not refuse on a probe that fails; the engine's own error would
+                // still answer 503 on a real failure.
+                tracing::warn!(error = %e, path = %self.path.display(), "cannot read the free disk space");
+                return;
+            }
+        };
+        self.state.free.store(free, Ordering::Relaxed);
+        let was_low = self.state.is_low();
+        let low = free < self.min_free;
+        self.state.low.store(low, Ordering::Relaxed);
+        if low && !was_low {
+            tracing::warn!(
+                free_bytes = free,
+                min_free_bytes = self.min_free,
+                "disk nearly full: refusing new deliveries (503) until free space is back above store.min_free_bytes; sinks keep draining"
+            );
+        } else if was_low && !low {
+            tracing::info!(
+                free_bytes = free,
+                "free disk space is back; accepting deliveries again"
+            );
+        }
+    }
+}
+
+/// The mark file and the directory's identity.
+pub struct Guard {
+    dir: PathBuf,
+    identity: (u64, u64),
+    mark: File,
+    synced: Instant,
+    dirty: bool,
+}
+
+impl Guard {
+    /// Opens (or creates) the mark file in `dir`; returns the guard and the mark found there
+    /// (`None` for a new file).
+    pub fn open(dir: &Path) -> std::io::Result<(Guard, Option<u64>)> {
+        let meta = std::fs::metadata(dir)?;
+        let mut mark = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(dir.join(MARK_FILE))?;
+        let mut bytes = Vec::new();
+        mark.read_to_end(&mut bytes)?;
+        let found = (bytes.len() >= 8).then(|| super::be_u64(&bytes));
+        Ok((
+            Guard {
+                dir: dir.to_owned(),
+                identity: (meta.dev(), meta.ino()),
+                mark,
+                synced: Instant::now(),
+                dirty: false,
+            },
+            found,
+        ))
+    }
+
+    /// Writes `seq` as the highest acknowledged seq (synced at most every second).
+    pub fn acked(&mut self, seq: u64) -> std::io::Result<()> {
+        self.mark.write_all_at(&seq.to_be_bytes(), 0)?;
+        self.dirty = true;
+        if self.synced.elapsed() >= MARK_SYNC_EVERY {
+            self.sync()?;
+        }
+        Ok(())
+    }
+
+    /// fdatasyncs the mark if it changed since the last sync.
+    pub fn sync(&mut self) -> std::io::Result<()> {
+        if self.dirty {
+            self.mark.sync_data()?;
+            self.dirty = false;
+        }
+        self.synced = Instant::now();
+        Ok(())
+    }
+
+    /// `Err` with a plain reason when the store directory is gone or was replaced, or the
+    /// store's files were deleted under the running daemon.
+    pub fn check_identity(&self) -> Result<(), String> {
+        let dir = self.dir.display();
+        match std::fs::metadata(&self.dir) {
+            Err(e) => return Err(format!("the store directory {dir} is gone ({e})")),
+            Ok(meta) if (meta.dev(), meta.ino()) != self.identity => {
+                return Err(format!(
+                    "the store directory {dir} was replaced by another directory"
+                ))
+            }
+            Ok(_) => {}
+        }
+        match self.mark.metadata() {
+            Ok(meta) if meta.nlink() == 0 => Err(format!(
+                "the store's files in {dir} were deleted while the daemon ran"
+            )),
+            Ok(_) => Ok(()),
+            Err(e) => Err(format!("cannot check the store's files in {dir}: {e}")),
+        }
+    }
+}
+
+/// `1.5 GiB`-style sizes for messages.
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    #[test]
+    fn refuses_below_the_watermark_and_recovers_above_it() {
+        let free = Arc::new(Mutex::new(10_000u64));
+        let probe: FreeSpaceProbe = {
+            let free = free.clone();
+            Arc::new(move |_: &Path| Ok(*free.lock().unwrap()))
+        };
+        let state = Arc::new(DiskState::default());
+        let mut disk = Disk::new(Path::new("/"), 5_000, probe, DISK_SAMPLE_TTL, state.clone());
+        assert_eq!(disk.check(), Ok(()));
+        assert_eq!(state.free_bytes(), 10_000);
+
+        *free.lock().unwrap() = 4_000;
+        // A recent sample is trusted until enough was written.
+        assert_eq!(disk.check(), Ok(()));
+        disk.wrote(DISK_SAMPLE_BYTES);
+        let refused = disk.check().unwrap_err();
+        assert!(refused.contains("below store.min_free_bytes"), "{refused}");
+        assert!(state.is_low());
+
+        *free.lock().unwrap() = 6_000;
+        assert_eq!(
+            disk.check(),
+            Ok(()),
+            "a refusing watermark samples every time"
+        );
+        assert!(!state.is_low());
+    }
+
+    #[test]
+    fn a_zero_watermark_never_refuses_and_a_failing_probe_does_not_either() {
+        let failing: FreeSpaceProbe = Arc::new(|_: &Path| Err(std::io::Error::other("no statvfs")));
+        let state = Arc::new(DiskState::default());
+        let mut off = Disk::new(
+            Path::new("/"),
+            0,
+            failing.clone(),
+            DISK_SAMPLE_TTL,
+            state.clone(),
+        );
+        assert_eq!(off.check(), Ok(()));
+        let mut on = Disk::new(Path::new("/"), 1, failing, DISK_SAMPLE_TTL, state.clone());
+        assert_eq!(on.check(), Ok(()));
+    }
+
+    #[test]
+    fn the_real_probe_reads_a_filesystem() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(statvfs_probe()(dir.path()).unwrap() > 0);
+    }
+
+    #[test]
+    fn the_mark_survives_reopening_and_deletion_is_noticed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut guard, found) = Guard::open(dir.path()).unwrap();
+        assert_eq!(found, None);
+        guard.acked(42).unwrap();
+        guard.sync().unwrap();
+        assert_eq!(guard.check_identity(), Ok(()));
+        drop(guard);
+        let (guard, found) = Guard::open(dir.path()).unwrap();
+        assert_eq!(found, Some(42));
+        std::fs::remove_file(dir.path().join(MARK_FILE)).unwrap();
+        let gone = guard.check_identity().unwrap_err();
+        assert!(gone.contains("deleted"), "{gone}");
+    }
+
+    #[test]
+    fn a_removed_directory_is_noticed() {
+        let parent = tempfile::tempdir().unwrap();
+        let dir = parent.path().join("store");
+        std::fs::create_dir(&dir).unwrap();
+        let (guard, _) = Guard::open(&dir).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        let gone = guard.check_identity().unwrap_err();
+        assert!(gone.contains("is gone"), "{gone}");
+        std::fs::create_dir(&dir).unwrap();
+        let replaced = guard.check_identity().unwrap_err();
+        assert!(replaced.contains("replaced"), "{replaced}");
+    }
+}
