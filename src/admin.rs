@@ -47,6 +47,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::health::Health;
 use crate::metrics::{self, Metrics, SinkSnapshot, Snapshot};
+use crate::route::Routes;
 use crate::store::{self, DeadLetter, Store, StoredEvent};
 
 /// Largest request body the admin API reads.
@@ -81,12 +82,21 @@ pub struct StatusReport {
     pub version: String,
     /// Every configured sink, in config order.
     pub sinks: Vec<SinkReport>,
-    /// Quarantined deliveries (approximate for large stores).
+    /// Quarantined deliveries.
     pub quarantined: u64,
-    /// Events still stored (approximate for large stores): queued, or kept for replay.
+    /// Events still stored: queued, or kept for replay.
     pub events_stored: u64,
-    /// Bytes the store takes on disk.
+    /// Bytes the store's files take on disk.
     pub store_bytes: u64,
+    /// Acknowledged deliveries the store found missing at recovery, over its life.
+    #[serde(default)]
+    pub recovery_dropped: u64,
+    /// The last such finding, in words.
+    #[serde(default)]
+    pub recovery_last: Option<String>,
+    /// Why deliveries are refused right now (503), if they are.
+    #[serde(default)]
+    pub refusing: Option<String>,
 }
 
 /// One sink in [`StatusReport`].
@@ -675,8 +685,9 @@ pub struct Admin {
     metrics: Metrics,
     sinks: Vec<String>,
     health: Health,
-    /// Each sink's filter, so a replay queues only what the sink would have been given.
-    filters: std::collections::HashMap<String, crate::route::Filter>,
+    /// Each sink's filter (the running routes), so a replay queues only what the sink would
+    /// have been given.
+    routes: Routes,
     shutdown: CancellationToken,
     serving: AtomicBool,
     /// The last gauges computed for `/metrics`: counting queues is O(queue), so concurrent or
@@ -702,19 +713,17 @@ impl Admin {
             metrics,
             sinks,
             health,
-            filters: std::collections::HashMap::new(),
+            routes: Routes::new(Vec::new()),
             shutdown,
             serving: AtomicBool::new(false),
             snapshot_cache: tokio::sync::Mutex::new(None),
         }
     }
 
-    /// Sets the sinks' filters, which `replay` honours (a sink without one gets everything).
-    pub fn with_filters(
-        mut self,
-        filters: impl IntoIterator<Item = (String, crate::route::Filter)>,
-    ) -> Admin {
-        self.filters = filters.into_iter().collect();
+    /// Shares the running routes, whose filters `replay` honours (a sink without one gets
+    /// everything).
+    pub fn with_routes(mut self, routes: Routes) -> Admin {
+        self.routes = routes;
         self
     }
 
@@ -865,7 +874,7 @@ impl Admin {
                 let request = read_json::<ReplayRequest, B>(req).await?;
                 let since = parse_rfc3339(&request.since)
                     .map_err(|e| ApiError::bad_request(format!("since: {e}")))?;
-                let filter = self.filters.get(sink).cloned().unwrap_or_default();
+                let filter = self.routes.filter(sink);
                 let n = self
                     .store
                     .replay(sink, since, move |meta| filter.matches(meta))
@@ -909,8 +918,8 @@ impl Admin {
                 },
             )
         };
-        if let Some(fault) = self.health.fault() {
-            return not_ready(format!("not taking deliveries: {fault}"));
+        if let Some(refusing) = self.refusing() {
+            return not_ready(refusing);
         }
         if self.shutdown.is_cancelled() {
             return not_ready("shutting down".into());
@@ -960,6 +969,23 @@ impl Admin {
             quarantined: self.store.quarantine_count() as u64,
             events_stored: self.store.event_count() as u64,
             store_bytes: self.store_bytes().await,
+            recovery_dropped: self.store.recovery_loss().dropped_total,
+            recovery_last: self.store.recovery_loss().last,
+            refusing: self.refusing(),
+        })
+    }
+
+    /// Why deliveries are refused right now (503), in words, if they are.
+    fn refusing(&self) -> Option<String> {
+        if let Some(fault) = self.health.fault() {
+            return Some(format!("not taking deliveries: {fault}"));
+        }
+        self.store.low_disk().map(|free| {
+            format!(
+                "disk nearly full: {} free, below store.min_free_bytes; deliveries get 503 \
+                 until space is freed",
+                crate::store::guard::human_bytes(free)
+            )
         })
     }
 
@@ -1000,6 +1026,10 @@ impl Admin {
             sinks,
             quarantined: self.store.quarantine_count() as u64,
             store_bytes: self.store_bytes().await,
+            store_free_bytes: self.store.free_bytes(),
+            low_disk: self.store.low_disk().is_some(),
+            recovery_dropped: self.store.recovery_loss().dropped_total,
+            log_write_failures: crate::telemetry::log_write_failures(),
         }
     }
 

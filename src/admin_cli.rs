@@ -472,6 +472,21 @@ pub fn status_table(report: &StatusReport) -> String {
         human_bytes(report.store_bytes),
         report.events_stored
     ));
+    if let Some(refusing) = &report.refusing {
+        out.push_str(&format!("REFUSING:   {refusing}\n"));
+    }
+    if report.recovery_dropped > 0 {
+        out.push_str(&format!(
+            "DATA LOSS:  {} acknowledged deliver{} missing after recovery; last: {}\n",
+            report.recovery_dropped,
+            if report.recovery_dropped == 1 {
+                "y"
+            } else {
+                "ies"
+            },
+            report.recovery_last.as_deref().unwrap_or("-")
+        ));
+    }
     out
 }
 
@@ -779,6 +794,9 @@ mod tests {
             quarantined: 1,
             events_stored: 1300,
             store_bytes: 5 * 1024 * 1024 + 300 * 1024,
+            recovery_dropped: 0,
+            recovery_last: None,
+            refusing: None,
         };
         assert_eq!(
             status_table(&report),
@@ -788,6 +806,18 @@ mod tests {
              \n\
              quarantine: 1 delivery\n\
              store:      5.3 MiB on disk, 1300 event(s) stored\n"
+        );
+        let troubled = StatusReport {
+            recovery_dropped: 1001,
+            recovery_last: Some("2026-11-27T12:00:00Z: 1001 acknowledged deliveries".into()),
+            refusing: Some("disk nearly full".into()),
+            ..report
+        };
+        let text = status_table(&troubled);
+        assert!(text.contains("REFUSING:   disk nearly full\n"), "{text}");
+        assert!(
+            text.contains("DATA LOSS:  1001 acknowledged deliveries missing after recovery"),
+            "{text}"
         );
     }
 

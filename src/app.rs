@@ -24,6 +24,7 @@ use crate::config::{Config, ServerConfig, SinkConfig, SinkKind};
 use crate::handler::{Live, ReceiveSettings, Receiver};
 use crate::health::{Fault, Health};
 use crate::metrics::Metrics;
+use crate::route::{RouteTable, Routes};
 use crate::server::{self, Limits};
 use crate::shutdown::Signals;
 use crate::sinks::http::HttpSink;
@@ -81,7 +82,8 @@ pub async fn run(
     let sink_names: Vec<&str> = config.sinks.iter().map(|s| s.name.as_str()).collect();
     let metrics = Metrics::new(&secret_ids, &sink_names);
     let health = Health::new();
-    let admin = start_admin(&config, &store, &metrics, &health, &shutdown).await?;
+    let routes = Routes::new(route_table(&config.sinks));
+    let admin = start_admin(&config, &store, &metrics, &health, &routes, &shutdown).await?;
 
     let (listener, source) = match activated {
         Some(inherited) => (
@@ -120,11 +122,7 @@ pub async fn run(
             body_timeout: config.server.request_timeout,
             tolerance_secs: config.verify.tolerance_secs,
             secrets: config.verify.secrets.clone().into(),
-            routes: config
-                .sinks
-                .iter()
-                .map(|s| (s.name.clone(), s.filter.clone()))
-                .collect(),
+            routes: routes.clone(),
             metrics: metrics.clone(),
             health: health.clone(),
         },
@@ -193,7 +191,7 @@ pub async fn run(
                 // between halting the old sinks and starting the new ones, which leaves the
                 // queued events for the next start) and the drain begins at once.
                 tokio::select! {
-                    _ = reload(&config_path, &mut running, &receiver_handle, &mut sinks, tls.clone(), &store, &metrics, &stop_sinks) => {
+                    _ = reload(&config_path, &mut running, &receiver_handle, &routes, &mut sinks, tls.clone(), &store, &metrics, &stop_sinks) => {
                         tolerance_tx.send_replace(running.verify.tolerance_secs);
                         notifier.notify_or_log(&[State::Ready, State::Status(&status)]);
                     }
@@ -299,6 +297,7 @@ async fn reload(
     path: &std::path::Path,
     running: &mut Config,
     receiver: &Receiver,
+    routes: &Routes,
     sinks: &mut SinkSet,
     tls: Option<Arc<Tls>>,
     store: &Store,
@@ -374,11 +373,9 @@ async fn reload(
     receiver.reload(Live {
         tolerance_secs: new.verify.tolerance_secs,
         secrets: new.verify.secrets.clone().into(),
-        routes: sinks_config
-            .iter()
-            .map(|s| (s.name.clone(), s.filter.clone()))
-            .collect(),
     });
+    // One handle: the receive path and the admin API's replay see the new filters at once.
+    routes.replace(route_table(&sinks_config));
     if same_sinks {
         sinks.halt().await;
         *sinks = SinkSet::start(&sinks_config, store, metrics, stop);
@@ -402,6 +399,7 @@ async fn start_admin(
     store: &Store,
     metrics: &Metrics,
     health: &Health,
+    routes: &Routes,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<Option<(Arc<Admin>, tokio::task::JoinHandle<()>)>> {
     if !config.admin.enabled {
@@ -429,16 +427,19 @@ async fn start_admin(
             health.clone(),
             shutdown.clone(),
         )
-        .with_filters(
-            config
-                .sinks
-                .iter()
-                .map(|s| (s.name.clone(), s.filter.clone())),
-        ),
+        .with_routes(routes.clone()),
     );
     tracing::info!(addr = %addr, "admin listening");
     let task = tokio::spawn(admin::serve(listener, admin.clone(), shutdown.clone()));
     Ok(Some((admin, task)))
+}
+
+/// Every sink's name with its filter, in config order.
+fn route_table(sinks: &[SinkConfig]) -> RouteTable {
+    sinks
+        .iter()
+        .map(|s| (s.name.clone(), s.filter.clone()))
+        .collect()
 }
 
 /// How long a delivery's signed-content digest is kept: while a replay of it could still pass

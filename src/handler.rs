@@ -20,7 +20,7 @@ use tracing::Instrument;
 use crate::envelope::{self, Classified, Hints};
 use crate::health::Health;
 use crate::metrics::{Metrics, Outcome};
-use crate::route::Filter;
+use crate::route::Routes;
 use crate::signature::{self, SigningSecret, VerifyError};
 use crate::store::{self, Admission, Destination, NewDelivery, RecordMeta, Store};
 
@@ -44,22 +44,22 @@ pub struct ReceiveSettings {
     /// Secrets tried in order.
     pub secrets: Arc<[SigningSecret]>,
     /// Every sink with its filter: an event is queued for the sinks whose filter matches.
-    pub routes: Arc<[(String, Filter)]>,
+    /// Shared with the admin API and the reload, so a reloaded filter applies everywhere.
+    pub routes: Routes,
     /// Where every answer, verified secret and accepted event is counted.
     pub metrics: Metrics,
     /// Whether deliveries may still be taken (a fault answers 503 before anything is read).
     pub health: Health,
 }
 
-/// What a reload (SIGHUP) may change on the receive path.
+/// What a reload (SIGHUP) may change on the receive path besides the routes (those are the
+/// shared [`Routes`]).
 #[derive(Debug, Clone)]
 pub struct Live {
     /// Allowed clock difference for the signature timestamp; 0 disables the check.
     pub tolerance_secs: u64,
     /// Secrets tried in order.
     pub secrets: Arc<[SigningSecret]>,
-    /// Every sink with its filter.
-    pub routes: Arc<[(String, Filter)]>,
 }
 
 /// Handles requests against one store.
@@ -82,7 +82,6 @@ impl Receiver {
         let live = Live {
             tolerance_secs: settings.tolerance_secs,
             secrets: settings.secrets.clone(),
-            routes: settings.routes.clone(),
         };
         Receiver {
             settings,
@@ -92,8 +91,8 @@ impl Receiver {
         }
     }
 
-    /// Swaps in reloaded secrets, tolerance and routes; requests that start verifying after
-    /// this use them.
+    /// Swaps in reloaded secrets and tolerance; requests that start verifying after this use
+    /// them.
     pub fn reload(&self, live: Live) {
         match self.live.write() {
             Ok(mut current) => *current = live,
@@ -249,12 +248,7 @@ impl Receiver {
         };
         let counted = (meta.event_type.clone(), meta.source);
         let sinks = match destination {
-            Destination::Events => live
-                .routes
-                .iter()
-                .filter(|(_, filter)| filter.matches(&meta))
-                .map(|(name, _)| name.clone())
-                .collect(),
+            Destination::Events => self.route(&meta),
             Destination::Quarantine => Vec::new(),
         };
         let delivery = NewDelivery {
@@ -313,6 +307,28 @@ impl Receiver {
             .headers_mut()
             .insert(RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECS));
         response
+    }
+
+    /// The sinks whose filter takes this event; each one whose filter does not is logged at
+    /// debug and counted (`kirimhook_sink_filtered_total`), so a filter that drops everything
+    /// can be seen.
+    fn route(&self, meta: &RecordMeta) -> Vec<String> {
+        let routes = self.settings.routes.current();
+        let mut sinks = Vec::with_capacity(routes.len());
+        for (name, filter) in routes.iter() {
+            if filter.matches(meta) {
+                sinks.push(name.clone());
+            } else {
+                tracing::debug!(
+                    sink = %name,
+                    event_type = meta.event_type.as_deref().unwrap_or("-"),
+                    source = meta.source.map(|s| s.as_str()).unwrap_or("-"),
+                    "not queued for this sink: its filter does not match"
+                );
+                self.settings.metrics.sink_filtered(name);
+            }
+        }
+        sinks
     }
 
     fn unauthorized(&self, error: &VerifyError, headers: &HeaderMap) -> HttpResponse {

@@ -149,6 +149,7 @@ pub struct SinkCounters {
     delivered: Counter,
     failed_attempts: Counter,
     dead_lettered: Counter,
+    filtered: Counter,
 }
 
 impl SinkCounters {
@@ -170,15 +171,23 @@ impl SinkCounters {
     }
 }
 
-/// What the store says at scrape time, for the gauges.
+/// What the store and the process say at scrape time, for the gauges.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Snapshot {
     /// Per configured sink.
     pub sinks: Vec<SinkSnapshot>,
-    /// Quarantined deliveries (approximate for large stores).
+    /// Quarantined deliveries (exact).
     pub quarantined: u64,
-    /// Bytes the store takes on disk.
+    /// Bytes the store's files take on disk.
     pub store_bytes: u64,
+    /// Free bytes on the store's filesystem at the last sample.
+    pub store_free_bytes: u64,
+    /// Whether deliveries are refused because free space is below `store.min_free_bytes`.
+    pub low_disk: bool,
+    /// Acknowledged deliveries the store found missing at recovery, over its life.
+    pub recovery_dropped: u64,
+    /// Log lines that could not be written to stderr since the start.
+    pub log_write_failures: u64,
 }
 
 /// One sink's gauges.
@@ -273,6 +282,7 @@ impl Metrics {
         let delivered = Family::<SinkLabels, Counter>::default();
         let failed = Family::<SinkLabels, Counter>::default();
         let dead = Family::<SinkLabels, Counter>::default();
+        let filtered = Family::<SinkLabels, Counter>::default();
         let sinks = sink_names
             .iter()
             .map(|name| {
@@ -283,6 +293,7 @@ impl Metrics {
                     delivered: delivered.get_or_create_owned(&labels),
                     failed_attempts: failed.get_or_create_owned(&labels),
                     dead_lettered: dead.get_or_create_owned(&labels),
+                    filtered: filtered.get_or_create_owned(&labels),
                 };
                 ((*name).to_owned(), counters)
             })
@@ -302,6 +313,12 @@ impl Metrics {
             "sink_dead_lettered",
             "Events a sink gave up on and moved to its dead letters",
             dead,
+        );
+        registry.register(
+            "sink_filtered",
+            "Accepted events not queued for a sink because its filter (events, sources, \
+             phone_number_ids) did not match",
+            filtered,
         );
 
         Metrics {
@@ -357,6 +374,13 @@ impl Metrics {
         self.inner.sinks.get(name).cloned().unwrap_or_default()
     }
 
+    /// Counts one accepted event that `sink`'s filter kept out of its queue.
+    pub fn sink_filtered(&self, sink: &str) {
+        if let Some(counters) = self.inner.sinks.get(sink) {
+            counters.filtered.inc();
+        }
+    }
+
     /// Every metric in the OpenMetrics text format ([`CONTENT_TYPE`]): the counters, then
     /// gauges made from `snapshot`.
     pub fn render(&self, snapshot: &Snapshot) -> String {
@@ -402,7 +426,43 @@ impl Metrics {
         );
         let bytes = Gauge::<i64>::default();
         bytes.set(i64::try_from(snapshot.store_bytes).unwrap_or(i64::MAX));
-        gauges.register_with_unit("store", "Disk space the store takes", Unit::Bytes, bytes);
+        gauges.register_with_unit(
+            "store",
+            "Disk space the store's files take",
+            Unit::Bytes,
+            bytes,
+        );
+        let free = Gauge::<i64>::default();
+        free.set(i64::try_from(snapshot.store_free_bytes).unwrap_or(i64::MAX));
+        gauges.register_with_unit(
+            "store_free",
+            "Free space on the store's filesystem at the last sample",
+            Unit::Bytes,
+            free,
+        );
+        let low = Gauge::<i64>::default();
+        low.set(i64::from(snapshot.low_disk));
+        gauges.register(
+            "store_low_disk",
+            "1 while deliveries are refused (503) because free space is below \
+             store.min_free_bytes",
+            low,
+        );
+        let dropped = Counter::<u64>::default();
+        dropped.inc_by(snapshot.recovery_dropped);
+        gauges.register(
+            "store_recovery_dropped",
+            "Acknowledged deliveries the store found missing when it recovered (a truncated \
+             or damaged journal), over the store's life",
+            dropped,
+        );
+        let log_failures = Counter::<u64>::default();
+        log_failures.inc_by(snapshot.log_write_failures);
+        gauges.register(
+            "log_write_failures",
+            "Log lines dropped because stderr could not be written",
+            log_failures,
+        );
 
         let mut out = String::with_capacity(4096);
         // Writing into a String cannot fail; prometheus-client's own encoders return Ok.
@@ -537,7 +597,12 @@ mod tests {
             }],
             quarantined: 1,
             store_bytes: 4096,
+            store_free_bytes: 1 << 30,
+            low_disk: true,
+            recovery_dropped: 1001,
+            log_write_failures: 3,
         };
+        metrics.sink_filtered("app");
         let text = metrics.render(&snapshot);
         let value =
             |series: &str| sample(&text, series).unwrap_or_else(|| panic!("{series} in\n{text}"));
@@ -549,6 +614,11 @@ mod tests {
         assert_eq!(value("kirimhook_sink_dead_letters{sink=\"app\"}"), 2.0);
         assert_eq!(value("kirimhook_quarantine_size"), 1.0);
         assert_eq!(value("kirimhook_store_bytes"), 4096.0);
+        assert_eq!(value("kirimhook_store_free_bytes"), f64::from(1u32 << 30));
+        assert_eq!(value("kirimhook_store_low_disk"), 1.0);
+        assert_eq!(value("kirimhook_store_recovery_dropped_total"), 1001.0);
+        assert_eq!(value("kirimhook_log_write_failures_total"), 3.0);
+        assert_eq!(value("kirimhook_sink_filtered_total{sink=\"app\"}"), 1.0);
         assert!(
             text.contains("# TYPE kirimhook_sink_queue_depth gauge"),
             "{text}"

@@ -3,11 +3,62 @@
 //! a stored event's [`RecordMeta`] is for that sink, and [`glob_match`] is the event-type glob
 //! it uses.
 //!
+//! The running routes (every sink with its filter) live in one [`Routes`] handle that the
+//! receive path, the admin API's replay and `app`'s reload share: a reload that changes a
+//! filter changes it everywhere at once.
+//!
 //! This module is pure: it does no I/O, does not read bodies (only the metadata the store kept),
 //! and does not validate its inputs; `config` checks the keys before building a [`Filter`].
 
+use std::sync::{Arc, RwLock};
+
 use crate::envelope::Source;
 use crate::store::RecordMeta;
+
+/// Every sink's name with its filter, in config order.
+pub type RouteTable = Arc<[(String, Filter)]>;
+
+/// The one shared handle on the running routes. Cheap to clone; every clone sees a
+/// [`Routes::replace`] at once.
+#[derive(Debug, Clone)]
+pub struct Routes {
+    table: Arc<RwLock<RouteTable>>,
+}
+
+impl Routes {
+    /// Routes for these sinks and filters.
+    pub fn new(table: impl Into<RouteTable>) -> Routes {
+        Routes {
+            table: Arc::new(RwLock::new(table.into())),
+        }
+    }
+
+    /// The routes now (a snapshot: a replace later does not change it).
+    pub fn current(&self) -> RouteTable {
+        match self.table.read() {
+            Ok(table) => table.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// The filter of `sink` now; a sink without routes gets everything.
+    pub fn filter(&self, sink: &str) -> Filter {
+        self.current()
+            .iter()
+            .find(|(name, _)| name == sink)
+            .map(|(_, filter)| filter.clone())
+            .unwrap_or_default()
+    }
+
+    /// Swaps in reloaded routes.
+    pub fn replace(&self, table: impl Into<RouteTable>) {
+        let table = table.into();
+        match self.table.write() {
+            Ok(mut current) => *current = table,
+            Err(poisoned) => *poisoned.into_inner() = table,
+        }
+    }
+}
 
 /// Which events a sink takes. Every criterion that is given must match; a criterion left out
 /// (`None`) matches everything, so [`Filter::default`] takes every event, quarantined ones
@@ -130,6 +181,24 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
         }
     }
     pattern[p..].iter().all(|&b| b == b'*')
+}
+
+#[cfg(test)]
+mod routes_tests {
+    use super::*;
+
+    #[test]
+    fn every_clone_sees_a_replace() {
+        let routes = Routes::new(vec![(
+            "app".to_owned(),
+            Filter::new(Some(vec!["message.*".into()]), None, None),
+        )]);
+        let reader = routes.clone();
+        assert!(!reader.filter("app").is_everything());
+        assert!(reader.filter("other").is_everything());
+        routes.replace(vec![("app".to_owned(), Filter::default())]);
+        assert!(reader.filter("app").is_everything());
+    }
 }
 
 #[cfg(test)]

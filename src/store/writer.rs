@@ -580,13 +580,13 @@ impl Writer {
         let mut more = false;
 
         // Signed-content digests are needed only while a replay could still verify.
-        let mut signatures = 0;
-        for guard in self
+        for (swept_signatures, guard) in self
             .ks
             .signatures_by_time
             .range(..signatures_cutoff_ms.to_be_bytes())
+            .enumerate()
         {
-            if signatures == SWEEP_STEP {
+            if swept_signatures == SWEEP_STEP {
                 more = true;
                 break;
             }
@@ -602,7 +602,6 @@ impl Writer {
                 batch.remove(&self.ks.signatures, digest);
             }
             batch.remove(&self.ks.signatures_by_time, index_key);
-            signatures += 1;
         }
 
         for guard in self.ks.dedupe_by_time.range(..cutoff_ms.to_be_bytes()) {
