@@ -33,7 +33,7 @@ use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
@@ -558,10 +558,7 @@ pub fn parse_rfc3339(text: &str) -> Result<SystemTime, String> {
     utc.ok_or_else(invalid)
 }
 
-/// An RFC 3339 UTC time with milliseconds.
-pub fn rfc3339_ms(ms: u64) -> String {
-    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
-}
+pub use crate::time::rfc3339_ms;
 
 fn optional_time(ms: u64) -> Option<String> {
     (ms > 0).then(|| rfc3339_ms(ms))
@@ -1226,7 +1223,9 @@ mod tests {
         let at = |s: &str| parse_rfc3339(s).unwrap();
         let base = at("2026-06-01T12:00:00Z");
         assert_eq!(
-            base.duration_since(UNIX_EPOCH).unwrap().as_secs(),
+            base.duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs(),
             1_780_315_200
         );
         assert_eq!(at("2026-06-01T19:00:00+07:00"), base);
@@ -1252,6 +1251,9 @@ mod tests {
             .unwrap_err()
             .contains("time zone"));
         assert_eq!(rfc3339_ms(1_780_315_200_250), "2026-06-01T12:00:00.250Z");
+        // A stored time from a broken clock, past year 9999: clamped, no panic.
+        assert_eq!(rfc3339_ms(u64::MAX), "9999-12-31T23:59:59.999Z");
+        assert_eq!(rfc3339_ms(253_402_300_800_000), "9999-12-31T23:59:59.999Z");
     }
 
     #[test]

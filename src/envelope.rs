@@ -3,10 +3,19 @@
 //! family it belongs to, its event type and id, the Meta `phone_number_id`s it concerns, and the
 //! deduplication keys under which it must be admitted.
 //!
+//! The signature covers the body only, so the body decides the shape and the keys wherever it
+//! can: the `X-Kirim-*` headers cannot make a captured body a different or a new event. The body
+//! is sniffed first and `X-Kirim-Source` is consulted only for a body that fits no shape by itself
+//! (spec 5.1 reads the header first; for a body that fits two shapes the two orders disagree, and
+//! the header must not choose). `X-Kirim-Event-Id` keys only an alternate message envelope whose
+//! body has no `data.message.id` (spec 9.1 puts the header first there); every other key comes
+//! from the body. `X-Kirim-Event` and `X-Kirim-Event-Id` still name the event's type and id.
+//!
 //! The body is parsed once, into small borrowed structs that keep only the fields classification
-//! needs and skip everything else; fields of an unexpected type are treated as absent, so an
-//! authentic body is never rejected for its content: anything unrecognised comes back as
-//! [`Classified::Unrecognized`] with a hash key, to be stored in quarantine.
+//! needs and skip everything else; fields of an unexpected type, and numbers out of the `f64`
+//! range where a field is read, are treated as absent, so an authentic body is never rejected
+//! for its content: anything unrecognised (including a body that is not UTF-8, which is not JSON
+//! text) comes back as [`Classified::Unrecognized`] with a hash key, to be stored in quarantine.
 //!
 //! This module does no I/O and does not check signatures (call `signature::verify` first). It
 //! does not interpret event payloads (`data`, message contents, status details), validate id
@@ -53,7 +62,8 @@ pub enum Shape {
 }
 
 /// A deduplication key, e.g. `"kirim:evt_…"`, `"meta:msg:wamid…"`,
-/// `"meta:status:wamid…:delivered"`, `"sha256:<64 hex>"` (spec 9.1).
+/// `"meta:status:wamid…:delivered"`, `"sha256:<64 hex>"` (spec 9.1). In a status key, `%` and
+/// `:` inside the id or the status are written `%25` and `%3A`.
 #[derive(
     Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
 )]
@@ -81,6 +91,33 @@ impl DedupeKey {
         }
         DedupeKey(key)
     }
+
+    /// `meta:status:<id>:<status>`, with `%` and `:` inside `id` and `status` written `%25`
+    /// and `%3A`, so that the key names one pair only. Real wamids and statuses hold neither
+    /// character, so their keys are exactly the spec's.
+    fn status(id: &str, status: &str) -> Self {
+        let mut key = String::with_capacity("meta:status::".len() + id.len() + status.len());
+        key.push_str("meta:status:");
+        push_escaped(&mut key, id);
+        key.push(':');
+        push_escaped(&mut key, status);
+        DedupeKey(key)
+    }
+}
+
+/// Appends `part` with `%` written `%25` and `:` written `%3A`.
+fn push_escaped(key: &mut String, part: &str) {
+    if !part.contains(['%', ':']) {
+        key.push_str(part);
+        return;
+    }
+    for c in part.chars() {
+        match c {
+            '%' => key.push_str("%25"),
+            ':' => key.push_str("%3A"),
+            c => key.push(c),
+        }
+    }
 }
 
 impl AsRef<str> for DedupeKey {
@@ -95,15 +132,19 @@ impl fmt::Display for DedupeKey {
     }
 }
 
-/// The `X-Kirim-*` header values that steer classification (raw, as received; `None` when
-/// absent). Surrounding spaces and tabs are ignored, and an empty value counts as absent.
+/// The `X-Kirim-*` header values that classification reads (raw, as received; `None` when
+/// absent). Surrounding spaces and tabs are ignored, and an empty value counts as absent. They
+/// are not signed: they never change the shape or keys of a body that has its own (see
+/// [`classify`]).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Hints<'a> {
-    /// `X-Kirim-Source`: `meta`, `kirim` or `kirimdev` (any case); anything else means "sniff".
+    /// `X-Kirim-Source`: `kirim` or `kirimdev` (any case) lets a body that fits no shape be an
+    /// envelope without the `evt_` prefix or `data`; any other value changes nothing.
     pub source: Option<&'a str>,
     /// `X-Kirim-Event`: preferred over the type found in the body.
     pub event: Option<&'a str>,
-    /// `X-Kirim-Event-Id`: preferred over the id found in the body.
+    /// `X-Kirim-Event-Id`: preferred over the id found in the body as the event id; a dedupe
+    /// key only for an alternate message envelope without `data.message.id`.
     pub event_id: Option<&'a str>,
 }
 
@@ -132,7 +173,9 @@ pub struct EventInfo {
     /// `messages[].id`, else the first `statuses[].id`; for the alternate shape
     /// `data.message.id`; else `None`.
     pub event_id: Option<String>,
-    /// Deduplication keys (spec 9.1): never empty, without duplicates, in body order.
+    /// Deduplication keys (spec 9.1): never empty, without duplicates, in body order; taken
+    /// from the body, except `event:<X-Kirim-Event-Id>` for an alternate message envelope
+    /// without `data.message.id`.
     pub keys: Vec<DedupeKey>,
     /// Meta only: every distinct `entry[].changes[].value.metadata.phone_number_id`, in body
     /// order; empty for other shapes.
@@ -153,15 +196,19 @@ pub struct Unrecognized {
 pub enum UnrecognizedReason {
     /// Not a single JSON value (empty, truncated, trailing data, a byte-order mark, …).
     NotJson,
+    /// Not UTF-8 (JSON text is UTF-8, RFC 8259 section 8.1), even where it is otherwise
+    /// well-formed JSON.
+    NotUtf8,
     /// Valid JSON, but not an object of any known shape.
     UnknownShape,
 }
 
 impl UnrecognizedReason {
-    /// `"not_json"` or `"unknown_shape"`, for logs and metric labels.
+    /// `"not_json"`, `"not_utf8"` or `"unknown_shape"`, for logs and metric labels.
     pub fn as_str(self) -> &'static str {
         match self {
             UnrecognizedReason::NotJson => "not_json",
+            UnrecognizedReason::NotUtf8 => "not_utf8",
             UnrecognizedReason::UnknownShape => "unknown_shape",
         }
     }
@@ -184,35 +231,45 @@ pub fn body_hash_key(body: &[u8]) -> DedupeKey {
 /// Classifies a verified body (spec 5.1). Never fails: anything not recognised is
 /// [`Classified::Unrecognized`].
 ///
-/// `X-Kirim-Source: meta` tries the Meta shape first, `kirim` / `kirimdev` the envelope first
-/// (where only a non-empty string `id` and a string `type` are required); when the named shape
-/// does not match, or the header is absent or unknown, the body is sniffed: Meta passthrough,
-/// then envelope (`id` starting `evt_`, string `type`, object `data`), then alternate message
-/// envelope (string `event`, object `data`).
+/// The body decides its shape and keys: it is sniffed first (Meta passthrough, then envelope with
+/// an `id` starting `evt_`, a string `type` and an object `data`, then alternate message envelope
+/// with a string `event` and an object `data`). The unsigned headers never override what the
+/// body says: only a body that fits no shape by itself is taken as an envelope when
+/// `X-Kirim-Source` is `kirim` / `kirimdev` (any case) and it has a non-empty string `id` and a
+/// string `type`; and `X-Kirim-Event-Id` keys an alternate message envelope only when its body
+/// has no `data.message.id`.
 #[must_use]
 pub fn classify(hints: Hints<'_>, body: &[u8]) -> Classified {
-    let parsed = match serde_json::from_slice::<Lenient<Body<'_>>>(body) {
-        Ok(Lenient(Some(parsed))) => parsed,
-        Ok(Lenient(None)) => return unrecognized(UnrecognizedReason::UnknownShape, body),
-        // Valid JSON that the typed pass refuses (duplicate keys) is still JSON.
-        Err(_) if serde_json::from_slice::<IgnoredAny>(body).is_ok() => {
-            return unrecognized(UnrecognizedReason::UnknownShape, body)
+    let Ok(text) = std::str::from_utf8(body) else {
+        return unrecognized(UnrecognizedReason::NotUtf8, body);
+    };
+    let zeroed: String;
+    let parsed = match parse(text) {
+        Ok(Some(parsed)) => parsed,
+        Ok(None) => return unrecognized(UnrecognizedReason::UnknownShape, body),
+        Err(_) if serde_json::from_str::<IgnoredAny>(text).is_err() => {
+            return unrecognized(UnrecognizedReason::NotJson, body)
         }
-        Err(_) => return unrecognized(UnrecognizedReason::NotJson, body),
+        // Valid JSON that the typed pass refused: a number out of the f64 range (serde_json
+        // refuses `1e400` as soon as it is read as a value, even where a string is expected)
+        // or a duplicate key. The classifier reads no number, so read it again with every
+        // number set to 0; a duplicate key still fails and is ambiguous, so of no known shape.
+        Err(_) => {
+            zeroed = zero_numbers(text);
+            match parse(&zeroed) {
+                Ok(Some(parsed)) => parsed,
+                _ => return unrecognized(UnrecognizedReason::UnknownShape, body),
+            }
+        }
     };
 
-    let named = match hints.source.and_then(non_empty) {
-        Some(s) if s.eq_ignore_ascii_case("meta") => Some(Shape::MetaPassthrough),
-        Some(s) if s.eq_ignore_ascii_case("kirim") || s.eq_ignore_ascii_case("kirimdev") => {
-            Some(Shape::KirimEnvelope)
-        }
-        _ => None,
-    };
-    let shape = match named {
-        Some(Shape::MetaPassthrough) if parsed.is_meta() => Some(Shape::MetaPassthrough),
-        Some(Shape::KirimEnvelope) if parsed.is_named_envelope() => Some(Shape::KirimEnvelope),
-        _ => parsed.sniff(),
-    };
+    let kirim_named = hints
+        .source
+        .and_then(non_empty)
+        .is_some_and(|s| s.eq_ignore_ascii_case("kirim") || s.eq_ignore_ascii_case("kirimdev"));
+    let shape = parsed
+        .sniff()
+        .or_else(|| (kirim_named && parsed.is_named_envelope()).then_some(Shape::KirimEnvelope));
 
     let hint_event = hints.event.and_then(non_empty);
     let hint_event_id = hints.event_id.and_then(non_empty);
@@ -238,9 +295,12 @@ pub fn classify(hints: Hints<'_>, body: &[u8]) -> Classified {
                 .and_then(|data| data.message.as_ref())
                 .and_then(|message| message.id.as_deref())
                 .filter(|id| !id.is_empty());
-            let key = match (hint_event_id, message_id) {
-                (Some(event_id), _) => DedupeKey::build("event:", &[event_id]),
-                (None, Some(message_id)) => DedupeKey::build("message:", &[message_id]),
+            // The body's id first: a header is not signed, so it may only key a body that
+            // carries no id of its own (the top-level `wbd_` id is a delivery id, new on
+            // every attempt, so it is no key).
+            let key = match (message_id, hint_event_id) {
+                (Some(message_id), _) => DedupeKey::build("message:", &[message_id]),
+                (None, Some(event_id)) => DedupeKey::build("event:", &[event_id]),
                 (None, None) => body_hash_key(body),
             };
             Classified::Event(EventInfo {
@@ -254,6 +314,43 @@ pub fn classify(hints: Hints<'_>, body: &[u8]) -> Classified {
         }
         None => unrecognized(UnrecognizedReason::UnknownShape, body),
     }
+}
+
+/// The typed view of `text`, `None` when it is JSON but not an object.
+fn parse(text: &str) -> Result<Option<Body<'_>>, serde_json::Error> {
+    serde_json::from_str::<Lenient<Body<'_>>>(text).map(|parsed| parsed.0)
+}
+
+/// A copy of `json` (valid JSON) in which every number is `0`; strings are left untouched.
+fn zero_numbers(json: &str) -> String {
+    let bytes = json.as_bytes();
+    let mut out = String::with_capacity(json.len());
+    let mut copied = 0;
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'"' => {
+                i += 1;
+                while i < bytes.len() && bytes[i] != b'"' {
+                    i += if bytes[i] == b'\\' { 2 } else { 1 };
+                }
+                i += 1;
+            }
+            b'-' | b'0'..=b'9' => {
+                let end = bytes[i..]
+                    .iter()
+                    .position(|b| !matches!(b, b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E'))
+                    .map_or(bytes.len(), |len| i + len);
+                out.push_str(&json[copied..i]);
+                out.push('0');
+                copied = end;
+                i = end;
+            }
+            _ => i += 1,
+        }
+    }
+    out.push_str(json.get(copied..).unwrap_or_default());
+    out
 }
 
 fn unrecognized(reason: UnrecognizedReason, body: &[u8]) -> Classified {
@@ -325,7 +422,7 @@ fn meta_info(
             }
             let state = status.status.as_deref().filter(|s| !s.is_empty());
             if let (Some(id), Some(state)) = (id, state) {
-                keys.push(DedupeKey::build("meta:status:", &[id, ":", state]));
+                keys.push(DedupeKey::status(id, state));
             }
         }
     }
@@ -1033,7 +1130,8 @@ mod tests {
             info.event_id.as_deref(),
             Some("evt_01KTQRDK8RGHFQWW3MZQZN8B5H")
         );
-        assert_eq!(keys(&info), ["event:evt_01KTQRDK8RGHFQWW3MZQZN8B5H"]);
+        // The key comes from the body's message id, not from the unsigned header.
+        assert_eq!(keys(&info), ["message:msg_01KTQRDK4HC6FXC9PDQN0GCBWY"]);
     }
 
     #[test]
@@ -1071,7 +1169,6 @@ mod tests {
             b"{\"a\":1} trailing",
             b"{\"a\":1}{\"a\":1}",
             b"\xEF\xBB\xBF{\"a\":1}",
-            b"\xff\xfe",
         ] {
             let u = unknown(body);
             assert_eq!(u.reason, UnrecognizedReason::NotJson, "{body:?}");
@@ -1126,6 +1223,7 @@ mod tests {
         assert_eq!(Source::Kirim.as_str(), "kirim");
         assert_eq!(Source::Meta.as_str(), "meta");
         assert_eq!(UnrecognizedReason::NotJson.as_str(), "not_json");
+        assert_eq!(UnrecognizedReason::NotUtf8.as_str(), "not_utf8");
         assert_eq!(UnrecognizedReason::UnknownShape.as_str(), "unknown_shape");
         let json = serde_json::to_string(&(
             Source::Meta,
@@ -1148,5 +1246,221 @@ mod tests {
         assert_eq!(back.to_string(), back.as_str());
         let source: Source = serde_json::from_str("\"kirim\"").expect("deserialises");
         assert_eq!(source, Source::Kirim);
+    }
+
+    /// Bodies that classify as an event with no headers at all, including ones that fit two
+    /// shapes (alternate and relaxed envelope; Meta and envelope).
+    const HEADER_PROOF_BODIES: [&[u8]; 4] = [
+        ALTERNATE,
+        br#"{"id":"x1","type":"t","event":"message.received","data":{"message":{"id":"m1"}}}"#,
+        br#"{"object":"whatsapp_business_account","entry":[],"id":"evt_1","type":"t","data":{}}"#,
+        F3,
+    ];
+
+    #[test]
+    fn unsigned_headers_never_change_the_keys_or_shape_of_a_body() {
+        let sources = [
+            None,
+            Some("kirim"),
+            Some("kirimdev"),
+            Some("meta"),
+            Some("x"),
+        ];
+        let event_ids = [None, Some("evt_A"), Some("evt_B"), Some("wamid.X")];
+        let mut bodies: Vec<&[u8]> = HEADER_PROOF_BODIES.to_vec();
+        bodies.extend(FIXTURES.iter().map(|f| f.0));
+        for body in bodies {
+            let plain = event(Hints::default(), body);
+            for source in sources {
+                for event_id in event_ids {
+                    let hints = Hints {
+                        source,
+                        event: Some("other.type"),
+                        event_id,
+                    };
+                    let info = event(hints, body);
+                    let text = String::from_utf8_lossy(body);
+                    assert_eq!(info.keys, plain.keys, "{source:?} {event_id:?} {text}");
+                    assert_eq!(info.shape, plain.shape, "{source:?} {event_id:?} {text}");
+                    assert_eq!(info.source, plain.source, "{source:?} {event_id:?} {text}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_body_of_two_shapes_is_keyed_by_its_sniffed_shape() {
+        let body = HEADER_PROOF_BODIES[1];
+        for src in [None, Some("kirim"), Some("kirimdev")] {
+            let hints = Hints {
+                source: src,
+                ..Hints::default()
+            };
+            let info = event(hints, body);
+            assert_eq!(info.shape, Shape::AlternateMessage, "{src:?}");
+            assert_eq!(keys(&info), ["message:m1"], "{src:?}");
+        }
+        let body = HEADER_PROOF_BODIES[2];
+        let info = event(source("kirim"), body);
+        assert_eq!(info.shape, Shape::MetaPassthrough);
+        assert_eq!(info.keys, [body_hash_key(body)]);
+    }
+
+    #[test]
+    fn alternate_without_any_body_id_falls_back_to_the_event_id_header() {
+        let body =
+            br#"{"id":"wbd_1","event":"message.received","data":{"message":{"status":"read"}}}"#;
+        let hints = Hints {
+            event_id: Some("evt_01KTQRDK8RGHFQWW3MZQZN8B5H"),
+            ..Hints::default()
+        };
+        let info = event(hints, body);
+        assert_eq!(info.shape, Shape::AlternateMessage);
+        assert_eq!(keys(&info), ["event:evt_01KTQRDK8RGHFQWW3MZQZN8B5H"]);
+        assert_eq!(event(Hints::default(), body).keys, [body_hash_key(body)]);
+    }
+
+    #[test]
+    fn a_body_that_is_not_utf8_is_not_utf8() {
+        for body in [
+            &b"{\"id\":\"evt_R3\",\"type\":\"t\",\"data\":{\"text\":\"\xff\xfe\"}}"[..],
+            b"{\"object\":\"whatsapp_business_account\",\"entry\":[],\"x\":\"\xc0\x80\"}",
+            b"{\"event\":\"message.received\",\"data\":{},\"x\":\"\xed\xa0\x80\"}",
+            b"\xff\xfe",
+        ] {
+            for hints in [Hints::default(), source("kirim"), source("meta")] {
+                let Classified::Unrecognized(u) = classify(hints, body) else {
+                    panic!("{:?} should be unrecognised", String::from_utf8_lossy(body));
+                };
+                assert_eq!(u.reason, UnrecognizedReason::NotUtf8, "{body:?}");
+                assert_eq!(u.key, body_hash_key(body));
+            }
+        }
+        assert_eq!(UnrecognizedReason::NotUtf8.as_str(), "not_utf8");
+    }
+
+    #[test]
+    fn status_keys_are_unambiguous() {
+        let a = event(Hints::default(), status_body("a:b", "c").as_bytes());
+        let b = event(Hints::default(), status_body("a", "b:c").as_bytes());
+        assert_ne!(a.keys, b.keys);
+        assert_eq!(keys(&a), ["meta:status:a%3Ab:c"]);
+        assert_eq!(keys(&b), ["meta:status:a:b%3Ac"]);
+        // `%` is escaped too, so an escaped-looking id cannot meet a real `:`.
+        let c = event(Hints::default(), status_body("a%3Ab", "c").as_bytes());
+        assert_eq!(keys(&c), ["meta:status:a%253Ab:c"]);
+        // Real wamids and statuses hold neither character: the spec's keys, unchanged.
+        let wamid = "wamid.HBgNNjI4MTM5ODc2NTQzMhUCABIYFjNFQjA0MjA5RkUxNUE5RURDRDU0NDM0OQA=";
+        let d = event(Hints::default(), status_body(wamid, "read").as_bytes());
+        assert_eq!(keys(&d), [format!("meta:status:{wamid}:read")]);
+    }
+
+    #[test]
+    fn an_out_of_range_number_in_a_field_read_counts_as_absent() {
+        // Each field the classifier reads, with a number serde_json cannot hold as an f64;
+        // the body stays what it is without that field.
+        let cases: [(&str, Shape, &[&str]); 16] = [
+            (
+                r#"{"object":1e400,"id":"evt_1","type":"t","data":{}}"#,
+                Shape::KirimEnvelope,
+                &["kirim:evt_1"],
+            ),
+            (
+                r#"{"object":"whatsapp_business_account","entry":-1e400,"id":"evt_1","type":"t","data":{}}"#,
+                Shape::KirimEnvelope,
+                &["kirim:evt_1"],
+            ),
+            (
+                r#"{"object":"whatsapp_business_account","entry":[1e400,{"changes":[{"value":{"messages":[{"id":"wamid.A"}]}}]}]}"#,
+                Shape::MetaPassthrough,
+                &["meta:msg:wamid.A"],
+            ),
+            (
+                r#"{"object":"whatsapp_business_account","entry":[{"changes":1e400}]}"#,
+                Shape::MetaPassthrough,
+                &[],
+            ),
+            (
+                r#"{"object":"whatsapp_business_account","entry":[{"changes":[1e400,{"value":1e400},{"value":{"messages":[{"id":"wamid.A"}]}}]}]}"#,
+                Shape::MetaPassthrough,
+                &["meta:msg:wamid.A"],
+            ),
+            (
+                r#"{"object":"whatsapp_business_account","entry":[{"changes":[{"value":{"metadata":1e400,"messages":[{"id":"wamid.A"}]}}]}]}"#,
+                Shape::MetaPassthrough,
+                &["meta:msg:wamid.A"],
+            ),
+            (
+                r#"{"object":"whatsapp_business_account","entry":[{"changes":[{"value":{"metadata":{"phone_number_id":1e400},"messages":[{"id":"wamid.A"}]}}]}]}"#,
+                Shape::MetaPassthrough,
+                &["meta:msg:wamid.A"],
+            ),
+            (
+                r#"{"object":"whatsapp_business_account","entry":[{"changes":[{"value":{"messages":1e400,"statuses":[{"id":"wamid.S","status":"read"}]}}]}]}"#,
+                Shape::MetaPassthrough,
+                &["meta:status:wamid.S:read"],
+            ),
+            (
+                r#"{"object":"whatsapp_business_account","entry":[{"changes":[{"value":{"messages":[1e400,{"id":1e400},{"id":"wamid.A"}]}}]}]}"#,
+                Shape::MetaPassthrough,
+                &["meta:msg:wamid.A"],
+            ),
+            (
+                r#"{"object":"whatsapp_business_account","entry":[{"changes":[{"value":{"statuses":1e400,"messages":[{"id":"wamid.A"}]}}]}]}"#,
+                Shape::MetaPassthrough,
+                &["meta:msg:wamid.A"],
+            ),
+            (
+                r#"{"object":"whatsapp_business_account","entry":[{"changes":[{"value":{"statuses":[1e400,{"id":1e400,"status":"read"},{"id":"wamid.S","status":1e400},{"id":"wamid.T","status":"sent"}]}}]}]}"#,
+                Shape::MetaPassthrough,
+                &["meta:status:wamid.T:sent"],
+            ),
+            (
+                r#"{"id":1e400,"event":"message.received","data":{"message":{"id":"m1"}}}"#,
+                Shape::AlternateMessage,
+                &["message:m1"],
+            ),
+            (
+                r#"{"id":"evt_1","type":1e400,"event":"message.received","data":{"message":{"id":"m1"}}}"#,
+                Shape::AlternateMessage,
+                &["message:m1"],
+            ),
+            (
+                r#"{"id":"evt_1","type":"t","event":1e400,"data":{"message":{"id":"m1"}}}"#,
+                Shape::KirimEnvelope,
+                &["kirim:evt_1"],
+            ),
+            (
+                r#"{"id":"wbd_1","event":"message.received","data":{"message":1e400,"text":"1e400"}}"#,
+                Shape::AlternateMessage,
+                &[],
+            ),
+            (
+                r#"{"id":"wbd_1","event":"message.received","data":{"message":{"id":1e400}}}"#,
+                Shape::AlternateMessage,
+                &[],
+            ),
+        ];
+        for (body, shape, expected) in cases {
+            let info = event(Hints::default(), body.as_bytes());
+            assert_eq!(info.shape, shape, "{body}");
+            if expected.is_empty() {
+                assert_eq!(info.keys, [body_hash_key(body.as_bytes())], "{body}");
+            } else {
+                assert_eq!(keys(&info), expected, "{body}");
+            }
+        }
+        // `data` itself out of range: absent, so no shape, and still JSON.
+        let body = br#"{"id":"evt_1","type":"t","data":1e400}"#;
+        assert_eq!(unknown(body).reason, UnrecognizedReason::UnknownShape);
+        // Strings that look like numbers are left alone.
+        let body =
+            br#"{"id":"evt_1e400","type":"1e400","data":{"x":[1e400,"-2e999",{"y":-9e9999}]}}"#;
+        let info = event(Hints::default(), body);
+        assert_eq!(keys(&info), ["kirim:evt_1e400"]);
+        assert_eq!(info.event_type.as_deref(), Some("1e400"));
+        // A duplicate key is still refused after the numbers are set aside.
+        let body = br#"{"id":"evt_1","id":"evt_2","type":"t","data":{"n":1e400}}"#;
+        assert_eq!(unknown(body).reason, UnrecognizedReason::UnknownShape);
     }
 }

@@ -22,6 +22,7 @@
 //!   [`admin_cli`] is that API's command-line client.
 //! - [`app`]: wires it all under one shutdown token and applies reloads (SIGHUP); [`config`],
 //!   [`cli`], [`telemetry`], [`shutdown`], [`systemd`], [`send`] and [`accounts`] are the edges.
+//! - [`time`]: stored millisecond times written as RFC 3339, without a panic for any value.
 
 pub mod accounts;
 pub mod admin;
@@ -45,4 +46,5 @@ pub mod sinks;
 pub mod store;
 pub mod systemd;
 pub mod telemetry;
+pub mod time;
 pub mod tls;

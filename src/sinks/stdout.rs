@@ -114,7 +114,7 @@ pub fn write_line(event: &StoredEvent, out: &mut Vec<u8>) {
         source: meta.source,
         delivery_id: meta.delivery_id(),
         attempt: meta.attempt(),
-        received_at: humantime::format_rfc3339_millis(meta.received_at()).to_string(),
+        received_at: crate::time::rfc3339_ms(meta.received_at_ms),
         secret_id: &meta.secret_id,
         phone_number_id: meta.phone_number_ids.first().map(String::as_str),
     };
@@ -178,6 +178,16 @@ mod tests {
         );
         let parsed: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(parsed["body"]["a"], 2);
+    }
+
+    #[test]
+    fn a_received_at_past_year_9999_is_clamped() {
+        let mut late = event(b"{}", vec![]);
+        late.meta.received_at_ms = u64::MAX;
+        let mut out = Vec::new();
+        write_line(&late, &mut out);
+        let parsed: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(parsed["received_at"], "9999-12-31T23:59:59.999Z");
     }
 
     #[test]

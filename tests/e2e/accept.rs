@@ -1,6 +1,8 @@
 //! What an authentic delivery gets: the fixtures accepted and streamed exactly once with the
 //! right fields and their exact bytes, retries answered "duplicate" and not streamed again,
-//! statuses of one message kept apart, and unrecognised bodies quarantined rather than refused.
+//! statuses of one message kept apart, unrecognised bodies (also bodies that are not UTF-8)
+//! quarantined rather than refused, and a captured delivery sent again with other unsigned
+//! headers answered "duplicate".
 
 use std::time::{Duration, SystemTime};
 
@@ -377,5 +379,105 @@ async fn either_signature_header_verifying_is_enough_when_both_are_present() {
         401,
         json!({"error": "signature_expired"}),
         "F6 with two stale signature headers",
+    );
+}
+
+/// Waits for the line of `sentinel_id` on stdout, then asserts that it is the only line: no
+/// other delivery was streamed.
+async fn assert_only_the_sentinel_streamed(daemon: &Daemon, sentinel_id: &str) {
+    let seen = daemon
+        .stdout
+        .wait_for(|lines, _| lines.iter().any(|l| l.contains(sentinel_id)).then_some(()))
+        .await;
+    let lines = daemon.stdout.lines();
+    assert!(
+        seen.is_some(),
+        "the sentinel did not appear on stdout; stdout:\n{}\nstderr:\n{}",
+        lines.join("\n"),
+        daemon.stderr_text()
+    );
+    assert_eq!(
+        lines.len(),
+        1,
+        "stdout should carry the sentinel only; stdout:\n{}",
+        lines.join("\n")
+    );
+}
+
+#[tokio::test]
+async fn a_body_that_is_not_utf8_is_quarantined_and_not_streamed() {
+    let dir = temp_dir();
+    let daemon = Daemon::start(dir.path(), &Settings::default()).await;
+    let mut client = daemon.client();
+
+    let id = new_event_id();
+    let mut body =
+        format!(r#"{{"id":"{id}","type":"contact.created","data":{{"text":""#).into_bytes();
+    body.extend_from_slice(b"\xff\xfe\"}}");
+    let delivery = kirim_delivery(&id, "contact.created", body);
+    client.send(&delivery).await.expect(
+        200,
+        json!({"status": "quarantined"}),
+        "authentic envelope whose body is not UTF-8",
+    );
+
+    let sentinel = sentinel();
+    client
+        .send(&sentinel)
+        .await
+        .expect(200, json!({"status": "accepted"}), "sentinel");
+    assert_only_the_sentinel_streamed(&daemon, sentinel.event_id()).await;
+}
+
+#[tokio::test]
+async fn unsigned_headers_cannot_make_a_captured_delivery_new() {
+    let dir = temp_dir();
+    let daemon = Daemon::start(dir.path(), &Settings::default()).await;
+    let mut client = daemon.client();
+
+    // An alternate message envelope whose body also fits the envelope when the header says
+    // `kirim`: the body's message id keys it, whatever the headers say.
+    let message_id = new_event_id().replace("evt_", "msg_");
+    let body = format!(
+        r#"{{"id":"wbd_1","type":"message.received","event":"message.received","data":{{"message":{{"id":"{message_id}","content":"Halo"}}}}}}"#
+    );
+    let first_id = new_event_id();
+    let captured = kirim_delivery(&first_id, "message.received", body.into_bytes())
+        .without_header("X-Kirim-Source");
+    client.send(&captured).await.expect(
+        200,
+        json!({"status": "accepted"}),
+        "alternate message envelope, first time",
+    );
+    let replays = [
+        captured
+            .clone()
+            .with_header("X-Kirim-Event-Id", &new_event_id()),
+        captured.clone().with_header("X-Kirim-Source", "kirim"),
+        captured
+            .clone()
+            .without_header("X-Kirim-Event-Id")
+            .with_header("X-Kirim-Source", "kirimdev"),
+    ];
+    for replay in &replays {
+        client.send(replay).await.expect(
+            200,
+            json!({"status": "duplicate"}),
+            "the same signed body with other unsigned headers",
+        );
+    }
+
+    let event = daemon.wait_for_event(&first_id).await;
+    assert_eq!(event.keys(), vec![format!("message:{message_id}")]);
+    let sentinel = sentinel();
+    client
+        .send(&sentinel)
+        .await
+        .expect(200, json!({"status": "accepted"}), "sentinel");
+    daemon.wait_for_event(sentinel.event_id()).await;
+    assert_eq!(
+        daemon.event_ids(),
+        vec![first_id, sentinel.event_id().to_owned()],
+        "the captured delivery must be streamed once"
     );
 }
