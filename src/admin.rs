@@ -181,7 +181,7 @@ pub struct QuarantineSummary {
     pub event_type: Option<String>,
     /// When kirimhook received it (RFC 3339).
     pub received_at: String,
-    /// Why it was not recognised (`not_json`, `unknown_shape`).
+    /// Why it was not recognised (`not_utf8`, `not_json`, `unknown_shape`).
     pub reason: Option<String>,
     /// Body size in bytes.
     pub body_bytes: usize,

@@ -35,7 +35,7 @@ pub struct RecordMeta {
     /// Meta `phone_number_id`s the event belongs to (Meta passthrough only).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub phone_number_ids: Vec<String>,
-    /// Why a quarantined delivery was not recognised (`not_json`, `unknown_shape`).
+    /// Why a quarantined delivery was not recognised (`not_utf8`, `not_json`, `unknown_shape`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quarantine_reason: Option<String>,
 }

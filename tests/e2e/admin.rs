@@ -25,14 +25,14 @@ use crate::target::{refused_addr, Plan, Target};
 const POLL: Duration = Duration::from_millis(25);
 
 /// One `[[sinks]]` table of kind `http` to `url`, with quick retries.
-fn http_sink(name: &str, url: &str) -> String {
+pub fn http_sink(name: &str, url: &str) -> String {
     format!(
         "[[sinks]]\nname = \"{name}\"\nkind = \"http\"\nurl = \"{url}\"\ntimeout_secs = 5\n\
          [sinks.retry]\ninitial_backoff_ms = 50\nmax_backoff_secs = 1\nmax_attempts = 5\n\n"
     )
 }
 
-fn admin_addr(daemon: &Daemon) -> SocketAddr {
+pub fn admin_addr(daemon: &Daemon) -> SocketAddr {
     daemon.admin_addr.unwrap_or_else(|| {
         panic!(
             "the daemon logged no \"admin listening\" line; stderr:\n{}",
@@ -41,19 +41,19 @@ fn admin_addr(daemon: &Daemon) -> SocketAddr {
     })
 }
 
-fn admin_url(daemon: &Daemon) -> String {
+pub fn admin_url(daemon: &Daemon) -> String {
     format!("http://{}", admin_addr(daemon))
 }
 
 /// `GET path` on the admin listener.
-async fn get(daemon: &Daemon, path: &str) -> Reply {
+pub async fn get(daemon: &Daemon, path: &str) -> Reply {
     Client::new(admin_addr(daemon))
         .request(Method::GET, path, &[], Vec::new())
         .await
 }
 
 /// Runs `kirimhook ARGS` (off the runtime's threads).
-async fn kirimhook(args: Vec<String>) -> Output {
+pub async fn kirimhook(args: Vec<String>) -> Output {
     tokio::task::spawn_blocking(move || {
         Command::new(env!("CARGO_BIN_EXE_kirimhook"))
             .args(&args)
@@ -65,7 +65,7 @@ async fn kirimhook(args: Vec<String>) -> Output {
 }
 
 /// Runs an operator command against `daemon`'s admin listener; asserts exit 0, returns stdout.
-async fn cli(daemon: &Daemon, args: &[&str]) -> String {
+pub async fn cli(daemon: &Daemon, args: &[&str]) -> String {
     let mut all: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
     all.push("--admin".into());
     all.push(admin_url(daemon));
@@ -82,7 +82,7 @@ async fn cli(daemon: &Daemon, args: &[&str]) -> String {
 }
 
 /// The same with `--json`, parsed.
-async fn cli_json(daemon: &Daemon, args: &[&str]) -> serde_json::Value {
+pub async fn cli_json(daemon: &Daemon, args: &[&str]) -> serde_json::Value {
     let mut with_json = args.to_vec();
     with_json.push("--json");
     let stdout = cli(daemon, &with_json).await;
@@ -92,7 +92,7 @@ async fn cli_json(daemon: &Daemon, args: &[&str]) -> serde_json::Value {
 
 /// Polls `check` until it returns `Some`; panics after [`DEADLINE`] with `what` and the last
 /// value seen.
-async fn poll<T, F, Fut>(what: &str, mut check: F) -> T
+pub async fn poll<T, F, Fut>(what: &str, mut check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, String>>,
@@ -113,7 +113,7 @@ where
 }
 
 /// The value of the sample `series` (name and labels exactly as rendered) in a scrape.
-fn sample(metrics: &str, series: &str) -> Option<f64> {
+pub fn sample(metrics: &str, series: &str) -> Option<f64> {
     metrics.lines().find_map(|line| {
         line.strip_prefix(series)?
             .strip_prefix(' ')?
@@ -125,7 +125,7 @@ fn sample(metrics: &str, series: &str) -> Option<f64> {
 }
 
 /// Scrapes until `series` has `value`.
-async fn wait_for_sample(daemon: &Daemon, series: &str, value: f64) -> String {
+pub async fn wait_for_sample(daemon: &Daemon, series: &str, value: f64) -> String {
     poll(&format!("{series} = {value}"), || async {
         let reply = get(daemon, "/metrics").await;
         match sample(&reply.body, series) {
@@ -136,7 +136,7 @@ async fn wait_for_sample(daemon: &Daemon, series: &str, value: f64) -> String {
     .await
 }
 
-async fn send(client: &mut Client, delivery: &Delivery, status: &str) {
+pub async fn send(client: &mut Client, delivery: &Delivery, status: &str) {
     client
         .send(delivery)
         .await

@@ -44,6 +44,10 @@ pub struct Settings {
     pub extra_server: String,
     /// `[server.tls]`: the certificate and key files; plain HTTP when `None`.
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// `store.path`; `dir/store` when `None`.
+    pub store_dir: Option<PathBuf>,
+    /// Lines added verbatim to the `[store]` table, such as `"min_free_bytes = 0\n"`.
+    pub extra_store: String,
 }
 
 impl Default for Settings {
@@ -59,6 +63,8 @@ impl Default for Settings {
             keep_delivered_hours: 0,
             extra_server: String::new(),
             tls: None,
+            store_dir: None,
+            extra_store: String::new(),
         }
     }
 }
@@ -93,9 +99,10 @@ impl Settings {
             ));
         }
         text.push_str(&format!(
-            "\n[store]\npath = {}\nkeep_delivered_hours = {}\n",
-            toml_string(&store_path(dir)),
-            self.keep_delivered_hours
+            "\n[store]\npath = {}\nkeep_delivered_hours = {}\n{}",
+            toml_string(&self.store_dir.clone().unwrap_or_else(|| store_path(dir))),
+            self.keep_delivered_hours,
+            self.extra_store
         ));
         text.push_str(&format!(
             "\n[admin]\nenabled = {}\nlisten = \"127.0.0.1:0\"\n",
@@ -435,6 +442,15 @@ impl Daemon {
             "the daemon should exit 0 after SIGTERM, got {status}; stderr:\n{}",
             self.stderr_text()
         );
+    }
+
+    /// Waits for the daemon to exit by itself and its pipes to close; returns how it exited.
+    pub async fn wait_exit(&mut self) -> ExitStatus {
+        let status = wait_for_exit(&mut self.child, || self.stderr.lines().join("\n")).await;
+        self.exited = Some(status);
+        self.stdout.wait_closed().await;
+        self.stderr.wait_closed().await;
+        status
     }
 
     /// SIGKILL, then waits for the process to be gone and its pipes to close.

@@ -1,5 +1,6 @@
 //! What happens on each fault the operator cannot prevent: stderr's reader goes away, stdout's
-//! consumer goes away. Each test plays the fault for real (a pipe the test closes) and asserts
+//! consumer goes away, the store's directory is removed, its journal is cut short, the disk
+//! fills up; and the numbers operators alert on stay exact. Each test plays the fault for real (a pipe the test closes) and asserts
 //! what the user sees: answers, exit code, and the event stream after a restart.
 
 use std::io::{BufRead, BufReader};
@@ -7,9 +8,11 @@ use std::net::TcpListener;
 use std::os::fd::OwnedFd;
 use std::process::{Command, Stdio};
 
+use crate::admin::{cli, cli_json, get, http_sink, poll, sample, send};
 use crate::daemon::{listening_addr, temp_dir, wait_for_exit, Daemon, Lines, Settings, DEADLINE};
-use crate::fixtures::{kirim_event, new_event_id};
+use crate::fixtures::{kirim_delivery, kirim_event, new_event_id};
 use crate::http::Client;
+use crate::target::{refused_addr, Target};
 
 /// Moves stdin (a listening socket) to fd 3 and becomes the daemon with socket activation, so
 /// the test knows the address without reading stderr. `$0` is the binary, `$1` the config.
@@ -175,4 +178,291 @@ async fn try_send(addr: std::net::SocketAddr, event_id: &str) -> Option<u16> {
         .ok()?;
     let response = sender.send_request(request).await.ok()?;
     Some(response.status().as_u16())
+}
+
+/// The counts operators alert on are exact: after `quarantine drop --all`, deliveries, a
+/// restart and its sweep, `status`, `/metrics` and the lists agree, and the store's size is
+/// what its files take.
+#[tokio::test]
+async fn counts_are_exact_after_drop_sweep_and_restart() {
+    let dir = temp_dir();
+    let settings = Settings::default();
+    let mut daemon = Daemon::start(dir.path(), &settings).await;
+    let mut client = daemon.client();
+    for i in 0..4 {
+        let odd = kirim_delivery(
+            &new_event_id(),
+            "contact.created",
+            format!("not json {i}").into_bytes(),
+        );
+        send(&mut client, &odd, "quarantined").await;
+    }
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        let event = kirim_event(&new_event_id());
+        send(&mut client, &event, "accepted").await;
+        ids.push(event.event_id().to_owned());
+    }
+    for id in &ids {
+        daemon.wait_for_event(id).await;
+    }
+    let dropped = cli(&daemon, &["quarantine", "drop", "--all"]).await;
+    assert!(dropped.contains('4'), "{dropped}");
+    daemon.stop_gracefully().await;
+
+    // The start-up sweep removes the delivered events.
+    let daemon = daemon.restart(&settings).await;
+    let status = poll("no stored event after the sweep", || async {
+        let json = cli_json(&daemon, &["status"]).await;
+        if json["events_stored"] == 0 {
+            Ok(json)
+        } else {
+            Err(json.to_string())
+        }
+    })
+    .await;
+    assert_eq!(status["quarantined"], 0, "{status}");
+    assert_eq!(status["sinks"][0]["queued"], 0, "{status}");
+    let bytes = status["store_bytes"].as_u64().expect("store_bytes");
+    assert!(
+        bytes < 8 * 1024 * 1024,
+        "a store holding nothing takes {bytes} bytes: {status}"
+    );
+    let table = cli(&daemon, &["status"]).await;
+    assert!(table.contains("quarantine: 0 deliveries"), "{table}");
+    let metrics = get(&daemon, "/metrics").await.body;
+    assert_eq!(
+        sample(&metrics, "kirimhook_quarantine_size"),
+        Some(0.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(&metrics, "kirimhook_sink_queue_depth{sink=\"stdout\"}"),
+        Some(0.0),
+        "{metrics}"
+    );
+    let list = cli_json(&daemon, &["quarantine", "list"]).await;
+    assert_eq!(list["quarantine"], serde_json::json!([]), "{list}");
+}
+
+/// A filter changed by a reload applies to `replay` too (one set of routes).
+#[tokio::test]
+async fn replay_after_a_reload_uses_the_reloaded_filter() {
+    let app = Target::start().await;
+    let only_contacts = http_sink("app", &app.url()).replace(
+        "[sinks.retry]",
+        "events = [\"contact.*\"]\n[sinks.retry]",
+    );
+    let mut settings = Settings {
+        keep_delivered_hours: 1,
+        extra_sinks: only_contacts,
+        ..Settings::default()
+    };
+    let dir = temp_dir();
+    let daemon = Daemon::start(dir.path(), &settings).await;
+    let mut client = daemon.client();
+    let since = kirimhook::admin::rfc3339_ms(
+        kirimhook::store::millis(std::time::SystemTime::now()).saturating_sub(60_000),
+    );
+    // A conversation event: not for app's filter.
+    let event = kirim_event(&new_event_id());
+    send(&mut client, &event, "accepted").await;
+    daemon.wait_for_event(event.event_id()).await;
+    let replayed = cli(&daemon, &["replay", "--sink", "app", "--since", &since]).await;
+    assert!(replayed.starts_with("queued 0 "), "{replayed}");
+
+    settings.extra_sinks = http_sink("app", &app.url());
+    daemon.rewrite_config(&settings);
+    daemon.signal("HUP");
+    daemon
+        .stderr
+        .wait_for(|lines, _| {
+            lines
+                .iter()
+                .any(|l| l.contains("configuration reloaded"))
+                .then_some(())
+        })
+        .await
+        .expect("the reload");
+    let replayed = cli(&daemon, &["replay", "--sink", "app", "--since", &since]).await;
+    assert!(replayed.starts_with("queued 1 "), "{replayed}");
+    app.wait_acknowledged(&[event.event_id().to_owned()]).await;
+}
+
+/// The store directory removed under the running daemon: no more 200s, not ready, an error
+/// line, and an exit for the supervisor.
+#[tokio::test]
+async fn a_removed_store_directory_is_never_answered_with_200() {
+    let dir = temp_dir();
+    let mut daemon = Daemon::start(dir.path(), &Settings::default()).await;
+    let mut client = daemon.client();
+    send(&mut client, &kirim_event(&new_event_id()), "accepted").await;
+    std::fs::remove_dir_all(daemon.store_path()).expect("rm -rf the store");
+    let mut answers = Vec::new();
+    for _ in 0..10 {
+        let status = tokio::time::timeout(DEADLINE, try_send(daemon.addr, &new_event_id()))
+            .await
+            .expect("an answer or a refused connection in time");
+        answers.push(status);
+    }
+    assert!(
+        !answers.contains(&Some(200)),
+        "a delivery got 200 with the store gone: {answers:?}"
+    );
+    let status = daemon.wait_exit().await;
+    let log = daemon.stderr_text();
+    assert_ne!(status.code(), Some(0), "exit non-zero; stderr:\n{log}");
+    assert!(log.contains("is gone"), "names the fault; stderr:\n{log}");
+    assert!(
+        !daemon.store_path().exists(),
+        "the vanished directory is not silently recreated"
+    );
+}
+
+/// A journal cut short between two runs: the start says how many acknowledged deliveries
+/// are gone, at error level, in `status` and in `/metrics`.
+#[tokio::test]
+async fn a_truncated_journal_is_reported_at_start() {
+    let dir = temp_dir();
+    // A sink that is down keeps every event queued.
+    let settings = Settings {
+        stdout_sink: false,
+        extra_sinks: http_sink("app", &format!("http://{}", refused_addr())),
+        ..Settings::default()
+    };
+    let mut daemon = Daemon::start(dir.path(), &settings).await;
+    let mut client = daemon.client();
+    for _ in 0..300 {
+        send(&mut client, &kirim_event(&new_event_id()), "accepted").await;
+    }
+    daemon.kill9().await;
+    let journal = std::fs::read_dir(daemon.store_path())
+        .expect("the store")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "jnl"))
+        .max_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+        .expect("a journal");
+    // Preallocated and sparse: cut what was written in half.
+    let written =
+        std::os::unix::fs::MetadataExt::blocks(&std::fs::metadata(&journal).unwrap()) * 512;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&journal)
+        .and_then(|f| f.set_len(written / 2))
+        .expect("truncate the journal");
+
+    let daemon = daemon.restart(&settings).await;
+    let log = daemon.stderr_text();
+    let line = log
+        .lines()
+        .find(|l| l.contains("lost acknowledged deliveries"))
+        .unwrap_or_else(|| panic!("no loss reported; stderr:\n{log}"));
+    let json: serde_json::Value = serde_json::from_str(line).expect("a JSON log line");
+    assert_eq!(json["level"], "ERROR", "{line}");
+    let dropped = json["dropped"].as_u64().expect("how many");
+    assert!(dropped > 0 && dropped <= 300, "{line}");
+    assert!(
+        json["journal"]
+            .as_str()
+            .is_some_and(|j| j.ends_with(".jnl")),
+        "{line}"
+    );
+    let status = cli_json(&daemon, &["status"]).await;
+    assert_eq!(status["recovery_dropped"], dropped, "{status}");
+    assert!(cli(&daemon, &["status"]).await.contains("DATA LOSS"));
+    let metrics = get(&daemon, "/metrics").await.body;
+    assert_eq!(
+        sample(&metrics, "kirimhook_store_recovery_dropped_total"),
+        Some(dropped as f64),
+        "{metrics}"
+    );
+}
+
+/// Unmounts a tmpfs when dropped.
+struct Mount(std::path::PathBuf);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// A small tmpfs at `at`, or `None` when this machine does not let the test mount one.
+fn small_tmpfs(at: &std::path::Path, size: &str) -> Option<Mount> {
+    std::fs::create_dir_all(at).ok()?;
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+        .arg(at)
+        .stderr(Stdio::null())
+        .status()
+        .ok()?;
+    mounted.success().then(|| Mount(at.to_owned()))
+}
+
+/// Below `store.min_free_bytes`: 503 + Retry-After without writing, not ready, counted; above
+/// it again: 200 without a restart.
+#[tokio::test]
+async fn a_nearly_full_disk_refuses_early_and_recovers_in_place() {
+    let dir = temp_dir();
+    let mnt = dir.path().join("mnt");
+    let Some(_mount) = small_tmpfs(&mnt, "96m") else {
+        eprintln!("SKIPPED a_nearly_full_disk_refuses_early_and_recovers_in_place: cannot mount a tmpfs here (needs root)");
+        return;
+    };
+    let settings = Settings {
+        store_dir: Some(mnt.join("store")),
+        extra_store: format!("min_free_bytes = {}\n", 32 * 1024 * 1024),
+        ..Settings::default()
+    };
+    let daemon = Daemon::start(dir.path(), &settings).await;
+    let mut client = daemon.client();
+    let before = kirim_event(&new_event_id());
+    send(&mut client, &before, "accepted").await;
+
+    // Leave less than the watermark.
+    let free = free_bytes(&mnt);
+    let filler = mnt.join("filler");
+    std::fs::write(&filler, vec![0u8; (free - 16 * 1024 * 1024) as usize]).expect("fill");
+    let refused = Client::new(daemon.addr)
+        .send(&kirim_event(&new_event_id()))
+        .await;
+    assert_eq!(refused.status, 503, "{refused:?}");
+    assert!(refused.headers.contains_key("retry-after"), "{refused:?}");
+    let ready = get(&daemon, "/readyz").await;
+    assert_eq!(ready.status, 503, "{ready:?}");
+    assert!(ready.body.contains("disk nearly full"), "{ready:?}");
+    let metrics = get(&daemon, "/metrics").await.body;
+    assert_eq!(
+        sample(&metrics, "kirimhook_store_low_disk"),
+        Some(1.0),
+        "{metrics}"
+    );
+    let log = daemon.stderr_text();
+    assert!(
+        log.contains("disk nearly full"),
+        "a warn line; stderr:\n{log}"
+    );
+
+    std::fs::remove_file(&filler).expect("free the space");
+    let after = kirim_event(&new_event_id());
+    let mut client = daemon.client();
+    send(&mut client, &after, "accepted").await;
+    assert_eq!(get(&daemon, "/readyz").await.status, 200);
+    daemon.wait_for_event(before.event_id()).await;
+    daemon.wait_for_event(after.event_id()).await;
+}
+
+/// Free bytes of the filesystem holding `path`, as `df` reports them.
+fn free_bytes(path: &std::path::Path) -> u64 {
+    let out = Command::new("df")
+        .args(["--output=avail", "-B1"])
+        .arg(path)
+        .output()
+        .expect("df");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .nth(1)
+        .and_then(|l| l.trim().parse().ok())
+        .expect("df's avail column")
 }
