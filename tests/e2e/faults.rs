@@ -249,10 +249,8 @@ async fn counts_are_exact_after_drop_sweep_and_restart() {
 #[tokio::test]
 async fn replay_after_a_reload_uses_the_reloaded_filter() {
     let app = Target::start().await;
-    let only_contacts = http_sink("app", &app.url()).replace(
-        "[sinks.retry]",
-        "events = [\"contact.*\"]\n[sinks.retry]",
-    );
+    let only_contacts = http_sink("app", &app.url())
+        .replace("[sinks.retry]", "events = [\"contact.*\"]\n[sinks.retry]");
     let mut settings = Settings {
         keep_delivered_hours: 1,
         extra_sinks: only_contacts,
