@@ -27,11 +27,16 @@ pub enum Command {
         #[arg(long)]
         config: PathBuf,
     },
-    /// Validate a configuration: exit 0 when valid, else 1 naming the failing key.
+    /// Validate a configuration and its store path: exit 0 when valid, else 1 naming the
+    /// failing key.
     CheckConfig {
         /// Path of the TOML configuration.
         #[arg(long)]
         config: PathBuf,
+        /// Secret and TLS files that do not exist here (such as systemd credentials under
+        /// /run/credentials/...) are listed as not checked instead of failing the check.
+        #[arg(long)]
+        skip_missing_secrets: bool,
     },
     /// Print an X-Kirim-Signature value for FILE's exact bytes.
     Sign {

@@ -21,12 +21,14 @@
 //!   with health, readiness and the operator API on a second, loopback listener, and
 //!   [`admin_cli`] is that API's command-line client.
 //! - [`app`]: wires it all under one shutdown token and applies reloads (SIGHUP); [`config`],
-//!   [`cli`], [`telemetry`], [`shutdown`], [`systemd`], [`send`] and [`accounts`] are the edges.
+//!   [`cli`], [`check`] (`check-config`), [`telemetry`], [`shutdown`], [`systemd`], [`send`]
+//!   and [`accounts`] are the edges.
 
 pub mod accounts;
 pub mod admin;
 pub mod admin_cli;
 pub mod app;
+pub mod check;
 pub mod cli;
 pub mod client;
 pub mod config;

@@ -4,9 +4,9 @@ use std::process::ExitCode;
 
 use clap::Parser as _;
 use kirimhook::cli::{Cli, Command};
-use kirimhook::config::Config;
+use kirimhook::config::{Config, MissingFiles};
 use kirimhook::{
-    accounts, admin_cli, app, send, shutdown, signature::SigningSecret, systemd, telemetry,
+    accounts, admin_cli, app, check, send, shutdown, signature::SigningSecret, systemd, telemetry,
 };
 
 fn main() -> ExitCode {
@@ -35,14 +35,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::CheckConfig { config } => {
-            let config = Config::load(&config)?;
-            eprintln!(
-                "config OK: listen {}, {} secret(s), {} sink(s)",
-                config.server.listen,
-                config.verify.secrets.len(),
-                config.sinks.len()
-            );
+        Command::CheckConfig {
+            config,
+            skip_missing_secrets,
+        } => {
+            let missing = if skip_missing_secrets {
+                MissingFiles::Skip
+            } else {
+                MissingFiles::Refuse
+            };
+            let checked = Config::check(&config, missing)?;
+            check::store_path(&checked.config.store.path)?;
+            eprint!("{}", check::report(&checked));
             Ok(ExitCode::SUCCESS)
         }
         Command::Sign {

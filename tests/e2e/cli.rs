@@ -137,3 +137,150 @@ async fn send_delivers_a_file_to_a_running_daemon() {
     assert_eq!(event.json["attempt"], 1, "{}", event.raw);
     assert_eq!(event.body_bytes(), &f7.body[..]);
 }
+
+/// Writes `text` as a config file in `dir` and runs `check-config` on it with `extra` args.
+fn check_config(dir: &std::path::Path, config: &str, extra: &[&str]) -> (Option<i32>, String) {
+    let path = dir.join("check.toml");
+    std::fs::write(&path, config).expect("write the config");
+    let mut args = vec![
+        "check-config",
+        "--config",
+        path.to_str().expect("UTF-8 path"),
+    ];
+    args.extend_from_slice(extra);
+    let out = kirimhook(&args);
+    (out.status.code(), text(&out.stderr))
+}
+
+#[test]
+fn check_config_names_the_key_of_a_wrong_type_and_says_a_missing_file_once() {
+    let dir = temp_dir();
+    let good = Settings::default().config_toml(dir.path());
+    let bad = good.replacen("[server]\n", "[server]\nmax_body_bytes = \"1M\"\n", 1);
+    let (code, stderr) = check_config(dir.path(), &bad, &[]);
+    assert_eq!(code, Some(1), "stderr: {stderr}");
+    assert!(
+        stderr.starts_with("error: server.max_body_bytes: invalid type: string"),
+        "the error must start with the key; stderr: {stderr}"
+    );
+    assert!(stderr.contains("line 2"), "stderr: {stderr}");
+    assert!(
+        !stderr.contains("u64"),
+        "no Rust type names; stderr: {stderr}"
+    );
+
+    let missing = dir.path().join("no-such-config.toml");
+    let out = kirimhook(&[
+        "check-config",
+        "--config",
+        missing.to_str().expect("UTF-8 path"),
+    ]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
+    let os = std::fs::read(&missing)
+        .expect_err("the file is missing")
+        .to_string();
+    assert_eq!(
+        stderr.matches(&os).count(),
+        1,
+        "the OS error is said once; stderr: {stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 1, "stderr: {stderr}");
+}
+
+#[test]
+fn check_config_refuses_a_store_path_that_serve_cannot_use() {
+    let dir = temp_dir();
+    let good = Settings::default().config_toml(dir.path());
+    let store = crate::daemon::store_path(dir.path());
+    let store_line = format!("path = \"{}\"", store.display());
+    assert!(good.contains(&store_line), "{good}");
+
+    // A store under /proc is refused by the kernel, even to root.
+    if std::path::Path::new("/proc/self").exists() {
+        let bad = good.replace(&store_line, "path = \"/proc/kirimhook-store\"");
+        let (code, stderr) = check_config(dir.path(), &bad, &[]);
+        assert_eq!(code, Some(1), "stderr: {stderr}");
+        assert!(
+            stderr.starts_with("error: store.path: /proc/kirimhook-store cannot be created"),
+            "stderr: {stderr}"
+        );
+    } else {
+        eprintln!("no /proc here: the /proc case did not run");
+    }
+
+    // A file where a parent directory should be.
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, b"").expect("write a file");
+    let bad = good.replace(
+        &store_line,
+        &format!("path = \"{}\"", file.join("store").display()),
+    );
+    let (code, stderr) = check_config(dir.path(), &bad, &[]);
+    assert_eq!(code, Some(1), "stderr: {stderr}");
+    assert!(stderr.contains("is not a directory"), "stderr: {stderr}");
+
+    // A store that does not exist yet is fine, and the check creates nothing.
+    let deep = dir.path().join("new/deeper/store");
+    let fine = good.replace(&store_line, &format!("path = \"{}\"", deep.display()));
+    let (code, stderr) = check_config(dir.path(), &fine, &[]);
+    assert_eq!(code, Some(0), "stderr: {stderr}");
+    assert!(stderr.starts_with("config OK: "), "stderr: {stderr}");
+    assert!(
+        !dir.path().join("new").exists(),
+        "check-config must leave no directory behind"
+    );
+}
+
+#[test]
+fn check_config_can_skip_credential_files_that_are_not_here() {
+    let dir = temp_dir();
+    let settings = Settings {
+        secret_b: false,
+        ..Settings::default()
+    };
+    let good = settings.config_toml(dir.path());
+    let credential = dir
+        .path()
+        .join("run/credentials/kirimhook.service/kirim_secret");
+    let inline = format!("value = \"{SECRET_A}\"");
+    assert!(good.contains(&inline), "{good}");
+    let production = good.replace(
+        &inline,
+        &format!("value_file = \"{}\"", credential.display()),
+    );
+
+    // Without the flag: an error naming the key and the path.
+    let (code, stderr) = check_config(dir.path(), &production, &[]);
+    assert_eq!(code, Some(1), "stderr: {stderr}");
+    assert!(
+        stderr.starts_with("error: verify.secrets[0].value_file: "),
+        "stderr: {stderr}"
+    );
+    assert!(
+        stderr.contains(&credential.display().to_string()),
+        "stderr: {stderr}"
+    );
+
+    // With it: listed as not checked, and never called OK.
+    let (code, stderr) = check_config(dir.path(), &production, &["--skip-missing-secrets"]);
+    assert_eq!(code, Some(0), "stderr: {stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "not checked: verify.secrets[0].value_file ({})",
+            credential.display()
+        )),
+        "stderr: {stderr}"
+    );
+    assert!(!stderr.contains("OK"), "stderr: {stderr}");
+
+    // Everything else is still checked.
+    let broken = production.replace("tolerance_secs = 300", "tolerance_secs = \"5m\"");
+    assert_ne!(broken, production);
+    let (code, stderr) = check_config(dir.path(), &broken, &["--skip-missing-secrets"]);
+    assert_eq!(code, Some(1), "stderr: {stderr}");
+    assert!(
+        stderr.starts_with("error: verify.tolerance_secs: "),
+        "stderr: {stderr}"
+    );
+}
