@@ -92,8 +92,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            print!("{}", runtime.block_on(admin_cli::run(&command))?);
-            Ok(ExitCode::SUCCESS)
+            let answer = runtime.block_on(admin_cli::run(&command))?;
+            print!("{}", answer.stdout);
+            match answer.unmatched {
+                Some(problem) => {
+                    eprintln!("error: {problem}");
+                    Ok(ExitCode::FAILURE)
+                }
+                None => Ok(ExitCode::SUCCESS),
+            }
         }
     }
 }

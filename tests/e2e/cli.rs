@@ -284,3 +284,75 @@ fn check_config_can_skip_credential_files_that_are_not_here() {
         "stderr: {stderr}"
     );
 }
+
+#[tokio::test]
+async fn a_retry_or_drop_by_an_id_that_matched_nothing_exits_non_zero() {
+    let dir = temp_dir();
+    let daemon = Daemon::start(dir.path(), &Settings::default()).await;
+    let admin = format!(
+        "http://{}",
+        daemon.admin_addr.expect("the admin listener's address")
+    );
+    let run = |args: &[&str]| {
+        let mut all: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+        all.extend(["--admin".to_owned(), admin.clone()]);
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let args: Vec<&str> = all.iter().map(String::as_str).collect();
+                kirimhook(&args)
+            })
+            .await
+            .expect("run kirimhook")
+        }
+    };
+    for (args, says) in [
+        (
+            vec!["dead-letters", "drop", "--sink", "stdout", "99"],
+            "no dead letter of sink stdout has ID 99",
+        ),
+        (
+            vec!["dead-letters", "retry", "--sink", "stdout", "99", "100"],
+            "no dead letter of sink stdout has any of the IDs 99, 100",
+        ),
+        (
+            vec!["quarantine", "drop", "99"],
+            "no quarantined delivery has ID 99",
+        ),
+    ] {
+        let out = run(&args).await;
+        let stderr = text(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "kirimhook {args:?}; stdout: {}; stderr: {stderr}",
+            text(&out.stdout)
+        );
+        assert!(
+            stderr.contains(says),
+            "kirimhook {args:?}; stderr: {stderr}"
+        );
+        assert_eq!(text(&out.stdout), "", "kirimhook {args:?}");
+    }
+    // Nothing to do for --all is not an error.
+    let out = run(&["dead-letters", "drop", "--sink", "stdout", "--all"]).await;
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    let out = run(&["quarantine", "drop", "--all"]).await;
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+}
+
+#[test]
+fn replay_since_too_far_back_is_an_error_not_a_panic() {
+    let out = kirimhook(&[
+        "replay",
+        "--sink",
+        "stdout",
+        "--since",
+        "60years",
+        "--admin",
+        "http://127.0.0.1:9",
+    ]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
+    assert!(stderr.contains("too far back"), "stderr: {stderr}");
+    assert!(!stderr.contains("panicked"), "stderr: {stderr}");
+}
