@@ -221,9 +221,14 @@ pub struct SecretArg {
 /// Arguments of `kirimhook send`.
 #[derive(Debug, Args)]
 pub struct SendArgs {
-    /// Receiver URL, e.g. http://127.0.0.1:8080/webhooks/kirim
+    /// Receiver URL, e.g. http://127.0.0.1:8080/webhooks/kirim (or https:// for a receiver
+    /// with [server.tls]).
     #[arg(long)]
     pub url: String,
+    /// PEM file of the certificate(s) to trust for an https:// URL instead of the usual
+    /// public roots, e.g. a receiver's self-signed certificate.
+    #[arg(long, value_name = "FILE")]
+    pub cacert: Option<PathBuf>,
     /// The signing secret.
     #[command(flatten)]
     pub secret: SecretArg,

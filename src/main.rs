@@ -5,9 +5,7 @@ use std::process::ExitCode;
 use clap::Parser as _;
 use kirimhook::cli::{Cli, Command};
 use kirimhook::config::{Config, MissingFiles};
-use kirimhook::{
-    accounts, admin_cli, app, check, send, shutdown, signature::SigningSecret, systemd, telemetry,
-};
+use kirimhook::{accounts, admin_cli, app, check, send, shutdown, systemd, telemetry};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -54,7 +52,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             timestamp,
             file,
         } => {
-            let secret = SigningSecret::new("cli", secret.resolve()?);
+            let secret = send::signing_secret(&secret)?;
             let body = std::fs::read(&file)
                 .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
             println!(

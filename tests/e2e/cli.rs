@@ -356,3 +356,119 @@ fn replay_since_too_far_back_is_an_error_not_a_panic() {
     assert!(stderr.contains("too far back"), "stderr: {stderr}");
     assert!(!stderr.contains("panicked"), "stderr: {stderr}");
 }
+
+#[test]
+fn sign_and_send_refuse_a_secret_the_config_would_refuse() {
+    let f1 = fixtures::get("f1");
+    let file = f1.file.to_str().expect("UTF-8 path");
+    for bad in ["hunter2", "whsec_", "whsec_two words"] {
+        let out = kirimhook(&["sign", "--secret", bad, file]);
+        let stderr = text(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "sign --secret {bad:?}; stderr: {stderr}"
+        );
+        assert!(stderr.starts_with("error: --secret: "), "stderr: {stderr}");
+        assert_eq!(text(&out.stdout), "", "nothing is signed");
+        if bad.len() > "whsec_".len() {
+            assert!(!stderr.contains(bad), "the value is not shown: {stderr}");
+        }
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_kirimhook"))
+        .args(["sign", "--secret-env", "KIRIMHOOK_TEST_BAD_SECRET", file])
+        .env("KIRIMHOOK_TEST_BAD_SECRET", "whsec_abc\n")
+        .output()
+        .expect("run kirimhook");
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
+    assert!(
+        stderr.starts_with("error: --secret-env KIRIMHOOK_TEST_BAD_SECRET: "),
+        "stderr: {stderr}"
+    );
+    let out = kirimhook(&[
+        "send",
+        "--url",
+        "http://127.0.0.1:9/webhooks/kirim",
+        "--secret",
+        "hunter2",
+        file,
+    ]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
+    assert!(stderr.starts_with("error: --secret: "), "stderr: {stderr}");
+}
+
+#[tokio::test]
+async fn send_speaks_https_to_a_daemon_with_tls_trusting_its_cacert() {
+    let dir = temp_dir();
+    let generated =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+            .expect("generate a test certificate");
+    let cert_file = dir.path().join("cert.pem");
+    let key_file = dir.path().join("key.pem");
+    std::fs::write(&cert_file, generated.cert.pem()).expect("write cert.pem");
+    std::fs::write(&key_file, generated.signing_key.serialize_pem()).expect("write key.pem");
+    let settings = Settings {
+        tls: Some((cert_file.clone(), key_file)),
+        ..Settings::default()
+    };
+    let daemon = Daemon::start(dir.path(), &settings).await;
+    let f7 = fixtures::get("f7");
+    let send = |url: String, cacert: Option<std::path::PathBuf>| {
+        let file = f7.file.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut args = vec![
+                "send".to_owned(),
+                "--url".to_owned(),
+                url,
+                "--secret".to_owned(),
+                SECRET_A.to_owned(),
+            ];
+            if let Some(cacert) = cacert {
+                args.push("--cacert".to_owned());
+                args.push(cacert.to_str().expect("UTF-8 path").to_owned());
+            }
+            args.push(file.to_str().expect("UTF-8 path").to_owned());
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            kirimhook(&args)
+        })
+    };
+    let port = daemon.addr.port();
+
+    // The self-signed certificate is not trusted without --cacert.
+    let out = send(format!("https://localhost:{port}{}", fixtures::PATH), None)
+        .await
+        .expect("run kirimhook send");
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
+    assert!(stderr.contains("TLS handshake"), "stderr: {stderr}");
+
+    // With it, by name and by IP address.
+    for host in ["localhost", "127.0.0.1"] {
+        let url = format!("https://{host}:{port}{}", fixtures::PATH);
+        let out = send(url, Some(cert_file.clone()))
+            .await
+            .expect("run kirimhook send");
+        let stdout = text(&out.stdout);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "send to {host}; stdout: {stdout}; stderr: {}",
+            text(&out.stderr)
+        );
+        assert_eq!(stdout.lines().next(), Some("200"), "stdout: {stdout}");
+    }
+    let event = daemon.wait_for_event(f7.event_id()).await;
+    assert_eq!(event.body_bytes(), &f7.body[..]);
+
+    // --cacert is for https only.
+    let out = send(
+        format!("http://127.0.0.1:{port}{}", fixtures::PATH),
+        Some(cert_file.clone()),
+    )
+    .await
+    .expect("run kirimhook send");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("--cacert is for https://"));
+}
