@@ -55,10 +55,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let secret = send::signing_secret(&secret)?;
             let body = std::fs::read(&file)
                 .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
-            println!(
-                "{}",
-                secret.sign(timestamp.unwrap_or_else(send::unix_now), &body)
-            );
+            let signature = secret.sign(timestamp.unwrap_or_else(send::unix_now), &body);
+            print_stdout(&format!("{signature}\n"))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Send(args) => {
@@ -66,8 +64,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .enable_all()
                 .build()?;
             let (status, body) = runtime.block_on(send::send(&args))?;
-            println!("{status}");
-            println!("{body}");
+            print_stdout(&format!("{status}\n{body}\n"))?;
             Ok(if (200..300).contains(&status) {
                 ExitCode::SUCCESS
             } else {
@@ -91,7 +88,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .enable_all()
                 .build()?;
             let answer = runtime.block_on(admin_cli::run(&command))?;
-            print!("{}", answer.stdout);
+            print_stdout(&answer.stdout)?;
             match answer.unmatched {
                 Some(problem) => {
                     eprintln!("error: {problem}");
@@ -100,5 +97,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 None => Ok(ExitCode::SUCCESS),
             }
         }
+    }
+}
+
+/// Writes a command's output to stdout. A reader that has gone (`kirimhook ... | head -1`) is
+/// not an error of the command's (`print!` would panic); any other write error is.
+fn print_stdout(text: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other,
     }
 }
