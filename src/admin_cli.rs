@@ -11,7 +11,7 @@
 //! This module knows nothing of the store or the config: only the admin API.
 
 use std::error::Error as _;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -240,13 +240,32 @@ impl AdminClient {
     }
 }
 
-/// Runs one operator command and returns what to print on stdout.
-pub async fn run(command: &AdminCommand) -> Result<String, AdminError> {
+/// What an operator command printed, and whether it did everything it was asked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    /// What to print on stdout.
+    pub stdout: String,
+    /// Set when IDs given to a retry or drop matched nothing: what to say on stderr, and the
+    /// command exits non-zero.
+    pub unmatched: Option<String>,
+}
+
+impl From<String> for Answer {
+    fn from(stdout: String) -> Answer {
+        Answer {
+            stdout,
+            unmatched: None,
+        }
+    }
+}
+
+/// Runs one operator command.
+pub async fn run(command: &AdminCommand) -> Result<Answer, AdminError> {
     match command {
         AdminCommand::Status(args) => {
             let client = client(args)?;
             let (report, raw) = client.get::<StatusReport>("/v1/status").await?;
-            Ok(output(args, raw, || status_table(&report)))
+            Ok(output(args, raw, || status_table(&report)).into())
         }
         AdminCommand::DeadLetters(DeadLettersCommand::List { sink, page, admin }) => {
             let client = client(admin)?;
@@ -257,13 +276,13 @@ pub async fn run(command: &AdminCommand) -> Result<String, AdminError> {
                 page.limit
             );
             let (list, raw) = client.get::<DeadLetterPage>(&path).await?;
-            Ok(output(admin, raw, || dead_letter_table(&list)))
+            Ok(output(admin, raw, || dead_letter_table(&list)).into())
         }
         AdminCommand::DeadLetters(DeadLettersCommand::Show { sink, id, admin }) => {
             let client = client(admin)?;
             let path = format!("/v1/sinks/{}/dead-letters/{id}", encode_query_value(sink));
             let (detail, raw) = client.get::<DeadLetterDetail>(&path).await?;
-            Ok(output(admin, raw, || dead_letter_report(&detail)))
+            Ok(output(admin, raw, || dead_letter_report(&detail)).into())
         }
         AdminCommand::DeadLetters(DeadLettersCommand::Retry {
             sink,
@@ -271,7 +290,8 @@ pub async fn run(command: &AdminCommand) -> Result<String, AdminError> {
             admin,
         }) => {
             let path = format!("/v1/sinks/{}/dead-letters/retry", encode_query_value(sink));
-            change(admin, &path, selected, "dead letters", "back in the queue").await
+            let what = Changing::dead_letters(sink, "back in the queue");
+            change(admin, &path, selected, &what).await
         }
         AdminCommand::DeadLetters(DeadLettersCommand::Drop {
             sink,
@@ -279,30 +299,30 @@ pub async fn run(command: &AdminCommand) -> Result<String, AdminError> {
             admin,
         }) => {
             let path = format!("/v1/sinks/{}/dead-letters/drop", encode_query_value(sink));
-            change(admin, &path, selected, "dead letters", "gone for good").await
+            let what = Changing::dead_letters(sink, "gone for good");
+            change(admin, &path, selected, &what).await
         }
         AdminCommand::Quarantine(QuarantineCommand::List { page, admin }) => {
             let client = client(admin)?;
             let path = format!("/v1/quarantine?after={}&limit={}", page.after, page.limit);
             let (list, raw) = client.get::<QuarantinePage>(&path).await?;
-            Ok(output(admin, raw, || quarantine_table(&list)))
+            Ok(output(admin, raw, || quarantine_table(&list)).into())
         }
         AdminCommand::Quarantine(QuarantineCommand::Show { id, admin }) => {
             let client = client(admin)?;
             let (detail, raw) = client
                 .get::<EventDetail>(&format!("/v1/quarantine/{id}"))
                 .await?;
-            Ok(output(admin, raw, || event_report(&detail)))
+            Ok(output(admin, raw, || event_report(&detail)).into())
         }
         AdminCommand::Quarantine(QuarantineCommand::Drop { selected, admin }) => {
-            change(
-                admin,
-                "/v1/quarantine/drop",
-                selected,
-                "quarantined deliveries",
-                "gone for good",
-            )
-            .await
+            let what = Changing {
+                what: "quarantined deliveries",
+                one: "quarantined delivery".into(),
+                outcome: "gone for good",
+                list: "kirimhook quarantine list".into(),
+            };
+            change(admin, "/v1/quarantine/drop", selected, &what).await
         }
         AdminCommand::Replay(args) => {
             let since = since(&args.since, SystemTime::now())?;
@@ -322,7 +342,8 @@ pub async fn run(command: &AdminCommand) -> Result<String, AdminError> {
                     done.count,
                     printable(&args.sink)
                 )
-            }))
+            })
+            .into())
         }
     }
 }
@@ -344,14 +365,37 @@ fn output(args: &AdminArgs, raw: Bytes, render: impl FnOnce() -> String) -> Stri
     }
 }
 
-/// A retry or drop: the request, and a line saying what happened.
+/// The words for what a retry or drop changes.
+struct Changing {
+    /// The entries, plural (`dead letters`).
+    what: &'static str,
+    /// One entry, with its owner (`dead letter of sink app`).
+    one: String,
+    /// What happened to them (`gone for good`).
+    outcome: &'static str,
+    /// The command that lists them.
+    list: String,
+}
+
+impl Changing {
+    fn dead_letters(sink: &str, outcome: &'static str) -> Changing {
+        Changing {
+            what: "dead letters",
+            one: format!("dead letter of sink {}", printable(sink)),
+            outcome,
+            list: format!("kirimhook dead-letters list --sink {}", printable(sink)),
+        }
+    }
+}
+
+/// A retry or drop: the request, a line saying what happened and, when IDs matched nothing,
+/// the error to exit with.
 async fn change(
     admin: &AdminArgs,
     path: &str,
     selected: &Selected,
-    what: &str,
-    outcome: &str,
-) -> Result<String, AdminError> {
+    what: &Changing,
+) -> Result<Answer, AdminError> {
     let selection = if selected.all {
         Selection::all()
     } else {
@@ -359,9 +403,44 @@ async fn change(
     };
     let client = client(admin)?;
     let (done, raw) = client.post::<Changed>(path, &selection).await?;
-    Ok(output(admin, raw, || {
-        change_report(&done, selected, what, outcome)
-    }))
+    let unmatched = unmatched(&done, selected, what);
+    let stdout = output(admin, raw, || {
+        if done.count == 0 && unmatched.is_some() {
+            String::new()
+        } else {
+            change_report(&done, what)
+        }
+    });
+    Ok(Answer { stdout, unmatched })
+}
+
+/// The error for IDs that matched nothing (a retry or drop by ID that did less than asked).
+fn unmatched(done: &Changed, selected: &Selected, what: &Changing) -> Option<String> {
+    let given = selected.ids.len();
+    if selected.all || done.count as usize >= given {
+        return None;
+    }
+    let ids = selected
+        .ids
+        .iter()
+        .map(u64::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    Some(if done.count == 0 {
+        let which = if given == 1 {
+            format!("no {} has ID {ids}", what.one)
+        } else {
+            format!("no {} has any of the IDs {ids}", what.one)
+        };
+        format!("{which}: nothing was done (see `{}`)", what.list)
+    } else {
+        format!(
+            "{} of the {given} IDs given ({ids}) matched no {} (see `{}`)",
+            given - done.count as usize,
+            what.one,
+            what.list
+        )
+    })
 }
 
 /// `--since`: an RFC 3339 time as it is, or a duration back from `now` as RFC 3339.
@@ -371,9 +450,16 @@ pub fn since(text: &str, now: SystemTime) -> Result<String, AdminError> {
     }
     match humantime::parse_duration(text.trim()) {
         Ok(back) => {
-            let at = now.checked_sub(back).ok_or_else(|| {
-                AdminError::InvalidArgument(format!("--since {text}: too far back"))
-            })?;
+            // Before 1970 cannot be written as the RFC 3339 the API takes (humantime
+            // panics on it), and no stored event is that old anyway.
+            let at = now
+                .checked_sub(back)
+                .filter(|at| *at >= UNIX_EPOCH)
+                .ok_or_else(|| {
+                    AdminError::InvalidArgument(format!(
+                        "--since {text}: too far back (before 1970-01-01T00:00:00Z)"
+                    ))
+                })?;
             Ok(humantime::format_rfc3339_millis(at).to_string())
         }
         Err(_) => Err(AdminError::InvalidArgument(format!(
@@ -650,21 +736,16 @@ pub fn event_report(event: &EventDetail) -> String {
     out
 }
 
-fn change_report(done: &Changed, selected: &Selected, what: &str, outcome: &str) -> String {
+fn change_report(done: &Changed, what: &Changing) -> String {
     let sink = done
         .sink
         .as_deref()
         .map(|s| format!(" of sink {}", printable(s)))
         .unwrap_or_default();
-    let mut out = format!("{} {} {what}{sink}: {outcome}\n", done.action, done.count);
-    if !selected.all && (done.count as usize) < selected.ids.len() {
-        out.push_str(&format!(
-            "{} of the {} IDs given matched nothing (see the list command)\n",
-            selected.ids.len() - done.count as usize,
-            selected.ids.len()
-        ));
-    }
-    out
+    format!(
+        "{} {} {}{sink}: {}\n",
+        done.action, done.count, what.what, what.outcome
+    )
 }
 
 /// Control characters replaced, line breaks and tabs kept.
@@ -927,5 +1008,70 @@ mod tests {
         assert_eq!(since("2h", now).unwrap(), "2026-06-01T10:00:00.000Z");
         let e = since("yesterday", now).unwrap_err().to_string();
         assert!(e.contains("RFC 3339") && e.contains("90m"), "{e}");
+    }
+
+    #[test]
+    fn ids_that_matched_nothing_are_an_error() {
+        let what = Changing::dead_letters("app", "gone for good");
+        let done = |count| Changed {
+            sink: Some("app".into()),
+            action: "dropped".into(),
+            count,
+        };
+        let ids = |ids: &[u64]| Selected {
+            ids: ids.to_vec(),
+            all: false,
+        };
+        assert_eq!(
+            unmatched(&done(0), &ids(&[99]), &what).as_deref(),
+            Some(
+                "no dead letter of sink app has ID 99: nothing was done \
+                 (see `kirimhook dead-letters list --sink app`)"
+            )
+        );
+        assert_eq!(
+            unmatched(&done(1), &ids(&[4, 99]), &what).as_deref(),
+            Some(
+                "1 of the 2 IDs given (4, 99) matched no dead letter of sink app \
+                 (see `kirimhook dead-letters list --sink app`)"
+            )
+        );
+        assert_eq!(unmatched(&done(2), &ids(&[4, 5]), &what), None);
+        let all = Selected {
+            ids: vec![],
+            all: true,
+        };
+        assert_eq!(unmatched(&done(0), &all, &what), None);
+        assert_eq!(
+            change_report(&done(2), &what),
+            "dropped 2 dead letters of sink app: gone for good\n"
+        );
+    }
+
+    #[test]
+    fn since_never_panics_on_a_duration_too_far_back() {
+        let now = admin::parse_rfc3339("2026-06-01T12:00:00Z").unwrap();
+        for text in [
+            "60years",
+            "57years",
+            "100000years",
+            "18446744073709551615s",
+            "584942417355years",
+        ] {
+            let e = since(text, now).unwrap_err().to_string();
+            assert!(
+                e.contains("too far back") || e.contains("RFC 3339"),
+                "{text}: {e}"
+            );
+        }
+        let far = since(
+            "56years",
+            admin::parse_rfc3339("2030-01-01T00:00:00Z").unwrap(),
+        );
+        assert!(
+            far.as_deref().is_ok_and(|t| t.starts_with("1974-")),
+            "{far:?}"
+        );
+        assert!(since("0s", UNIX_EPOCH).is_ok());
     }
 }

@@ -27,11 +27,16 @@ pub enum Command {
         #[arg(long)]
         config: PathBuf,
     },
-    /// Validate a configuration: exit 0 when valid, else 1 naming the failing key.
+    /// Validate a configuration and its store path: exit 0 when valid, else 1 naming the
+    /// failing key.
     CheckConfig {
         /// Path of the TOML configuration.
         #[arg(long)]
         config: PathBuf,
+        /// Secret and TLS files that do not exist here (such as systemd credentials under
+        /// /run/credentials/...) are listed as not checked instead of failing the check.
+        #[arg(long)]
+        skip_missing_secrets: bool,
     },
     /// Print an X-Kirim-Signature value for FILE's exact bytes.
     Sign {
@@ -216,9 +221,14 @@ pub struct SecretArg {
 /// Arguments of `kirimhook send`.
 #[derive(Debug, Args)]
 pub struct SendArgs {
-    /// Receiver URL, e.g. http://127.0.0.1:8080/webhooks/kirim
+    /// Receiver URL, e.g. http://127.0.0.1:8080/webhooks/kirim (or https:// for a receiver
+    /// with [server.tls]).
     #[arg(long)]
     pub url: String,
+    /// PEM file of the certificate(s) to trust for an https:// URL instead of the usual
+    /// public roots, e.g. a receiver's self-signed certificate.
+    #[arg(long, value_name = "FILE")]
+    pub cacert: Option<PathBuf>,
     /// The signing secret.
     #[command(flatten)]
     pub secret: SecretArg,

@@ -4,10 +4,8 @@ use std::process::ExitCode;
 
 use clap::Parser as _;
 use kirimhook::cli::{Cli, Command};
-use kirimhook::config::Config;
-use kirimhook::{
-    accounts, admin_cli, app, send, shutdown, signature::SigningSecret, systemd, telemetry,
-};
+use kirimhook::config::{Config, MissingFiles};
+use kirimhook::{accounts, admin_cli, app, check, send, shutdown, systemd, telemetry};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -36,14 +34,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::CheckConfig { config } => {
-            let config = Config::load(&config)?;
-            eprintln!(
-                "config OK: listen {}, {} secret(s), {} sink(s)",
-                config.server.listen,
-                config.verify.secrets.len(),
-                config.sinks.len()
-            );
+        Command::CheckConfig {
+            config,
+            skip_missing_secrets,
+        } => {
+            let missing = if skip_missing_secrets {
+                MissingFiles::Skip
+            } else {
+                MissingFiles::Refuse
+            };
+            let checked = Config::check(&config, missing)?;
+            check::store_path(&checked.config.store.path)?;
+            eprint!("{}", check::report(&checked));
             Ok(ExitCode::SUCCESS)
         }
         Command::Sign {
@@ -51,13 +53,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             timestamp,
             file,
         } => {
-            let secret = SigningSecret::new("cli", secret.resolve()?);
+            let secret = send::signing_secret(&secret)?;
             let body = std::fs::read(&file)
                 .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
-            println!(
-                "{}",
-                secret.sign(timestamp.unwrap_or_else(send::unix_now), &body)
-            );
+            let signature = secret.sign(timestamp.unwrap_or_else(send::unix_now), &body);
+            print_stdout(&format!("{signature}\n"))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Send(args) => {
@@ -65,8 +65,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .enable_all()
                 .build()?;
             let (status, body) = runtime.block_on(send::send(&args))?;
-            println!("{status}");
-            println!("{body}");
+            print_stdout(&format!("{status}\n{body}\n"))?;
             Ok(if (200..300).contains(&status) {
                 ExitCode::SUCCESS
             } else {
@@ -89,8 +88,29 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            print!("{}", runtime.block_on(admin_cli::run(&command))?);
-            Ok(ExitCode::SUCCESS)
+            let answer = runtime.block_on(admin_cli::run(&command))?;
+            print_stdout(&answer.stdout)?;
+            match answer.unmatched {
+                Some(problem) => {
+                    eprintln!("error: {problem}");
+                    Ok(ExitCode::FAILURE)
+                }
+                None => Ok(ExitCode::SUCCESS),
+            }
         }
+    }
+}
+
+/// Writes a command's output to stdout. A reader that has gone (`kirimhook ... | head -1`) is
+/// not an error of the command's (`print!` would panic); any other write error is.
+fn print_stdout(text: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other,
     }
 }

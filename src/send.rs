@@ -2,9 +2,13 @@
 //!
 //! `send` posts a file as a delivery with every `X-Kirim-*` header, a fresh `wbd_` delivery id
 //! and a signature made now, then prints the status and the response body. Headers it is not
-//! given are taken from the body the way a receiver would read them. Plain `http://` only: it is
-//! a tool for a local receiver, not a kirim.dev replacement.
+//! given are taken from the body the way a receiver would read them. `http://`, or `https://`
+//! (HTTP/1.1 over rustls, verified against the public web roots or the certificates of
+//! `--cacert`): it is a tool to try a receiver, not a kirim.dev replacement. Both commands take
+//! only a secret the config would take ([`crate::config::check_secret`]).
 
+use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context as _};
@@ -12,10 +16,17 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{Request, Uri};
 use hyper_util::rt::TokioIo;
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_rustls::TlsConnector;
 
-use crate::cli::SendArgs;
+use crate::cli::{SecretArg, SendArgs};
 use crate::envelope::{self, Classified, Hints, Source};
 use crate::signature::SigningSecret;
+
+/// The largest `--cacert` file read.
+const MAX_CACERT_BYTES: u64 = 1024 * 1024;
 
 /// Crockford base32 alphabet (no I, L, O, U).
 const CROCKFORD: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
@@ -94,20 +105,80 @@ pub fn delivery_headers(
     headers
 }
 
+/// The secret of `--secret` or `--secret-env`, held to the rule the config applies to
+/// secrets (`whsec_` and more, no whitespace); the error never shows the value.
+pub fn signing_secret(arg: &SecretArg) -> anyhow::Result<SigningSecret> {
+    let value = arg.resolve()?;
+    let given_as = match (&arg.secret, &arg.secret_env) {
+        (None, Some(var)) => format!("--secret-env {var}"),
+        _ => "--secret".to_owned(),
+    };
+    crate::config::check_secret(&value, &given_as)?;
+    Ok(SigningSecret::new("cli", value))
+}
+
+/// A TLS client for `send`: the public web roots, or only the certificates in `cacert`.
+/// HTTP/1.1 only, like the receiver.
+pub fn tls_connector(cacert: Option<&Path>) -> anyhow::Result<TlsConnector> {
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .context("TLS: no usable protocol version")?;
+    let builder = match cacert {
+        None => hyper_rustls::ConfigBuilderExt::with_webpki_roots(builder),
+        Some(path) => builder.with_root_certificates(read_roots(path)?),
+    };
+    let mut config = builder.with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(TlsConnector::from(Arc::new(config)))
+}
+
+/// The certificates of a PEM file, as roots to trust.
+fn read_roots(path: &Path) -> anyhow::Result<rustls::RootCertStore> {
+    use std::io::Read as _;
+    let shown = path.display();
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|file| file.take(MAX_CACERT_BYTES).read_to_end(&mut bytes))
+        .with_context(|| format!("--cacert: cannot read {shown}"))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(&bytes) {
+        let cert = cert.map_err(|_| anyhow::anyhow!("--cacert {shown}: not a valid PEM file"))?;
+        roots
+            .add(cert)
+            .with_context(|| format!("--cacert {shown}: a certificate rustls cannot use"))?;
+    }
+    if roots.is_empty() {
+        bail!("--cacert {shown}: no `-----BEGIN CERTIFICATE-----` section");
+    }
+    Ok(roots)
+}
+
 /// Runs `kirimhook send`: returns the HTTP status and the response body.
 pub async fn send(args: &SendArgs) -> anyhow::Result<(u16, String)> {
-    let secret = SigningSecret::new("cli", args.secret.resolve()?);
+    let secret = signing_secret(&args.secret)?;
     let body = std::fs::read(&args.file)
         .with_context(|| format!("cannot read {}", args.file.display()))?;
     let uri: Uri = args
         .url
         .parse()
         .with_context(|| format!("--url: not a URL: {}", args.url))?;
-    if uri.scheme_str() != Some("http") {
-        bail!("--url: only http:// URLs are supported (got {})", args.url);
-    }
+    let tls = match uri.scheme_str() {
+        Some("http") if args.cacert.is_some() => {
+            bail!("--cacert is for https:// URLs (got {})", args.url)
+        }
+        Some("http") => None,
+        Some("https") => Some(tls_connector(args.cacert.as_deref())?),
+        _ => bail!(
+            "--url: must start with http:// or https:// (got {})",
+            args.url
+        ),
+    };
     let host = uri.host().context("--url: no host")?;
-    let port = uri.port_u16().unwrap_or(80);
+    let port = uri
+        .port_u16()
+        .unwrap_or(if tls.is_some() { 443 } else { 80 });
     let authority = uri
         .authority()
         .map(|a| a.as_str().to_owned())
@@ -120,21 +191,41 @@ pub async fn send(args: &SendArgs) -> anyhow::Result<(u16, String)> {
     }
     let request = request.body(Full::new(Bytes::from(body)))?;
 
+    let host = host.trim_matches(['[', ']']);
     let exchange = async {
-        let stream = tokio::net::TcpStream::connect((host.trim_matches(['[', ']']), port))
+        let stream = tokio::net::TcpStream::connect((host, port))
             .await
             .with_context(|| format!("cannot connect to {host}:{port}"))?;
-        let (mut sender, connection) =
-            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-        tokio::spawn(connection);
-        let response = sender.send_request(request).await?;
-        let status = response.status().as_u16();
-        let body = response.into_body().collect().await?.to_bytes();
-        anyhow::Ok((status, String::from_utf8_lossy(&body).into_owned()))
+        match tls {
+            None => exchange(stream, request).await,
+            Some(connector) => {
+                let name = ServerName::try_from(host.to_owned())
+                    .with_context(|| format!("--url: `{host}` is not a valid TLS server name"))?;
+                let stream = connector
+                    .connect(name, stream)
+                    .await
+                    .with_context(|| format!("TLS handshake with {host}:{port} failed"))?;
+                exchange(stream, request).await
+            }
+        }
     };
     tokio::time::timeout(Duration::from_secs(15), exchange)
         .await
         .context("no answer within 15 s")?
+}
+
+/// One HTTP/1.1 request on `stream`: the status and the body as text.
+async fn exchange<S>(stream: S, request: Request<Full<Bytes>>) -> anyhow::Result<(u16, String)>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(connection);
+    let response = sender.send_request(request).await?;
+    let status = response.status().as_u16();
+    let body = response.into_body().collect().await?.to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
 #[cfg(test)]

@@ -137,3 +137,357 @@ async fn send_delivers_a_file_to_a_running_daemon() {
     assert_eq!(event.json["attempt"], 1, "{}", event.raw);
     assert_eq!(event.body_bytes(), &f7.body[..]);
 }
+
+/// Writes `text` as a config file in `dir` and runs `check-config` on it with `extra` args.
+fn check_config(dir: &std::path::Path, config: &str, extra: &[&str]) -> (Option<i32>, String) {
+    let path = dir.join("check.toml");
+    std::fs::write(&path, config).expect("write the config");
+    let mut args = vec![
+        "check-config",
+        "--config",
+        path.to_str().expect("UTF-8 path"),
+    ];
+    args.extend_from_slice(extra);
+    let out = kirimhook(&args);
+    (out.status.code(), text(&out.stderr))
+}
+
+#[test]
+fn check_config_names_the_key_of_a_wrong_type_and_says_a_missing_file_once() {
+    let dir = temp_dir();
+    let good = Settings::default().config_toml(dir.path());
+    let bad = good.replacen("[server]\n", "[server]\nmax_body_bytes = \"1M\"\n", 1);
+    let (code, stderr) = check_config(dir.path(), &bad, &[]);
+    assert_eq!(code, Some(1), "stderr: {stderr}");
+    assert!(
+        stderr.starts_with("error: server.max_body_bytes: invalid type: string"),
+        "the error must start with the key; stderr: {stderr}"
+    );
+    assert!(stderr.contains("line 2"), "stderr: {stderr}");
+    assert!(
+        !stderr.contains("u64"),
+        "no Rust type names; stderr: {stderr}"
+    );
+
+    let missing = dir.path().join("no-such-config.toml");
+    let out = kirimhook(&[
+        "check-config",
+        "--config",
+        missing.to_str().expect("UTF-8 path"),
+    ]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
+    let os = std::fs::read(&missing)
+        .expect_err("the file is missing")
+        .to_string();
+    assert_eq!(
+        stderr.matches(&os).count(),
+        1,
+        "the OS error is said once; stderr: {stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 1, "stderr: {stderr}");
+}
+
+#[test]
+fn check_config_refuses_a_store_path_that_serve_cannot_use() {
+    let dir = temp_dir();
+    let good = Settings::default().config_toml(dir.path());
+    let store = crate::daemon::store_path(dir.path());
+    let store_line = format!("path = \"{}\"", store.display());
+    assert!(good.contains(&store_line), "{good}");
+
+    // A store under /proc is refused by the kernel, even to root.
+    if std::path::Path::new("/proc/self").exists() {
+        let bad = good.replace(&store_line, "path = \"/proc/kirimhook-store\"");
+        let (code, stderr) = check_config(dir.path(), &bad, &[]);
+        assert_eq!(code, Some(1), "stderr: {stderr}");
+        assert!(
+            stderr.starts_with("error: store.path: /proc/kirimhook-store cannot be created"),
+            "stderr: {stderr}"
+        );
+    } else {
+        eprintln!("no /proc here: the /proc case did not run");
+    }
+
+    // A file where a parent directory should be.
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, b"").expect("write a file");
+    let bad = good.replace(
+        &store_line,
+        &format!("path = \"{}\"", file.join("store").display()),
+    );
+    let (code, stderr) = check_config(dir.path(), &bad, &[]);
+    assert_eq!(code, Some(1), "stderr: {stderr}");
+    assert!(stderr.contains("is not a directory"), "stderr: {stderr}");
+
+    // A store that does not exist yet is fine, and the check creates nothing.
+    let deep = dir.path().join("new/deeper/store");
+    let fine = good.replace(&store_line, &format!("path = \"{}\"", deep.display()));
+    let (code, stderr) = check_config(dir.path(), &fine, &[]);
+    assert_eq!(code, Some(0), "stderr: {stderr}");
+    assert!(stderr.starts_with("config OK: "), "stderr: {stderr}");
+    assert!(
+        !dir.path().join("new").exists(),
+        "check-config must leave no directory behind"
+    );
+}
+
+#[test]
+fn check_config_can_skip_credential_files_that_are_not_here() {
+    let dir = temp_dir();
+    let settings = Settings {
+        secret_b: false,
+        ..Settings::default()
+    };
+    let good = settings.config_toml(dir.path());
+    let credential = dir
+        .path()
+        .join("run/credentials/kirimhook.service/kirim_secret");
+    let inline = format!("value = \"{SECRET_A}\"");
+    assert!(good.contains(&inline), "{good}");
+    let production = good.replace(
+        &inline,
+        &format!("value_file = \"{}\"", credential.display()),
+    );
+
+    // Without the flag: an error naming the key and the path.
+    let (code, stderr) = check_config(dir.path(), &production, &[]);
+    assert_eq!(code, Some(1), "stderr: {stderr}");
+    assert!(
+        stderr.starts_with("error: verify.secrets[0].value_file: "),
+        "stderr: {stderr}"
+    );
+    assert!(
+        stderr.contains(&credential.display().to_string()),
+        "stderr: {stderr}"
+    );
+
+    // With it: listed as not checked, and never called OK.
+    let (code, stderr) = check_config(dir.path(), &production, &["--skip-missing-secrets"]);
+    assert_eq!(code, Some(0), "stderr: {stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "not checked: verify.secrets[0].value_file ({})",
+            credential.display()
+        )),
+        "stderr: {stderr}"
+    );
+    assert!(!stderr.contains("OK"), "stderr: {stderr}");
+
+    // Everything else is still checked.
+    let broken = production.replace("tolerance_secs = 300", "tolerance_secs = \"5m\"");
+    assert_ne!(broken, production);
+    let (code, stderr) = check_config(dir.path(), &broken, &["--skip-missing-secrets"]);
+    assert_eq!(code, Some(1), "stderr: {stderr}");
+    assert!(
+        stderr.starts_with("error: verify.tolerance_secs: "),
+        "stderr: {stderr}"
+    );
+}
+
+#[tokio::test]
+async fn a_retry_or_drop_by_an_id_that_matched_nothing_exits_non_zero() {
+    let dir = temp_dir();
+    let daemon = Daemon::start(dir.path(), &Settings::default()).await;
+    let admin = format!(
+        "http://{}",
+        daemon.admin_addr.expect("the admin listener's address")
+    );
+    let run = |args: &[&str]| {
+        let mut all: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+        all.extend(["--admin".to_owned(), admin.clone()]);
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let args: Vec<&str> = all.iter().map(String::as_str).collect();
+                kirimhook(&args)
+            })
+            .await
+            .expect("run kirimhook")
+        }
+    };
+    for (args, says) in [
+        (
+            vec!["dead-letters", "drop", "--sink", "stdout", "99"],
+            "no dead letter of sink stdout has ID 99",
+        ),
+        (
+            vec!["dead-letters", "retry", "--sink", "stdout", "99", "100"],
+            "no dead letter of sink stdout has any of the IDs 99, 100",
+        ),
+        (
+            vec!["quarantine", "drop", "99"],
+            "no quarantined delivery has ID 99",
+        ),
+    ] {
+        let out = run(&args).await;
+        let stderr = text(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "kirimhook {args:?}; stdout: {}; stderr: {stderr}",
+            text(&out.stdout)
+        );
+        assert!(
+            stderr.contains(says),
+            "kirimhook {args:?}; stderr: {stderr}"
+        );
+        assert_eq!(text(&out.stdout), "", "kirimhook {args:?}");
+    }
+    // Nothing to do for --all is not an error.
+    let out = run(&["dead-letters", "drop", "--sink", "stdout", "--all"]).await;
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    let out = run(&["quarantine", "drop", "--all"]).await;
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+}
+
+#[test]
+fn replay_since_too_far_back_is_an_error_not_a_panic() {
+    let out = kirimhook(&[
+        "replay",
+        "--sink",
+        "stdout",
+        "--since",
+        "60years",
+        "--admin",
+        "http://127.0.0.1:9",
+    ]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
+    assert!(stderr.contains("too far back"), "stderr: {stderr}");
+    assert!(!stderr.contains("panicked"), "stderr: {stderr}");
+}
+
+#[test]
+fn sign_and_send_refuse_a_secret_the_config_would_refuse() {
+    let f1 = fixtures::get("f1");
+    let file = f1.file.to_str().expect("UTF-8 path");
+    for bad in ["hunter2", "whsec_", "whsec_two words"] {
+        let out = kirimhook(&["sign", "--secret", bad, file]);
+        let stderr = text(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "sign --secret {bad:?}; stderr: {stderr}"
+        );
+        assert!(stderr.starts_with("error: --secret: "), "stderr: {stderr}");
+        assert_eq!(text(&out.stdout), "", "nothing is signed");
+        if bad.len() > "whsec_".len() {
+            assert!(!stderr.contains(bad), "the value is not shown: {stderr}");
+        }
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_kirimhook"))
+        .args(["sign", "--secret-env", "KIRIMHOOK_TEST_BAD_SECRET", file])
+        .env("KIRIMHOOK_TEST_BAD_SECRET", "whsec_abc\n")
+        .output()
+        .expect("run kirimhook");
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
+    assert!(
+        stderr.starts_with("error: --secret-env KIRIMHOOK_TEST_BAD_SECRET: "),
+        "stderr: {stderr}"
+    );
+    let out = kirimhook(&[
+        "send",
+        "--url",
+        "http://127.0.0.1:9/webhooks/kirim",
+        "--secret",
+        "hunter2",
+        file,
+    ]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
+    assert!(stderr.starts_with("error: --secret: "), "stderr: {stderr}");
+}
+
+#[tokio::test]
+async fn send_speaks_https_to_a_daemon_with_tls_trusting_its_cacert() {
+    let dir = temp_dir();
+    let generated =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+            .expect("generate a test certificate");
+    let cert_file = dir.path().join("cert.pem");
+    let key_file = dir.path().join("key.pem");
+    std::fs::write(&cert_file, generated.cert.pem()).expect("write cert.pem");
+    std::fs::write(&key_file, generated.signing_key.serialize_pem()).expect("write key.pem");
+    let settings = Settings {
+        tls: Some((cert_file.clone(), key_file)),
+        ..Settings::default()
+    };
+    let daemon = Daemon::start(dir.path(), &settings).await;
+    let f7 = fixtures::get("f7");
+    let send = |url: String, cacert: Option<std::path::PathBuf>| {
+        let file = f7.file.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut args = vec![
+                "send".to_owned(),
+                "--url".to_owned(),
+                url,
+                "--secret".to_owned(),
+                SECRET_A.to_owned(),
+            ];
+            if let Some(cacert) = cacert {
+                args.push("--cacert".to_owned());
+                args.push(cacert.to_str().expect("UTF-8 path").to_owned());
+            }
+            args.push(file.to_str().expect("UTF-8 path").to_owned());
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            kirimhook(&args)
+        })
+    };
+    let port = daemon.addr.port();
+
+    // The self-signed certificate is not trusted without --cacert.
+    let out = send(format!("https://localhost:{port}{}", fixtures::PATH), None)
+        .await
+        .expect("run kirimhook send");
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
+    assert!(stderr.contains("TLS handshake"), "stderr: {stderr}");
+
+    // With it, by name and by IP address.
+    for host in ["localhost", "127.0.0.1"] {
+        let url = format!("https://{host}:{port}{}", fixtures::PATH);
+        let out = send(url, Some(cert_file.clone()))
+            .await
+            .expect("run kirimhook send");
+        let stdout = text(&out.stdout);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "send to {host}; stdout: {stdout}; stderr: {}",
+            text(&out.stderr)
+        );
+        assert_eq!(stdout.lines().next(), Some("200"), "stdout: {stdout}");
+    }
+    let event = daemon.wait_for_event(f7.event_id()).await;
+    assert_eq!(event.body_bytes(), &f7.body[..]);
+
+    // --cacert is for https only.
+    let out = send(
+        format!("http://127.0.0.1:{port}{}", fixtures::PATH),
+        Some(cert_file.clone()),
+    )
+    .await
+    .expect("run kirimhook send");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("--cacert is for https://"));
+}
+
+#[test]
+fn a_reader_that_went_away_is_no_panic() {
+    // `kirimhook sign ... | head -0`: the pipe's reading end is closed before the signature
+    // is written (the process takes longer to start than the test takes to close it).
+    let f1 = fixtures::get("f1");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kirimhook"))
+        .args(["sign", "--secret", SECRET_A])
+        .arg(&f1.file)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run kirimhook");
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("wait for kirimhook");
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "stderr: {stderr}");
+    assert!(!stderr.contains("panicked"), "stderr: {stderr}");
+}

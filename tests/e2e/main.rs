@@ -5,7 +5,7 @@
 //! locks. Helpers: [`daemon`] (spawn, wait for lines, stop, kill), [`http`] (client and raw
 //! requests), [`fixtures`] (spec fixtures F1-F9 and signed deliveries), [`target`] (the fake
 //! service the HTTP relay posts to). Tests: [`accept`], [`admin`], [`reject`], [`durability`],
-//! [`cli`], [`stdout_only`], [`relay`], [`systemd`], [`tls`].
+//! [`cli`], [`first_run`], [`stdout_only`], [`relay`], [`systemd`], [`tls`].
 
 mod daemon;
 mod fixtures;
@@ -18,6 +18,7 @@ mod admin;
 mod cli;
 mod durability;
 mod faults;
+mod first_run;
 mod reject;
 mod relay;
 mod reload;
