@@ -268,6 +268,13 @@ async fn replay_after_a_reload_uses_the_reloaded_filter() {
     daemon.wait_for_event(event.event_id()).await;
     let replayed = cli(&daemon, &["replay", "--sink", "app", "--since", &since]).await;
     assert!(replayed.starts_with("queued 0 "), "{replayed}");
+    // Kept out by the filter: counted, so a filter that drops everything can be seen.
+    let metrics = get(&daemon, "/metrics").await.body;
+    assert_eq!(
+        sample(&metrics, "kirimhook_sink_filtered_total{sink=\"app\"}"),
+        Some(1.0),
+        "{metrics}"
+    );
 
     settings.extra_sinks = http_sink("app", &app.url());
     daemon.rewrite_config(&settings);
