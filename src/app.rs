@@ -1,15 +1,20 @@
 //! Wires the daemon together: store, listener, receiver, sinks and sweeper, under one shutdown.
 //!
-//! Start-up order: open the store (recovering whatever a crash left), bind the listener (or
-//! take over the one systemd passed), start the sinks (they resume from their durable queues),
-//! then serve and tell systemd `READY=1`. Shutdown order is the reverse: tell systemd
+//! Start-up order: bind the webhook listener (or take over the one systemd passed) and the
+//! admin listener, so that a port in use fails the start before a new store is created; open
+//! the store (recovering whatever a crash left); start the sinks (they resume from their
+//! durable queues), then serve and tell systemd `READY=1`. Shutdown order is the reverse: tell systemd
 //! `STOPPING=1`, stop accepting and drain in-flight requests, let the sinks deliver what is
 //! committed, then flush and close the store; all within one drain deadline. When systemd asks
 //! for a watchdog, `WATCHDOG=1` is sent from start to exit.
 //!
-//! The admin listener (`[admin]`: health, readiness, metrics, the operator API) is bound right
+//! The admin listener (`[admin]`: health, readiness, metrics, the operator API) serves right
 //! after the store opens, so `/healthz` answers while the rest starts; `/readyz` says ready
 //! once the webhook listener serves. It stops accepting at the shutdown signal.
+//!
+//! A fault no retry heals ([`Health`]: stdout's consumer gone, the store's writer stopped)
+//! stops admissions at once (503), shuts down like SIGTERM, and makes [`run`] return an error,
+//! so the process exits non-zero for its supervisor.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -66,25 +71,7 @@ pub async fn run(
         None => None,
     };
 
-    let sink_names = config.sinks.iter().map(|s| s.name.clone()).collect();
-    let store_path = config.store.path.clone();
-    let options = StoreOptions {
-        min_free_bytes: config.store.min_free_bytes,
-        ..StoreOptions::default()
-    };
-    // The error says what is wrong with the store and what to do, path included.
-    let store =
-        tokio::task::spawn_blocking(move || Store::open_with(&store_path, sink_names, options))
-            .await
-            .context("store open task failed")??;
-
-    let secret_ids: Vec<&str> = config.verify.secrets.iter().map(|s| s.id()).collect();
-    let sink_names: Vec<&str> = config.sinks.iter().map(|s| s.name.as_str()).collect();
-    let metrics = Metrics::new(&secret_ids, &sink_names);
-    let health = Health::new();
-    let routes = Routes::new(route_table(&config.sinks));
-    let admin = start_admin(&config, &store, &metrics, &health, &routes, &shutdown).await?;
-
+    // Both listeners first: a port in use fails the start before a new store is created.
     let (listener, source) = match activated {
         Some(inherited) => (
             systemd::into_tokio(inherited).context("cannot use the socket passed by systemd")?,
@@ -102,6 +89,31 @@ pub async fn run(
     let addr = listener
         .local_addr()
         .context("listener has no local address")?;
+
+    let admin_listener = bind_admin(&config).await?;
+
+    let sink_names = config.sinks.iter().map(|s| s.name.clone()).collect();
+    let store_path = config.store.path.clone();
+    let options = StoreOptions {
+        min_free_bytes: config.store.min_free_bytes,
+        ..StoreOptions::default()
+    };
+    // The error says what is wrong with the store and what to do, path included.
+    let store =
+        tokio::task::spawn_blocking(move || Store::open_with(&store_path, sink_names, options))
+            .await
+            .context("store open task failed")??;
+
+    let secret_ids: Vec<&str> = config.verify.secrets.iter().map(|s| s.id()).collect();
+    let sink_names: Vec<&str> = config.sinks.iter().map(|s| s.name.as_str()).collect();
+    let metrics = Metrics::new(&secret_ids, &sink_names);
+    let health = Health::new();
+    let routes = Routes::new(route_table(&config.sinks));
+    let admin = admin_listener.map(|listener| {
+        start_admin(
+            listener, &config, &store, &metrics, &health, &routes, &shutdown,
+        )
+    });
 
     let stop_sinks = CancellationToken::new();
     let mut sinks = SinkSet::start(&config.sinks, &store, &metrics, &stop_sinks);
@@ -392,16 +404,8 @@ async fn reload(
     }
 }
 
-/// Binds the admin listener (`[admin] listen`) and starts serving it; `None` when `[admin]
-/// enabled = false`.
-async fn start_admin(
-    config: &Config,
-    store: &Store,
-    metrics: &Metrics,
-    health: &Health,
-    routes: &Routes,
-    shutdown: &CancellationToken,
-) -> anyhow::Result<Option<(Arc<Admin>, tokio::task::JoinHandle<()>)>> {
+/// Binds the admin listener (`[admin] listen`); `None` when `[admin] enabled = false`.
+async fn bind_admin(config: &Config) -> anyhow::Result<Option<TcpListener>> {
     if !config.admin.enabled {
         tracing::info!("admin listener disabled ([admin] enabled = false)");
         return Ok(None);
@@ -409,12 +413,23 @@ async fn start_admin(
     let listener = TcpListener::bind(config.admin.listen)
         .await
         .with_context(|| format!("cannot listen on {} (admin.listen)", config.admin.listen))?;
-    let addr = listener
-        .local_addr()
-        .context("admin listener has no local address")?;
-    if !addr.ip().is_loopback() {
+    Ok(Some(listener))
+}
+
+/// Starts serving the admin API on `listener`.
+fn start_admin(
+    listener: TcpListener,
+    config: &Config,
+    store: &Store,
+    metrics: &Metrics,
+    health: &Health,
+    routes: &Routes,
+    shutdown: &CancellationToken,
+) -> (Arc<Admin>, tokio::task::JoinHandle<()>) {
+    let addr = listener.local_addr().ok();
+    if addr.is_some_and(|addr| !addr.ip().is_loopback()) {
         tracing::warn!(
-            addr = %addr,
+            addr = ?addr,
             "the admin listener is not on a loopback address and has no authentication: \
              whoever reaches it can read stored events and drop dead letters"
         );
@@ -429,9 +444,12 @@ async fn start_admin(
         )
         .with_routes(routes.clone()),
     );
-    tracing::info!(addr = %addr, "admin listening");
+    match addr {
+        Some(addr) => tracing::info!(addr = %addr, "admin listening"),
+        None => tracing::info!("admin listening"),
+    }
     let task = tokio::spawn(admin::serve(listener, admin.clone(), shutdown.clone()));
-    Ok(Some((admin, task)))
+    (admin, task)
 }
 
 /// Every sink's name with its filter, in config order.

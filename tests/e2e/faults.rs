@@ -493,3 +493,37 @@ fn free_bytes(path: &std::path::Path) -> u64 {
         .and_then(|l| l.trim().parse().ok())
         .expect("df's avail column")
 }
+
+/// A start that fails (the port is taken) creates no store directory.
+#[tokio::test]
+async fn a_failed_start_leaves_no_store_behind() {
+    let dir = temp_dir();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a port");
+    let settings = Settings {
+        extra_server: String::new(),
+        ..Settings::default()
+    };
+    let config = dir.path().join("kirimhook.toml");
+    let text = settings.config_toml(dir.path()).replace(
+        "listen = \"127.0.0.1:0\"\npath",
+        &format!(
+            "listen = \"{}\"\npath",
+            taken.local_addr().expect("its address")
+        ),
+    );
+    std::fs::write(&config, text).expect("write the config");
+    let out = Command::new(env!("CARGO_BIN_EXE_kirimhook"))
+        .arg("serve")
+        .arg("--config")
+        .arg(&config)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run kirimhook serve");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("server.listen"), "{stderr}");
+    assert!(
+        !crate::daemon::store_path(dir.path()).exists(),
+        "a failed start must not leave a store directory; stderr:\n{stderr}"
+    );
+}
