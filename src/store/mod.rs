@@ -186,6 +186,8 @@ pub struct RecoveryLoss {
 /// State the writer publishes for readers.
 pub(crate) struct Shared {
     counts: Mutex<Counts>,
+    /// Per sink, a seq below which its queue holds nothing (the writer's low-water marks).
+    queue_lows: Mutex<std::collections::HashMap<String, u64>>,
     disk: Arc<DiskState>,
     failure: Mutex<Option<String>>,
     recovery: RecoveryLoss,
@@ -194,6 +196,10 @@ pub(crate) struct Shared {
 impl Shared {
     fn set_counts(&self, counts: Counts) {
         *lock(&self.counts) = counts;
+    }
+
+    fn set_queue_lows(&self, lows: std::collections::HashMap<String, u64>) {
+        *lock(&self.queue_lows) = lows;
     }
 
     fn set_failure(&self, reason: String) {
@@ -310,8 +316,9 @@ impl Store {
         })?;
         let (next_seq, recovery) =
             check_recovery(path, &db, &keyspaces, recover_next_seq(&keyspaces)?, acked)?;
-        for (sink, first) in writer::queued_sinks(&keyspaces.queue)? {
-            if !sinks.contains(&sink) {
+        let lows = writer::Lows::recover(&keyspaces)?;
+        for (sink, first) in &lows.queue {
+            if !sinks.contains(sink) {
                 tracing::warn!(
                     sink = %sink, first_seq = first,
                     "a sink that is no longer configured still has queued events; they are kept until it comes back"
@@ -321,6 +328,7 @@ impl Store {
         let disk_state = Arc::new(DiskState::default());
         let shared = Arc::new(Shared {
             counts: Mutex::new(counts.clone()),
+            queue_lows: Mutex::new(std::collections::HashMap::new()),
             disk: disk_state.clone(),
             failure: Mutex::new(None),
             recovery,
@@ -345,6 +353,7 @@ impl Store {
             guard,
             disk,
             shared.clone(),
+            lows,
         );
         let handle = std::thread::Builder::new()
             .name("kirimhook-store".into())
@@ -573,11 +582,26 @@ impl Store {
         let queue_ks = self.inner.queue.clone();
         let events = self.inner.events.clone();
         let prefix = queue::prefix(sink);
+        // From the writer's low-water mark, not the queue's start: the delivered entries'
+        // tombstones before it are never walked.
+        let low = lock(&self.inner.shared.queue_lows).get(sink).copied();
+        let Some(low) = low else {
+            return Ok(SinkStatus {
+                queued: counts.queued(sink) as usize,
+                oldest_received_ms: None,
+                dead_letters: counts.dead_letters(sink) as usize,
+            });
+        };
+        let start = queue::key(sink, low);
         let oldest_received_ms = blocking(move || {
-            let Some(guard) = queue_ks.prefix(&prefix).next() else {
+            let Some(guard) = queue_ks.range(start..).next() else {
                 return Ok(None);
             };
-            let seq = queue::seq_of(&guard.key()?);
+            let key = guard.key()?;
+            if !key.starts_with(&prefix) {
+                return Ok(None);
+            }
+            let seq = queue::seq_of(&key);
             Ok(get_event(&events, seq)
                 .ok()
                 .flatten()

@@ -29,8 +29,16 @@ use crate::envelope::DedupeKey;
 
 /// Most commands folded into one batch.
 const MAX_BATCH: usize = 4096;
-/// Most keys or events one sweep step removes (keeps admissions from waiting behind a sweep).
-const SWEEP_STEP: usize = 2048;
+/// Most keys, digests or events one sweep step removes: a step runs between two group
+/// commits, so an admission waits behind at most one such bounded step.
+const SWEEP_STEP: usize = 512;
+/// How often the queues' low-water marks are moved past what was delivered (for the sweep
+/// and `status`), at most.
+const ADVANCE_LOWS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+/// Where the sweep of `dedupe_by_time` resumes: every index key below it is gone.
+const DEDUPE_SWEPT_TO: &[u8] = b"sweep:dedupe_from";
+/// Where the sweep of `signatures_by_time` resumes.
+const SIGNATURES_SWEPT_TO: &[u8] = b"sweep:signatures_from";
 
 pub(super) struct AdmitCommand {
     pub keys: Vec<DedupeKey>,
@@ -105,6 +113,69 @@ pub(super) struct Writer {
     guard: Guard,
     disk: Disk,
     shared: Arc<Shared>,
+    /// Low-water marks, so that no periodic or hot path scans a keyspace from its start
+    /// through the tombstones that deliveries and sweeps leave there.
+    lows: Lows,
+}
+
+/// Positions below which a keyspace holds nothing live. Each is a lower bound: an insert
+/// below it lowers it at once, and it only moves up past entries known to be gone, so a scan
+/// that starts there never misses an entry and never walks the same tombstones twice.
+pub(super) struct Lows {
+    /// Per sink: no queue entry has a lower seq (no entry at all when the sink is absent).
+    pub queue: HashMap<String, u64>,
+    /// No stored event has a lower seq.
+    pub events: u64,
+    /// Every `dedupe_by_time` key below this was swept.
+    pub dedupe_from: Vec<u8>,
+    /// Every `signatures_by_time` key below this was swept.
+    pub signatures_from: Vec<u8>,
+    advanced: std::time::Instant,
+    /// Set when a queue's mark moved, so readers get the new marks.
+    changed: bool,
+}
+
+impl Lows {
+    /// The marks of a store just opened: one scan per queue and of the events, from the start
+    /// (once per process), and the sweep positions kept in `meta`.
+    pub fn recover(ks: &Keyspaces) -> Result<Lows, StoreError> {
+        let queue = queued_sinks(&ks.queue)?.into_iter().collect();
+        let events = match ks.events.first_key_value() {
+            Some(guard) => be_u64(&guard.key()?),
+            None => u64::MAX,
+        };
+        let position = |key: &[u8]| -> Result<Vec<u8>, StoreError> {
+            Ok(ks.meta.get(key)?.map(|v| v.to_vec()).unwrap_or_default())
+        };
+        Ok(Lows {
+            queue,
+            events,
+            dedupe_from: position(DEDUPE_SWEPT_TO)?,
+            signatures_from: position(SIGNATURES_SWEPT_TO)?,
+            advanced: std::time::Instant::now(),
+            changed: true,
+        })
+    }
+
+    /// `seq` was queued for `sink`.
+    fn queued(&mut self, sink: &str, seq: u64) {
+        match self.queue.get_mut(sink) {
+            Some(low) if *low <= seq => {}
+            Some(low) => {
+                *low = seq;
+                self.changed = true;
+            }
+            None => {
+                self.queue.insert(sink.to_owned(), seq);
+                self.changed = true;
+            }
+        }
+    }
+
+    /// The lowest seq any queue may still hold (`next_seq` when every queue is empty).
+    fn lowest_pending(&self, next_seq: u64) -> u64 {
+        self.queue.values().copied().fold(next_seq, u64::min)
+    }
 }
 
 /// Queue and dead-letter keys this batch has already added (true) or removed (false), so that
@@ -133,8 +204,9 @@ impl Writer {
         guard: Guard,
         disk: Disk,
         shared: Arc<Shared>,
+        lows: Lows,
     ) -> Self {
-        Writer {
+        let mut writer = Writer {
             db,
             ks,
             next_seq,
@@ -144,7 +216,52 @@ impl Writer {
             guard,
             disk,
             shared,
+            lows,
+        };
+        writer.publish_lows();
+        writer
+    }
+
+    /// Hands the queues' marks to readers (`status` finds a queue's head from there).
+    fn publish_lows(&mut self) {
+        if std::mem::take(&mut self.lows.changed) {
+            self.shared.set_queue_lows(self.lows.queue.clone());
         }
+    }
+
+    /// Moves each queue's mark up to its first live entry. Walks only the tombstones that
+    /// deliveries left since the last call (each one once).
+    fn advance_lows(&mut self) -> Result<(), StoreError> {
+        self.lows.advanced = std::time::Instant::now();
+        let sinks: Vec<(String, u64)> = self
+            .lows
+            .queue
+            .iter()
+            .map(|(sink, low)| (sink.clone(), *low))
+            .collect();
+        for (sink, low) in sinks {
+            let prefix = queue::prefix(&sink);
+            let head = match self.ks.queue.range(queue::key(&sink, low)..).next() {
+                Some(guard) => {
+                    let key = guard.key()?;
+                    key.starts_with(&prefix).then(|| queue::seq_of(&key))
+                }
+                None => None,
+            };
+            match head {
+                Some(seq) if seq == low => {}
+                Some(seq) => {
+                    self.lows.queue.insert(sink, seq);
+                    self.lows.changed = true;
+                }
+                None => {
+                    self.lows.queue.remove(&sink);
+                    self.lows.changed = true;
+                }
+            }
+        }
+        self.publish_lows();
+        Ok(())
     }
 
     /// Makes `counts` the committed counters, for the writer and its readers.
@@ -200,6 +317,11 @@ impl Writer {
 
     /// Applies a batch of commands. Returns true when the writer must stop.
     fn apply(&mut self, commands: &mut Vec<Command>) -> bool {
+        if self.lows.advanced.elapsed() >= ADVANCE_LOWS_EVERY {
+            if let Err(e) = self.advance_lows() {
+                tracing::warn!(error = %e, "cannot move the queues' low-water marks");
+            }
+        }
         // fsync only when someone waits for it (admissions, durable settles); plain sink
         // outcomes ride along with the next synced batch, or the journal's own flush.
         let needs_sync = commands.iter().any(|c| {
@@ -267,6 +389,7 @@ impl Writer {
                                 Destination::Events => {
                                     last_event_seq = Some(seq);
                                     counts.events += 1;
+                                    self.lows.events = self.lows.events.min(seq);
                                     &self.ks.events
                                 }
                                 Destination::Quarantine => {
@@ -284,6 +407,7 @@ impl Writer {
                                     batch.insert(&self.ks.queue, key.as_slice(), []);
                                     overlay.queue.insert(key, true);
                                     counts.add_queued(sink, 1);
+                                    self.lows.queued(sink, seq);
                                 }
                             }
                             let ts = admit.received_at_ms.to_be_bytes();
@@ -352,6 +476,7 @@ impl Writer {
                         return true;
                     }
                     self.publish(counts);
+                    self.publish_lows();
                     if self.next_seq != first_seq {
                         if let Err(e) = self.guard.acked(self.next_seq - 1) {
                             tracing::warn!(error = %e, "cannot write the store's acknowledged mark");
@@ -505,10 +630,12 @@ impl Writer {
                             .map_err(|source| StoreError::Decode { seq, source })?;
                         batch.insert(&self.ks.events, seq.to_be_bytes(), record);
                         counts.events += 1;
+                        self.lows.events = self.lows.events.min(seq);
                     }
                     if !self.ks.queue.contains_key(&key)? {
                         counts.add_queued(&sink, 1);
                     }
+                    self.lows.queued(&sink, seq);
                     batch.insert(&self.ks.queue, key.clone(), []);
                     batch.remove(&self.ks.dead_letters, key);
                     counts.remove_dead(&sink);
@@ -540,7 +667,7 @@ impl Writer {
                 since_ms,
                 matches,
             } => {
-                for guard in self.ks.events.iter() {
+                for guard in self.ks.events.range(self.lows.events.to_be_bytes()..) {
                     let (key, value) = guard.into_inner()?;
                     let seq = be_u64(&key);
                     let event = record::decode(seq, &value)
@@ -552,6 +679,7 @@ impl Writer {
                     if !self.ks.queue.contains_key(&entry)? {
                         batch.insert(&self.ks.queue, entry, []);
                         counts.add_queued(&sink, 1);
+                        self.lows.queued(&sink, seq);
                         touched += 1;
                     }
                 }
@@ -561,6 +689,7 @@ impl Writer {
         counts.write_changed(&self.counts, &mut batch, &self.ks.meta, false);
         batch.commit()?;
         self.publish(counts);
+        self.publish_lows();
         if requeued {
             self.requeued.send_modify(|generation| *generation += 1);
         }
@@ -568,90 +697,135 @@ impl Writer {
     }
 
     /// One bounded step of the retention sweep. Buffered, not fsync'd: a lost sweep is redone.
+    /// Every scan starts at a low-water mark, never at the start of a keyspace, so a step's
+    /// cost is what it removes (and the tombstones since the last step), not everything that
+    /// was ever removed before.
     fn sweep_step(
         &mut self,
         cutoff_ms: u64,
         signatures_cutoff_ms: u64,
         keep_events_until_ms: u64,
     ) -> Result<SweepReport, StoreError> {
+        self.advance_lows()?;
         let mut batch = self.db.batch();
         let mut counts = self.counts.clone();
         let mut swept = Swept::default();
-        let mut more = false;
 
         // Signed-content digests are needed only while a replay could still verify.
-        for (swept_signatures, guard) in self
-            .ks
-            .signatures_by_time
-            .range(..signatures_cutoff_ms.to_be_bytes())
-            .enumerate()
-        {
-            if swept_signatures == SWEEP_STEP {
-                more = true;
-                break;
-            }
-            let index_key = guard.key()?;
-            let ts = be_u64(&index_key);
-            let digest = index_key.get(8..).unwrap_or_default();
-            if self
-                .ks
-                .signatures
-                .get(digest)?
-                .is_some_and(|v| be_u64(&v) == ts)
-            {
-                batch.remove(&self.ks.signatures, digest);
-            }
-            batch.remove(&self.ks.signatures_by_time, index_key);
+        let signatures = sweep_index(
+            &self.ks.signatures_by_time,
+            &self.ks.signatures,
+            &self.lows.signatures_from,
+            signatures_cutoff_ms,
+            &mut batch,
+        )?;
+        let dedupe = sweep_index(
+            &self.ks.dedupe_by_time,
+            &self.ks.dedupe,
+            &self.lows.dedupe_from,
+            cutoff_ms,
+            &mut batch,
+        )?;
+        swept.keys = dedupe.removed;
+        for (key, from) in [
+            (SIGNATURES_SWEPT_TO, &signatures.resume_from),
+            (DEDUPE_SWEPT_TO, &dedupe.resume_from),
+        ] {
+            batch.insert(&self.ks.meta, key, from.as_slice());
         }
 
-        for guard in self.ks.dedupe_by_time.range(..cutoff_ms.to_be_bytes()) {
-            if swept.keys == SWEEP_STEP {
-                more = true;
-                break;
-            }
-            let index_key = guard.key()?;
-            let ts = be_u64(&index_key);
-            let key = index_key.get(8..).unwrap_or_default();
-            // Remove the key only if it still carries this timestamp.
-            if self.ks.dedupe.get(key)?.is_some_and(|v| be_u64(&v) == ts) {
-                batch.remove(&self.ks.dedupe, key);
-            }
-            batch.remove(&self.ks.dedupe_by_time, index_key);
-            swept.keys += 1;
-        }
-
-        // Events below the lowest seq any configured sink still has queued are owed to no one.
-        // Every queue counts, also that of a sink no longer configured: its backlog is kept
-        // until the sink comes back (or an operator drops it).
-        let mut lowest_pending = self.next_seq;
-        for (_, first) in queued_sinks(&self.ks.queue)? {
-            lowest_pending = lowest_pending.min(first);
-        }
-        for guard in self.ks.events.range(..lowest_pending.to_be_bytes()) {
-            if swept.events == SWEEP_STEP {
-                more = true;
-                break;
-            }
-            let (key, value) = guard.into_inner()?;
-            // Delivered events younger than the keep window stay (for replay); seqs follow
-            // arrival, so the first young one ends the step.
-            if keep_events_until_ms > 0 {
-                let received = record::decode(be_u64(&key), &value)
-                    .map(|e| e.meta.received_at_ms)
-                    .unwrap_or(0);
-                if received >= keep_events_until_ms {
+        // Events below the lowest seq any queue may still hold are owed to no one. Every
+        // queue counts, also that of a sink no longer configured: its backlog is kept until
+        // the sink comes back (or an operator drops it).
+        let lowest_pending = self.lows.lowest_pending(self.next_seq);
+        let mut events_low = self.lows.events;
+        let mut more_events = false;
+        if events_low < lowest_pending {
+            events_low = lowest_pending;
+            let range = self.lows.events.to_be_bytes()..lowest_pending.to_be_bytes();
+            for guard in self.ks.events.range(range) {
+                let (key, value) = guard.into_inner()?;
+                let seq = be_u64(&key);
+                if swept.events == SWEEP_STEP {
+                    more_events = true;
+                    events_low = seq;
                     break;
                 }
+                // Delivered events younger than the keep window stay (for replay); seqs follow
+                // arrival, so the first young one ends the sweep.
+                if keep_events_until_ms > 0 {
+                    let received = record::decode(seq, &value)
+                        .map(|e| e.meta.received_at_ms)
+                        .unwrap_or(0);
+                    if received >= keep_events_until_ms {
+                        events_low = seq;
+                        break;
+                    }
+                }
+                batch.remove(&self.ks.events, key);
+                swept.events += 1;
+                counts.events = counts.events.saturating_sub(1);
             }
-            batch.remove(&self.ks.events, key);
-            swept.events += 1;
-            counts.events = counts.events.saturating_sub(1);
         }
         counts.write_changed(&self.counts, &mut batch, &self.ks.meta, false);
         batch.commit()?;
         self.publish(counts);
-        Ok(SweepReport { swept, more })
+        self.lows.events = events_low;
+        self.lows.dedupe_from = dedupe.resume_from;
+        self.lows.signatures_from = signatures.resume_from;
+        Ok(SweepReport {
+            swept,
+            more: signatures.more || dedupe.more || more_events,
+        })
     }
+}
+
+/// What one step over a time index removed.
+struct IndexSweep {
+    removed: usize,
+    /// Where the next step starts: every index key below it is gone.
+    resume_from: Vec<u8>,
+    /// The step stopped at its bound before the cutoff.
+    more: bool,
+}
+
+/// Removes up to [`SWEEP_STEP`] entries of `index` (time ++ key) from `from` up to `cutoff_ms`,
+/// and each indexed key of `keys` that still carries that time.
+fn sweep_index(
+    index: &fjall::Keyspace,
+    keys: &fjall::Keyspace,
+    from: &[u8],
+    cutoff_ms: u64,
+    batch: &mut fjall::OwnedWriteBatch,
+) -> Result<IndexSweep, StoreError> {
+    let cutoff = cutoff_ms.to_be_bytes();
+    let mut sweep = IndexSweep {
+        removed: 0,
+        resume_from: from.to_vec(),
+        more: false,
+    };
+    if from >= cutoff.as_slice() {
+        return Ok(sweep);
+    }
+    for guard in index.range(from.to_vec()..cutoff.to_vec()) {
+        let index_key = guard.key()?;
+        if sweep.removed == SWEEP_STEP {
+            sweep.more = true;
+            sweep.resume_from = index_key.to_vec();
+            return Ok(sweep);
+        }
+        let ts = be_u64(&index_key);
+        let key = index_key.get(8..).unwrap_or_default();
+        // Remove the key only if it still carries this time (it may have been seen again).
+        if keys.get(key)?.is_some_and(|v| be_u64(&v) == ts) {
+            batch.remove(keys, key);
+        }
+        batch.remove(index, index_key);
+        sweep.removed += 1;
+    }
+    // Everything below the cutoff is gone.
+    sweep.resume_from = cutoff.to_vec();
+    Ok(sweep)
 }
 
 /// The entries an operator action selects: every key under `prefix` when `seqs` is `None`,
