@@ -924,7 +924,7 @@ impl Admin {
         if !self.serving.load(Ordering::Acquire) {
             return not_ready("the webhook listener is not serving yet".into());
         }
-        // A durable no-op: a round trip through the writer thread and its fsync.
+        // A round trip through the writer thread (an empty batch: nothing is written).
         match tokio::time::timeout(READY_TIMEOUT, self.store.settle_durably("", Vec::new())).await {
             Err(_) => not_ready(format!(
                 "the store did not answer a write within {READY_TIMEOUT:?}"

@@ -203,8 +203,14 @@ pub async fn run(
                 // between halting the old sinks and starting the new ones, which leaves the
                 // queued events for the next start) and the drain begins at once.
                 tokio::select! {
-                    _ = reload(&config_path, &mut running, &receiver_handle, &routes, &mut sinks, tls.clone(), &store, &metrics, &stop_sinks) => {
+                    fault = reload(&config_path, &mut running, &receiver_handle, &routes, &mut sinks, tls.clone(), &store, &metrics, &stop_sinks) => {
                         tolerance_tx.send_replace(running.verify.tolerance_secs);
+                        // A sink that failed for good while being swapped still ends the run.
+                        if let Some(fault) = fault {
+                            health.fail(fault);
+                            shutdown.cancel();
+                            break;
+                        }
                         notifier.notify_or_log(&[State::Ready, State::Status(&status)]);
                     }
                     _ = shutdown.cancelled() => break,
@@ -221,7 +227,12 @@ pub async fn run(
     // No new events can arrive now; let every sink deliver what is committed.
     stop_sinks.cancel();
     let drained = tokio::time::timeout_at(deadline, async {
-        while sinks.tasks.join_next().await.is_some() {}
+        while let Some(ended) = sinks.tasks.join_next().await {
+            // Found while draining (stdout's reader left after SIGTERM): still exit non-zero.
+            if let Ok(Err(fault)) = ended {
+                health.fail(fault);
+            }
+        }
     })
     .await;
     if drained.is_err() {
@@ -290,20 +301,24 @@ impl SinkSet {
     /// Lets in-flight deliveries finish, then stops every dispatcher. Nothing is aborted: a
     /// delivery is bounded by its sink's timeout, and cutting one short could send an event
     /// twice at once (old and new dispatcher) or tear a stdout line.
-    async fn halt(&mut self) {
+    /// Returns the first fault a sink ended with meanwhile.
+    async fn halt(&mut self) -> Option<Fault> {
         self.halt.cancel();
+        let mut first = None;
         while let Some(ended) = self.tasks.join_next().await {
             if let Ok(Err(fault)) = ended {
-                tracing::error!(fault = %fault, "a sink failed while being swapped");
+                first.get_or_insert(fault);
             }
         }
+        first
     }
 }
 
 /// Re-reads the config file and applies what can change while running: secrets, tolerance,
 /// sink settings and filters, TLS certificates. An invalid file changes nothing. Settings that
 /// need a restart (listen addresses, path, limits, store, admin, the set of sink names, turning
-/// TLS on or off) are reported and left as they are.
+/// TLS on or off) are reported and left as they are. Returns the fault a sink ended with
+/// while being swapped (stdout's reader gone), which ends the run.
 #[allow(clippy::too_many_arguments)]
 async fn reload(
     path: &std::path::Path,
@@ -315,18 +330,18 @@ async fn reload(
     store: &Store,
     metrics: &Metrics,
     stop: &CancellationToken,
-) {
+) -> Option<Fault> {
     let file = path.to_owned();
     let loaded = tokio::task::spawn_blocking(move || Config::load(&file)).await;
     let new = match loaded {
         Ok(Ok(new)) => new,
         Ok(Err(e)) => {
             tracing::error!(key = e.key().unwrap_or("-"), error = %e, "reload refused; keeping the running configuration");
-            return;
+            return None;
         }
         Err(e) => {
             tracing::error!(error = %e, "reload refused; keeping the running configuration");
-            return;
+            return None;
         }
     };
     for (key, same) in [
@@ -360,11 +375,11 @@ async fn reload(
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
                 tracing::error!(key = e.file().config_key(), error = %e, "reload refused; keeping the running configuration");
-                return;
+                return None;
             }
             Err(e) => {
                 tracing::error!(error = %e, "reload refused; keeping the running configuration");
-                return;
+                return None;
             }
         }
     }
@@ -389,7 +404,10 @@ async fn reload(
     // One handle: the receive path and the admin API's replay see the new filters at once.
     routes.replace(route_table(&sinks_config));
     if same_sinks {
-        sinks.halt().await;
+        if let Some(fault) = sinks.halt().await {
+            // Not restarted: the daemon stops for its supervisor, the queue waits.
+            return Some(fault);
+        }
         *sinks = SinkSet::start(&sinks_config, store, metrics, stop);
     }
     tracing::info!(
@@ -402,6 +420,7 @@ async fn reload(
     if !tls_switched {
         running.server.tls = new.server.tls;
     }
+    None
 }
 
 /// Binds the admin listener (`[admin] listen`); `None` when `[admin] enabled = false`.

@@ -45,7 +45,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let checked = Config::check(&config, missing)?;
             check::store_path(&checked.config.store.path)?;
-            eprint!("{}", check::report(&checked));
+            telemetry::stderr_line(check::report(&checked).trim_end_matches('\n'));
             Ok(ExitCode::SUCCESS)
         }
         Command::Sign {
@@ -78,9 +78,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .build()?;
             let list = runtime.block_on(accounts::list(&args))?;
             if args.json {
-                print!("{}", accounts::to_json(&list));
+                print_stdout(&accounts::to_json(&list))?;
             } else {
-                print!("{}", accounts::to_table(&list));
+                print_stdout(&accounts::to_table(&list))?;
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -92,7 +92,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             print_stdout(&answer.stdout)?;
             match answer.unmatched {
                 Some(problem) => {
-                    eprintln!("error: {problem}");
+                    telemetry::stderr_line(&format!("error: {problem}"));
                     Ok(ExitCode::FAILURE)
                 }
                 None => Ok(ExitCode::SUCCESS),

@@ -20,7 +20,7 @@ use std::io::Read as _;
 use std::os::unix::fs::{FileExt as _, MetadataExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// The mark file's name in the store directory.
@@ -43,14 +43,43 @@ pub fn statvfs_probe() -> FreeSpaceProbe {
     })
 }
 
-/// Free space as last seen, shared with readers (`/readyz`, metrics, status).
-#[derive(Debug, Default)]
-pub struct DiskState {
+/// The free-space watermark: sampled by the writer before each admission, and by readers
+/// (`/readyz`, `status`, metrics) while it refuses, so that a refusal clears once space is
+/// back even when no delivery arrives to notice it. Shared; cheap to call.
+pub struct DiskWatch {
+    path: PathBuf,
+    min_free: u64,
+    probe: FreeSpaceProbe,
+    ttl: Duration,
     free: AtomicU64,
     low: AtomicBool,
+    sample: Mutex<Sample>,
 }
 
-impl DiskState {
+/// When the free space was last read, and what was admitted since.
+#[derive(Default)]
+struct Sample {
+    at: Option<Instant>,
+    since: u64,
+    /// Whether the last sample could be read (an unreadable one refuses nothing).
+    known: bool,
+}
+
+impl DiskWatch {
+    /// A watermark of `min_free` bytes (0: off) on the filesystem of `path`; a sample is
+    /// trusted for `ttl` or [`DISK_SAMPLE_BYTES`] admitted, whichever comes first.
+    pub fn new(path: &Path, min_free: u64, probe: FreeSpaceProbe, ttl: Duration) -> DiskWatch {
+        DiskWatch {
+            path: path.to_owned(),
+            min_free,
+            probe,
+            ttl,
+            free: AtomicU64::new(0),
+            low: AtomicBool::new(false),
+            sample: Mutex::new(Sample::default()),
+        }
+    }
+
     /// Bytes free at the last sample.
     pub fn free_bytes(&self) -> u64 {
         self.free.load(Ordering::Relaxed)
@@ -60,86 +89,73 @@ impl DiskState {
     pub fn is_low(&self) -> bool {
         self.low.load(Ordering::Relaxed)
     }
-}
 
-/// The free-space watermark, sampled by the writer.
-pub struct Disk {
-    path: PathBuf,
-    min_free: u64,
-    probe: FreeSpaceProbe,
-    ttl: Duration,
-    sampled: Option<Instant>,
-    since_sample: u64,
-    state: Arc<DiskState>,
-}
-
-impl Disk {
-    /// A watermark of `min_free` bytes (0: off) on the filesystem of `path`; a sample is
-    /// trusted for `ttl`.
-    pub fn new(
-        path: &Path,
-        min_free: u64,
-        probe: FreeSpaceProbe,
-        ttl: Duration,
-        state: Arc<DiskState>,
-    ) -> Disk {
-        Disk {
-            path: path.to_owned(),
-            min_free,
-            probe,
-            ttl,
-            sampled: None,
-            since_sample: 0,
-            state,
-        }
-    }
-
-    /// Whether there is room for admissions now; samples the free space when the last
-    /// sample is old or much was written since. `Err` carries the refusal's reason.
-    pub fn check(&mut self) -> Result<(), String> {
+    /// Whether an admission of `bytes` may be written now: `Err` with the refusal's reason
+    /// when free space, as last sampled less what was admitted since, would fall below the
+    /// watermark. Samples again when the last sample is old, much was admitted since, or it
+    /// is refusing.
+    pub fn admit(&self, bytes: u64) -> Result<(), String> {
         if self.min_free == 0 {
             return Ok(());
         }
-        // While refusing, every batch samples again (nothing is written meanwhile), so
-        // admissions resume with the first delivery after space is back.
-        let stale = self.state.is_low()
-            || self.sampled.is_none_or(|at| at.elapsed() >= self.ttl)
-            || self.since_sample >= DISK_SAMPLE_BYTES;
+        let mut sample = lock(&self.sample);
+        let stale = self.is_low()
+            || sample.at.is_none_or(|at| at.elapsed() >= self.ttl)
+            || sample.since >= DISK_SAMPLE_BYTES;
         if stale {
-            self.sample();
+            self.take_sample(&mut sample);
         }
-        if self.state.is_low() {
-            Err(format!(
+        if !sample.known {
+            return Ok(());
+        }
+        let projected = self
+            .free_bytes()
+            .saturating_sub(sample.since.saturating_add(bytes));
+        if self.is_low() || projected < self.min_free {
+            self.set_low(true, self.free_bytes());
+            return Err(format!(
                 "free disk space {} is below store.min_free_bytes {}",
-                human_bytes(self.state.free_bytes()),
+                human_bytes(projected.min(self.free_bytes())),
                 human_bytes(self.min_free)
-            ))
-        } else {
-            Ok(())
+            ));
+        }
+        sample.since = sample.since.saturating_add(bytes);
+        Ok(())
+    }
+
+    /// While refusing, samples again (at most once per `ttl`), so that readers see the
+    /// refusal end once space is back.
+    pub fn refresh_if_low(&self) {
+        if self.min_free == 0 || !self.is_low() {
+            return;
+        }
+        let mut sample = lock(&self.sample);
+        if sample.at.is_none_or(|at| at.elapsed() >= self.ttl) {
+            self.take_sample(&mut sample);
         }
     }
 
-    /// Counts bytes written since the last sample.
-    pub fn wrote(&mut self, bytes: u64) {
-        self.since_sample = self.since_sample.saturating_add(bytes);
+    fn take_sample(&self, sample: &mut Sample) {
+        sample.at = Some(Instant::now());
+        sample.since = 0;
+        match (self.probe)(&self.path) {
+            Ok(free) => {
+                sample.known = true;
+                self.free.store(free, Ordering::Relaxed);
+                self.set_low(free < self.min_free, free);
+            }
+            Err(e) => {
+                // Unknown: do not refuse on a probe that fails; a real failure to write still
+                // answers 503 through the engine's own error.
+                tracing::warn!(error = %e, path = %self.path.display(), "cannot read the free disk space");
+                sample.known = false;
+                self.set_low(false, self.free_bytes());
+            }
+        }
     }
 
-    fn sample(&mut self) {
-        self.sampled = Some(Instant::now());
-        self.since_sample = 0;
-        let free = match (self.probe)(&self.path) {
-            Ok(free) => free,
-            Err(e) => {
-                // Unknown: do not refuse on a probe that fails; the engine's own error would
-                // still answer 503 on a real failure.
-                tracing::warn!(error = %e, path = %self.path.display(), "cannot read the free disk space");
-                return;
-            }
-        };
-        self.state.free.store(free, Ordering::Relaxed);
-        let was_low = self.state.is_low();
-        let low = free < self.min_free;
-        self.state.low.store(low, Ordering::Relaxed);
+    fn set_low(&self, low: bool, free: u64) {
+        let was_low = self.low.swap(low, Ordering::Relaxed);
         if low && !was_low {
             tracing::warn!(
                 free_bytes = free,
@@ -153,6 +169,13 @@ impl Disk {
             );
         }
     }
+}
+
+/// Locks a mutex whose data stays valid even if a holder panicked.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// The mark file and the directory's identity.
@@ -251,53 +274,73 @@ pub fn human_bytes(bytes: u64) -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Mutex;
-
     use super::*;
+
+    fn probe_of(free: &Arc<Mutex<u64>>) -> FreeSpaceProbe {
+        let free = free.clone();
+        Arc::new(move |_: &Path| Ok(*free.lock().unwrap()))
+    }
 
     #[test]
     fn refuses_below_the_watermark_and_recovers_above_it() {
         let free = Arc::new(Mutex::new(10_000u64));
-        let probe: FreeSpaceProbe = {
-            let free = free.clone();
-            Arc::new(move |_: &Path| Ok(*free.lock().unwrap()))
-        };
-        let state = Arc::new(DiskState::default());
-        let mut disk = Disk::new(Path::new("/"), 5_000, probe, DISK_SAMPLE_TTL, state.clone());
-        assert_eq!(disk.check(), Ok(()));
-        assert_eq!(state.free_bytes(), 10_000);
+        let disk = DiskWatch::new(Path::new("/"), 5_000, probe_of(&free), DISK_SAMPLE_TTL);
+        assert_eq!(disk.admit(100), Ok(()));
+        assert_eq!(disk.free_bytes(), 10_000);
 
         *free.lock().unwrap() = 4_000;
-        // A recent sample is trusted until enough was written.
-        assert_eq!(disk.check(), Ok(()));
-        disk.wrote(DISK_SAMPLE_BYTES);
-        let refused = disk.check().unwrap_err();
+        // A recent sample is trusted until enough was admitted.
+        assert_eq!(disk.admit(100), Ok(()));
+        // What it would admit counts: refused without waiting for a new sample.
+        let refused = disk.admit(DISK_SAMPLE_BYTES).unwrap_err();
         assert!(refused.contains("below store.min_free_bytes"), "{refused}");
-        assert!(state.is_low());
+        assert!(disk.is_low());
+        // While refusing it samples every time: still 4,000 free.
+        assert!(disk.admit(100).is_err());
+        assert_eq!(disk.free_bytes(), 4_000);
 
         *free.lock().unwrap() = 6_000;
         assert_eq!(
-            disk.check(),
+            disk.admit(100),
             Ok(()),
             "a refusing watermark samples every time"
         );
-        assert!(!state.is_low());
+        assert!(!disk.is_low());
+    }
+
+    #[test]
+    fn what_is_admitted_counts_before_the_next_sample() {
+        let free = Arc::new(Mutex::new(10_000u64));
+        let disk = DiskWatch::new(
+            Path::new("/"),
+            5_000,
+            probe_of(&free),
+            Duration::from_secs(60),
+        );
+        assert_eq!(disk.admit(3_000), Ok(()));
+        // 10,000 - 3,000 - 3,000 < 5,000: refused without waiting for a new sample.
+        assert!(disk.admit(3_000).is_err());
+        assert!(disk.is_low());
+    }
+
+    #[test]
+    fn readers_clear_a_refusal_once_space_is_back() {
+        let free = Arc::new(Mutex::new(1_000u64));
+        let disk = DiskWatch::new(Path::new("/"), 5_000, probe_of(&free), Duration::ZERO);
+        assert!(disk.admit(1).is_err());
+        *free.lock().unwrap() = 9_000;
+        disk.refresh_if_low();
+        assert!(!disk.is_low());
+        assert_eq!(disk.free_bytes(), 9_000);
     }
 
     #[test]
     fn a_zero_watermark_never_refuses_and_a_failing_probe_does_not_either() {
         let failing: FreeSpaceProbe = Arc::new(|_: &Path| Err(std::io::Error::other("no statvfs")));
-        let state = Arc::new(DiskState::default());
-        let mut off = Disk::new(
-            Path::new("/"),
-            0,
-            failing.clone(),
-            DISK_SAMPLE_TTL,
-            state.clone(),
-        );
-        assert_eq!(off.check(), Ok(()));
-        let mut on = Disk::new(Path::new("/"), 1, failing, DISK_SAMPLE_TTL, state.clone());
-        assert_eq!(on.check(), Ok(()));
+        let off = DiskWatch::new(Path::new("/"), 0, failing.clone(), DISK_SAMPLE_TTL);
+        assert_eq!(off.admit(1), Ok(()));
+        let on = DiskWatch::new(Path::new("/"), 1, failing, DISK_SAMPLE_TTL);
+        assert_eq!(on.admit(1), Ok(()));
     }
 
     #[test]

@@ -46,7 +46,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::envelope::DedupeKey;
 use crate::signature::Verified;
 pub use counts::Counts;
-use guard::{DiskState, FreeSpaceProbe, Guard};
+use guard::{DiskWatch, FreeSpaceProbe, Guard};
 pub use queue::{AttemptState, DeadLetter, LastError, QueueEntry};
 pub use record::{RecordMeta, StoredEvent};
 use writer::{AdmitCommand, Command, Maintenance, SweepReport};
@@ -188,7 +188,7 @@ pub(crate) struct Shared {
     counts: Mutex<Counts>,
     /// Per sink, a seq below which its queue holds nothing (the writer's low-water marks).
     queue_lows: Mutex<std::collections::HashMap<String, u64>>,
-    disk: Arc<DiskState>,
+    disk: Arc<DiskWatch>,
     failure: Mutex<Option<String>>,
     recovery: RecoveryLoss,
 }
@@ -266,8 +266,12 @@ impl Store {
     ) -> Result<Store, StoreError> {
         let created = first_missing(path);
         let opened = Store::open_inner(path, sinks, options);
-        if opened.is_err() {
-            if let Some(dir) = created {
+        if let (Err(e), Some(dir)) = (&opened, created) {
+            // Another process may have created the same new directory meanwhile and be using
+            // it (it holds the lock, or has not written `version` yet): leave that one alone.
+            let someone_else = matches!(e, StoreError::Open(m)
+                if m.starts_with("another kirimhook process") || m.contains("`version` file is missing"));
+            if !someone_else {
                 let _ = std::fs::remove_dir_all(dir);
             }
         }
@@ -325,21 +329,20 @@ impl Store {
                 );
             }
         }
-        let disk_state = Arc::new(DiskState::default());
-        let shared = Arc::new(Shared {
-            counts: Mutex::new(counts.clone()),
-            queue_lows: Mutex::new(std::collections::HashMap::new()),
-            disk: disk_state.clone(),
-            failure: Mutex::new(None),
-            recovery,
-        });
-        let disk = guard::Disk::new(
+        let disk = Arc::new(DiskWatch::new(
             path,
             options.min_free_bytes,
             options.free_space,
             options.free_space_sample_every,
-            disk_state,
-        );
+        ));
+        let shared = Arc::new(Shared {
+            counts: Mutex::new(counts.clone()),
+            queue_lows: Mutex::new(std::collections::HashMap::new()),
+            disk: disk.clone(),
+            failure: Mutex::new(None),
+            recovery,
+        });
+
         let (committed_tx, committed) = watch::channel(next_seq.saturating_sub(1));
         let (requeued_tx, requeued) = watch::channel(0);
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
@@ -697,6 +700,7 @@ impl Store {
     /// `store.min_free_bytes`.
     pub fn low_disk(&self) -> Option<u64> {
         let disk = &self.inner.shared.disk;
+        disk.refresh_if_low();
         disk.is_low().then(|| disk.free_bytes())
     }
 

@@ -515,6 +515,20 @@ async fn same_signed_content_is_a_duplicate_whatever_its_keys() {
         store.admit(signed_once(&["event:E"])).await.unwrap(),
         Admission::Duplicate
     );
+    // A kirim.dev retry (signed anew) that is a duplicate by its key, replayed with another
+    // header (so another key): still a duplicate.
+    let retry = |keys: &[&str]| NewDelivery {
+        verified: verified_at(7_500),
+        ..event(keys, "{\"id\":\"m1\"}")
+    };
+    assert_eq!(
+        store.admit(retry(&["event:A"])).await.unwrap(),
+        Admission::Duplicate
+    );
+    assert_eq!(
+        store.admit(retry(&["event:Z"])).await.unwrap(),
+        Admission::Duplicate
+    );
     // Signed again (a kirim.dev retry has a new `t`) with a new key: new.
     let resigned = NewDelivery {
         verified: verified_at(7_001),

@@ -20,7 +20,7 @@ use fjall::{Database, PersistMode};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::counts::Counts;
-use super::guard::{Disk, Guard};
+use super::guard::{DiskWatch, Guard};
 use super::{
     be_u64, queue, record, Admission, Destination, Keyspaces, Settlement, Shared, StoreError,
     Swept, NEXT_SEQ,
@@ -111,11 +111,14 @@ pub(super) struct Writer {
     /// The counters as committed.
     counts: Counts,
     guard: Guard,
-    disk: Disk,
+    disk: Arc<DiskWatch>,
     shared: Arc<Shared>,
     /// Low-water marks, so that no periodic or hot path scans a keyspace from its start
     /// through the tombstones that deliveries and sweeps leave there.
     lows: Lows,
+    /// Set when a sweep's or an operator action's write failed: the engine refuses every
+    /// later write, so the writer stops after answering.
+    failed: bool,
 }
 
 /// Positions below which a keyspace holds nothing live. Each is a lower bound: an insert
@@ -202,7 +205,7 @@ impl Writer {
         requeued: watch::Sender<u64>,
         counts: Counts,
         guard: Guard,
-        disk: Disk,
+        disk: Arc<DiskWatch>,
         shared: Arc<Shared>,
         lows: Lows,
     ) -> Self {
@@ -217,6 +220,7 @@ impl Writer {
             disk,
             shared,
             lows,
+            failed: false,
         };
         writer.publish_lows();
         writer
@@ -309,6 +313,16 @@ impl Writer {
         }
     }
 
+    /// Commits a batch of a sweep or an operator action; a failed write stops the writer (the
+    /// engine refuses every later write after one).
+    fn commit_or_stop(&mut self, batch: fjall::OwnedWriteBatch) -> Result<(), StoreError> {
+        batch.commit().map_err(|e| {
+            self.stop_failed(&format!("a store write failed: {e}"));
+            self.failed = true;
+            StoreError::Engine(e)
+        })
+    }
+
     /// Stops for good after a failure no retry can heal: records why, for the daemon's exit.
     fn stop_failed(&self, reason: &str) {
         tracing::error!(error = %reason, "the store writer stops");
@@ -340,12 +354,6 @@ impl Writer {
         let mut seen_signed: HashSet<[u8; 32]> = HashSet::new();
         let mut counts = self.counts.clone();
         let mut overlay = Overlay::default();
-        // Refuse admissions before anything is written when the disk is nearly full.
-        let low_disk = if commands.iter().any(|c| matches!(c, Command::Admit(_))) {
-            self.disk.check().err()
-        } else {
-            None
-        };
         let mut sweeps = Vec::new();
         let mut maintenance = Vec::new();
         let mut close = None;
@@ -362,8 +370,9 @@ impl Writer {
                         )));
                         continue;
                     }
-                    if let Some(reason) = &low_disk {
-                        let _ = admit.reply.send(Err(StoreError::LowDisk(reason.clone())));
+                    // Refused before anything is written when the disk is nearly full.
+                    if let Err(reason) = self.disk.admit(admit.record.len() as u64) {
+                        let _ = admit.reply.send(Err(StoreError::LowDisk(reason)));
                         continue;
                     }
                     match self.is_replay(&admit.signed, &seen_signed) {
@@ -380,6 +389,10 @@ impl Writer {
                     }
                     match self.is_new(&admit.keys, &seen) {
                         Ok(new_keys) if new_keys.is_empty() => {
+                            // Remembered too: a duplicate (a kirim.dev retry, signed anew)
+                            // replayed with other unsigned headers stays a duplicate.
+                            self.remember_signed(&mut batch, admit.signed, admit.received_at_ms);
+                            seen_signed.insert(admit.signed);
                             pending.push(Pending::Admit(admit.reply, Admission::Duplicate));
                         }
                         Ok(new_keys) => {
@@ -397,7 +410,6 @@ impl Writer {
                                     &self.ks.quarantine
                                 }
                             };
-                            self.disk.wrote(admit.record.len() as u64);
                             // The event before its queue entries: a reader that sees an
                             // entry finds the event (readers also stop at the committed seq).
                             batch.insert(tree, seq.to_be_bytes(), admit.record);
@@ -411,11 +423,7 @@ impl Writer {
                                 }
                             }
                             let ts = admit.received_at_ms.to_be_bytes();
-                            batch.insert(&self.ks.signatures, admit.signed, ts);
-                            let mut by_time = Vec::with_capacity(40);
-                            by_time.extend_from_slice(&ts);
-                            by_time.extend_from_slice(&admit.signed);
-                            batch.insert(&self.ks.signatures_by_time, by_time, []);
+                            self.remember_signed(&mut batch, admit.signed, admit.received_at_ms);
                             seen_signed.insert(admit.signed);
                             for key in new_keys {
                                 batch.insert(&self.ks.dedupe, key.as_str(), ts);
@@ -519,6 +527,9 @@ impl Writer {
             let _ = reply.send(self.maintain(op));
         }
 
+        if self.failed {
+            return true;
+        }
         if let Some(reply) = close {
             let persisted = self.db.persist(PersistMode::SyncData).map_err(Into::into);
             if let Err(e) = self.guard.sync() {
@@ -528,6 +539,16 @@ impl Writer {
             return true;
         }
         false
+    }
+
+    /// Adds the digest of a delivery's signed content, first seen at `at_ms`, to the batch.
+    fn remember_signed(&self, batch: &mut fjall::OwnedWriteBatch, signed: [u8; 32], at_ms: u64) {
+        let ts = at_ms.to_be_bytes();
+        batch.insert(&self.ks.signatures, signed, ts);
+        let mut by_time = Vec::with_capacity(40);
+        by_time.extend_from_slice(&ts);
+        by_time.extend_from_slice(&signed);
+        batch.insert(&self.ks.signatures_by_time, by_time, []);
     }
 
     /// Whether this signed content (`t` and body) was admitted before: a captured delivery
@@ -687,7 +708,7 @@ impl Writer {
             }
         }
         counts.write_changed(&self.counts, &mut batch, &self.ks.meta, false);
-        batch.commit()?;
+        self.commit_or_stop(batch)?;
         self.publish(counts);
         self.publish_lows();
         if requeued {
@@ -768,7 +789,7 @@ impl Writer {
             }
         }
         counts.write_changed(&self.counts, &mut batch, &self.ks.meta, false);
-        batch.commit()?;
+        self.commit_or_stop(batch)?;
         self.publish(counts);
         self.lows.events = events_low;
         self.lows.dedupe_from = dedupe.resume_from;

@@ -469,10 +469,19 @@ async fn a_nearly_full_disk_refuses_early_and_recovers_in_place() {
     );
 
     std::fs::remove_file(&filler).expect("free the space");
+    // Ready again without a delivery to notice it (a load balancer sends none while not ready).
+    poll("/readyz ready once space is back", || async {
+        let ready = get(&daemon, "/readyz").await;
+        if ready.status == 200 {
+            Ok(())
+        } else {
+            Err(format!("{ready:?}"))
+        }
+    })
+    .await;
     let after = kirim_event(&new_event_id());
     let mut client = daemon.client();
     send(&mut client, &after, "accepted").await;
-    assert_eq!(get(&daemon, "/readyz").await.status, 200);
     daemon.wait_for_event(before.event_id()).await;
     daemon.wait_for_event(after.event_id()).await;
     for id in &accepted_meanwhile {
