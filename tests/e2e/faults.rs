@@ -7,6 +7,7 @@ use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::os::fd::OwnedFd;
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use crate::admin::{cli, cli_json, get, http_sink, poll, sample, send};
 use crate::daemon::{listening_addr, temp_dir, wait_for_exit, Daemon, Lines, Settings, DEADLINE};
@@ -534,5 +535,51 @@ async fn a_failed_start_leaves_no_store_behind() {
     assert!(
         !crate::daemon::store_path(dir.path()).exists(),
         "a failed start must not leave a store directory; stderr:\n{stderr}"
+    );
+}
+
+/// Idle and slowloris connections beyond `max_connections` do not keep a real sender waiting
+/// for their (long) header timeout: they are shed, and the delivery is answered.
+#[tokio::test]
+async fn a_flood_of_idle_and_slow_connections_does_not_starve_a_delivery() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let dir = temp_dir();
+    let settings = Settings {
+        // Far longer than the test's deadline: waiting for an attacker's timeout fails it.
+        extra_server: "max_connections = 8\nrequest_timeout_secs = 120\n".into(),
+        ..Settings::default()
+    };
+    let daemon = Daemon::start(dir.path(), &settings).await;
+    let mut attackers = Vec::new();
+    for i in 0..24 {
+        let mut stream = tokio::net::TcpStream::connect(daemon.addr)
+            .await
+            .expect("connect");
+        if i % 2 == 0 {
+            // Slowloris: a request head that never ends.
+            stream
+                .write_all(b"POST /webhooks/kirim HTTP/1.1\r\nHost: x\r\n")
+                .await
+                .expect("write");
+        }
+        attackers.push(stream);
+    }
+    let mut client = daemon.client();
+    for _ in 0..3 {
+        send(&mut client, &kirim_event(&new_event_id()), "accepted").await;
+    }
+    // The server closed attackers to make room (EOF or reset on read), long before their
+    // header timeout.
+    let mut closed = 0;
+    for stream in &mut attackers {
+        let mut buf = [0u8; 64];
+        match tokio::time::timeout(Duration::from_millis(200), stream.read(&mut buf)).await {
+            Ok(Ok(0) | Err(_)) => closed += 1,
+            _ => {}
+        }
+    }
+    assert!(
+        closed >= 16,
+        "only {closed} of 24 idle or slow connections were closed"
     );
 }
