@@ -583,3 +583,31 @@ async fn a_flood_of_idle_and_slow_connections_does_not_starve_a_delivery() {
         "only {closed} of 24 idle or slow connections were closed"
     );
 }
+
+/// A second daemon on the same store says so in one plain sentence, once.
+#[tokio::test]
+async fn a_second_daemon_on_the_same_store_says_so_once() {
+    let dir = temp_dir();
+    let _first = Daemon::start(dir.path(), &Settings::default()).await;
+    let config = dir.path().join("kirimhook.toml");
+    let out = Command::new(env!("CARGO_BIN_EXE_kirimhook"))
+        .arg("serve")
+        .arg("--config")
+        .arg(&config)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run a second kirimhook serve");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(
+        stderr
+            .matches("another kirimhook process is using the store at")
+            .count(),
+        1,
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("FjallError"),
+        "no engine debug text: {stderr}"
+    );
+}
