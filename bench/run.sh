@@ -3,23 +3,28 @@
 #
 #   bench/run.sh            the receive benchmark (kirimhook, kirimhook+relay, minimal server)
 #   bench/run.sh --store    the same, then the store-only benchmark
-#   bench/run.sh --quick    1 round with a 2 s window (unless BENCH_ROUNDS/BENCH_SECS are set)
+#   bench/run.sh --flood    only the connection-flood benchmark (about 80 s with the defaults)
+#   bench/run.sh --quick    1 round with a 2 s window (unless BENCH_ROUNDS/BENCH_SECS are set);
+#                           with --flood, a 20 s flood (unless FLOOD_SECS is set)
 #
-# BENCH_SECS, BENCH_WARMUP_SECS, BENCH_ROUNDS, BENCH_CONNS, BENCH_RELAY_CONCURRENCY and
-# BENCH_RUST_LOG pass through.
+# BENCH_SECS, BENCH_WARMUP_SECS, BENCH_ROUNDS, BENCH_CONNS, BENCH_RELAY_CONCURRENCY,
+# BENCH_RUST_LOG and the FLOOD_* settings pass through.
 set -eu
 
 store=0
+flood=0
 for arg in "$@"; do
     case "$arg" in
         --store) store=1 ;;
+        --flood) flood=1 ;;
         --quick)
             BENCH_ROUNDS=${BENCH_ROUNDS:-1}
             BENCH_SECS=${BENCH_SECS:-2}
-            export BENCH_ROUNDS BENCH_SECS
+            FLOOD_SECS=${FLOOD_SECS:-20}
+            export BENCH_ROUNDS BENCH_SECS FLOOD_SECS
             ;;
         -h | --help)
-            sed -n '2,9s/^# \{0,1\}//p' "$0"
+            sed -n '2,12s/^# \{0,1\}//p' "$0"
             exit 0
             ;;
         *)
@@ -30,6 +35,13 @@ for arg in "$@"; do
 done
 
 cd "$(dirname "$0")/.."
+if [ "$flood" = 1 ]; then
+    if [ "$store" = 1 ]; then
+        echo "bench/run.sh: --flood runs the flood benchmark alone; drop --store" >&2
+        exit 2
+    fi
+    exec cargo bench --bench flood
+fi
 cargo bench --bench receive
 if [ "$store" = 1 ]; then
     cargo bench --bench store
