@@ -14,7 +14,7 @@
 //! All traffic goes to 127.0.0.1. The load generator shares the CPUs with the daemon, so its
 //! figures only compare with other runs on the same machine. See `bench/README.md`.
 
-use std::io::{BufRead as _, BufReader, Read as _};
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -312,12 +312,25 @@ impl Daemon {
         });
         let (tx, rx) = mpsc::channel();
         let log = daemon.log.clone();
+        // BENCH_DAEMON_LOG=FILE keeps the daemon's whole log (with BENCH_RUST_LOG, to see
+        // what the storage engine did during a slow window).
+        let mut keep = match std::env::var_os("BENCH_DAEMON_LOG") {
+            Some(path) => Some(std::fs::File::create(&path).context("BENCH_DAEMON_LOG")?),
+            None => None,
+        };
+        let started = Instant::now();
         std::thread::spawn(move || {
             let mut reader = BufReader::new(stderr);
             let mut buf = Vec::new();
             while let Ok(1..) = reader.read_until(b'\n', &mut buf) {
                 let line = String::from_utf8_lossy(&buf).trim_end().to_owned();
                 buf.clear();
+                if let Some(file) = keep.as_mut() {
+                    let at = started.elapsed().as_secs_f64();
+                    if writeln!(file, "{at:9.3} {line}").is_err() {
+                        keep = None;
+                    }
+                }
                 if let Some(addr) = log.read(&line) {
                     let _ = tx.send(addr);
                 }
