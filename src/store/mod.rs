@@ -51,6 +51,13 @@ pub use queue::{AttemptState, DeadLetter, LastError, QueueEntry};
 pub use record::{RecordMeta, StoredEvent};
 use writer::{AdmitCommand, Command, Maintenance, SweepReport};
 
+/// Memtable size of every keyspace but `events` (the engine's default, 64 MiB, stays for
+/// that one). The keys, indexes, queue and counters grow slowly: with 64 MiB memtables they
+/// never filled one before the journal reached its limit (512 MiB), and then the engine
+/// flushed all of them at once, one after the other, and admissions waited seconds behind
+/// that I/O. Small memtables make each of them flush on its own, a little at a time.
+const SMALL_MEMTABLE_SIZE: u64 = 8 * 1024 * 1024;
+
 /// How many commands the writer's queue holds before callers wait (back-pressure).
 const QUEUE_CAPACITY: usize = 8192;
 
@@ -296,8 +303,15 @@ impl Store {
             .open()
             .map_err(|e| open_error(path, e))?;
         let ks = |name: &str| {
-            db.keyspace(name, KeyspaceCreateOptions::default)
-                .map_err(|e| open_error(path, e))
+            db.keyspace(name, || {
+                let options = KeyspaceCreateOptions::default();
+                if name == "events" {
+                    options
+                } else {
+                    options.max_memtable_size(SMALL_MEMTABLE_SIZE)
+                }
+            })
+            .map_err(|e| open_error(path, e))
         };
         let keyspaces = Keyspaces {
             events: ks("events")?,
