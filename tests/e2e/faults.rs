@@ -522,15 +522,7 @@ async fn a_failed_start_leaves_no_store_behind() {
         ),
     );
     std::fs::write(&config, text).expect("write the config");
-    let out = Command::new(env!("CARGO_BIN_EXE_kirimhook"))
-        .arg("serve")
-        .arg("--config")
-        .arg(&config)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run kirimhook serve");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let stderr = serve_expecting_failure(&config);
     assert!(stderr.contains("server.listen"), "{stderr}");
     assert!(
         !crate::daemon::store_path(dir.path()).exists(),
@@ -589,16 +581,7 @@ async fn a_flood_of_idle_and_slow_connections_does_not_starve_a_delivery() {
 async fn a_second_daemon_on_the_same_store_says_so_once() {
     let dir = temp_dir();
     let _first = Daemon::start(dir.path(), &Settings::default()).await;
-    let config = dir.path().join("kirimhook.toml");
-    let out = Command::new(env!("CARGO_BIN_EXE_kirimhook"))
-        .arg("serve")
-        .arg("--config")
-        .arg(&config)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run a second kirimhook serve");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let stderr = serve_expecting_failure(&dir.path().join("kirimhook.toml"));
     assert_eq!(
         stderr
             .matches("another kirimhook process is using the store at")
@@ -610,4 +593,19 @@ async fn a_second_daemon_on_the_same_store_says_so_once() {
         !stderr.contains("FjallError"),
         "no engine debug text: {stderr}"
     );
+}
+
+/// Runs `kirimhook serve --config CONFIG` to its end, asserts that it failed to start (exit
+/// 1), and returns its stderr.
+fn serve_expecting_failure(config: &std::path::Path) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_kirimhook"))
+        .arg("serve")
+        .arg("--config")
+        .arg(config)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run kirimhook serve");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    stderr
 }
