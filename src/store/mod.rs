@@ -70,6 +70,10 @@ pub enum StoreError {
     /// The store could not be opened; the message says what is wrong and what to do.
     #[error("{0}")]
     Open(String),
+    /// Another process holds the store, or is creating it (its `version` file is not there
+    /// yet, or it is damaged); the message says which and what to do.
+    #[error("{0}")]
+    InUse(String),
     /// Free disk space is below `store.min_free_bytes`: nothing was written.
     #[error("{0}")]
     LowDisk(String),
@@ -276,9 +280,7 @@ impl Store {
         if let (Err(e), Some(dir)) = (&opened, created) {
             // Another process may have created the same new directory meanwhile and be using
             // it (it holds the lock, or has not written `version` yet): leave that one alone.
-            let someone_else = matches!(e, StoreError::Open(m)
-                if m.starts_with("another kirimhook process") || m.contains("`version` file is missing"));
-            if !someone_else {
+            if !matches!(e, StoreError::InUse(_)) {
                 let _ = std::fs::remove_dir_all(dir);
             }
         }
@@ -862,7 +864,7 @@ fn check_not_damaged(path: &Path) -> Result<(), StoreError> {
         .iter()
         .any(|name| path.join(name).exists());
     if engine_files {
-        return Err(StoreError::Open(format!(
+        return Err(StoreError::InUse(format!(
             "the store at {} is damaged: its `version` file is missing. Restore the directory \
              from a backup, or move it aside to start with an empty store (its undelivered \
              events would then be lost)",
@@ -876,10 +878,12 @@ fn check_not_damaged(path: &Path) -> Result<(), StoreError> {
 fn open_error(path: &Path, error: fjall::Error) -> StoreError {
     let shown = path.display();
     StoreError::Open(match error {
-        fjall::Error::Locked => format!(
-            "another kirimhook process is using the store at {shown}; stop it first, or give \
-             this one its own store.path"
-        ),
+        fjall::Error::Locked => {
+            return StoreError::InUse(format!(
+                "another kirimhook process is using the store at {shown}; stop it first, or \
+                 give this one its own store.path"
+            ))
+        }
         fjall::Error::Io(e) => format!("cannot open the store at {shown}: {}", io_words(&e)),
         fjall::Error::InvalidVersion(version) => format!(
             "the store at {shown} was written in a format this kirimhook cannot read \
