@@ -416,12 +416,13 @@ async fn change(
 
 /// The error for IDs that matched nothing (a retry or drop by ID that did less than asked).
 fn unmatched(done: &Changed, selected: &Selected, what: &Changing) -> Option<String> {
-    let given = selected.ids.len();
+    // An ID given twice is one entry (the store acts on it once).
+    let distinct: std::collections::BTreeSet<u64> = selected.ids.iter().copied().collect();
+    let given = distinct.len();
     if selected.all || done.count as usize >= given {
         return None;
     }
-    let ids = selected
-        .ids
+    let ids = distinct
         .iter()
         .map(u64::to_string)
         .collect::<Vec<_>>()
@@ -452,15 +453,15 @@ pub fn since(text: &str, now: SystemTime) -> Result<String, AdminError> {
         Ok(back) => {
             // Before 1970 cannot be written as the RFC 3339 the API takes (humantime
             // panics on it), and no stored event is that old anyway.
-            let at = now
+            let ms = now
                 .checked_sub(back)
-                .filter(|at| *at >= UNIX_EPOCH)
+                .and_then(|at| at.duration_since(UNIX_EPOCH).ok())
                 .ok_or_else(|| {
                     AdminError::InvalidArgument(format!(
                         "--since {text}: too far back (before 1970-01-01T00:00:00Z)"
                     ))
                 })?;
-            Ok(humantime::format_rfc3339_millis(at).to_string())
+            Ok(crate::time::rfc3339_ms(ms.as_millis() as u64))
         }
         Err(_) => Err(AdminError::InvalidArgument(format!(
             "--since: {}; or give a duration back from now such as 90m or 2h",
@@ -1037,6 +1038,11 @@ mod tests {
             )
         );
         assert_eq!(unmatched(&done(2), &ids(&[4, 5]), &what), None);
+        assert_eq!(
+            unmatched(&done(1), &ids(&[4, 4]), &what),
+            None,
+            "an ID given twice is done once"
+        );
         let all = Selected {
             ids: vec![],
             all: true,

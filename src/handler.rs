@@ -62,6 +62,38 @@ pub struct Live {
     pub secrets: Arc<[SigningSecret]>,
 }
 
+/// Which sinks an event is queued for, and which ones its filter kept out (counted only once
+/// the event is new and stored: a duplicate or a refused delivery is not "filtered").
+struct Routed {
+    sinks: Vec<String>,
+    /// Indexes into `table` of the sinks whose filter did not match.
+    filtered: Vec<usize>,
+    table: crate::route::RouteTable,
+}
+
+impl Routed {
+    /// Logs at debug and counts each sink the event was kept out of.
+    fn count_filtered(
+        &self,
+        meta_type: Option<&str>,
+        source: Option<crate::envelope::Source>,
+        metrics: &Metrics,
+    ) {
+        for &i in &self.filtered {
+            let Some((name, _)) = self.table.get(i) else {
+                continue;
+            };
+            tracing::debug!(
+                sink = %name,
+                event_type = meta_type.unwrap_or("-"),
+                source = source.map(|s| s.as_str()).unwrap_or("-"),
+                "not queued for this sink: its filter does not match"
+            );
+            metrics.sink_filtered(name);
+        }
+    }
+}
+
 /// Handles requests against one store.
 pub struct Receiver {
     settings: ReceiveSettings,
@@ -247,16 +279,19 @@ impl Receiver {
             }
         };
         let counted = (meta.event_type.clone(), meta.source);
-        let sinks = match destination {
-            Destination::Events => self.route(&meta),
-            Destination::Quarantine => Vec::new(),
+        let mut routed = match destination {
+            Destination::Events => Some(self.route(&meta)),
+            Destination::Quarantine => None,
         };
         let delivery = NewDelivery {
             verified,
             destination,
             meta,
             body,
-            sinks,
+            sinks: routed
+                .as_mut()
+                .map(|r| std::mem::take(&mut r.sinks))
+                .unwrap_or_default(),
         };
 
         let started = std::time::Instant::now();
@@ -269,6 +304,9 @@ impl Receiver {
                     tracing::debug!(seq, "accepted");
                     metrics.request(Outcome::Accepted);
                     metrics.event_accepted(counted.0.as_deref(), counted.1);
+                    if let Some(routed) = &routed {
+                        routed.count_filtered(counted.0.as_deref(), counted.1, metrics);
+                    }
                     json(StatusCode::OK, r#"{"status":"accepted"}"#)
                 }
                 Some(reason) => {
@@ -309,26 +347,24 @@ impl Receiver {
         response
     }
 
-    /// The sinks whose filter takes this event; each one whose filter does not is logged at
-    /// debug and counted (`kirimhook_sink_filtered_total`), so a filter that drops everything
-    /// can be seen.
-    fn route(&self, meta: &RecordMeta) -> Vec<String> {
-        let routes = self.settings.routes.current();
-        let mut sinks = Vec::with_capacity(routes.len());
-        for (name, filter) in routes.iter() {
+    /// The sinks whose filter takes this event, and those whose filter does not (logged at
+    /// debug and counted in `kirimhook_sink_filtered_total` once the event is stored, so a
+    /// filter that drops everything can be seen).
+    fn route(&self, meta: &RecordMeta) -> Routed {
+        let table = self.settings.routes.current();
+        let mut routed = Routed {
+            sinks: Vec::with_capacity(table.len()),
+            filtered: Vec::new(),
+            table: table.clone(),
+        };
+        for (i, (name, filter)) in table.iter().enumerate() {
             if filter.matches(meta) {
-                sinks.push(name.clone());
+                routed.sinks.push(name.clone());
             } else {
-                tracing::debug!(
-                    sink = %name,
-                    event_type = meta.event_type.as_deref().unwrap_or("-"),
-                    source = meta.source.map(|s| s.as_str()).unwrap_or("-"),
-                    "not queued for this sink: its filter does not match"
-                );
-                self.settings.metrics.sink_filtered(name);
+                routed.filtered.push(i);
             }
         }
-        sinks
+        routed
     }
 
     fn unauthorized(&self, error: &VerifyError, headers: &HeaderMap) -> HttpResponse {
