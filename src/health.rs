@@ -102,6 +102,9 @@ mod tests {
             let health = health.clone();
             async move { health.failed().await }
         });
+        // The waiter is waiting before the fault is recorded.
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
         let gone = Fault::SinkGone {
             sink: "stdout".into(),
             message: "stdout consumer has gone".into(),

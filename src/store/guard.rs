@@ -279,7 +279,13 @@ mod tests {
     #[test]
     fn refuses_below_the_watermark_and_recovers_above_it() {
         let free = Arc::new(Mutex::new(10_000u64));
-        let disk = DiskWatch::new(Path::new("/"), 5_000, probe_of(&free), DISK_SAMPLE_TTL);
+        // A long sample life: a pause of the test machine never makes a sample stale.
+        let disk = DiskWatch::new(
+            Path::new("/"),
+            5_000,
+            probe_of(&free),
+            Duration::from_secs(60),
+        );
         assert_eq!(disk.admit(100), Ok(()));
         assert_eq!(disk.free_bytes(), 10_000);
 

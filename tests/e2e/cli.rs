@@ -475,18 +475,17 @@ async fn send_speaks_https_to_a_daemon_with_tls_trusting_its_cacert() {
 
 #[test]
 fn a_reader_that_went_away_is_no_panic() {
-    // `kirimhook sign ... | head -0`: the pipe's reading end is closed before the signature
-    // is written (the process takes longer to start than the test takes to close it).
+    // `kirimhook sign ... | head -0`: the pipe's reading end is closed before the child starts.
     let f1 = fixtures::get("f1");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kirimhook"))
+    let (reader, writer) = std::io::pipe().expect("a pipe");
+    drop(reader);
+    let out = Command::new(env!("CARGO_BIN_EXE_kirimhook"))
         .args(["sign", "--secret", SECRET_A])
         .arg(&f1.file)
-        .stdout(std::process::Stdio::piped())
+        .stdout(writer)
         .stderr(std::process::Stdio::piped())
-        .spawn()
+        .output()
         .expect("run kirimhook");
-    drop(child.stdout.take());
-    let out = child.wait_with_output().expect("wait for kirimhook");
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "stderr: {stderr}");
     assert!(!stderr.contains("panicked"), "stderr: {stderr}");
