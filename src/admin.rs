@@ -696,32 +696,32 @@ pub struct Admin {
 const SNAPSHOT_TTL: Duration = Duration::from_secs(5);
 
 impl Admin {
-    /// An admin API over `store`. `/readyz` answers 503 until [`Admin::set_serving`] says the
-    /// public listener serves, and once `shutdown` is cancelled.
+    /// An admin API over `store` and the running `routes` (the configured sinks, whose filters
+    /// `replay` honours). `/readyz` answers 503 until [`Admin::set_serving`] says the public
+    /// listener serves, and once `shutdown` is cancelled.
     pub fn new(
         store: Store,
         metrics: Metrics,
-        sinks: Vec<String>,
+        routes: Routes,
         health: Health,
         shutdown: CancellationToken,
     ) -> Admin {
+        // A reload never changes the set of sink names (that takes a restart).
+        let sinks = routes
+            .current()
+            .iter()
+            .map(|(name, _)| name.clone())
+            .collect();
         Admin {
             store,
             metrics,
             sinks,
             health,
-            routes: Routes::new(Vec::new()),
+            routes,
             shutdown,
             serving: AtomicBool::new(false),
             snapshot_cache: tokio::sync::Mutex::new(None),
         }
-    }
-
-    /// Shares the running routes, whose filters `replay` honours (a sink without one gets
-    /// everything).
-    pub fn with_routes(mut self, routes: Routes) -> Admin {
-        self.routes = routes;
-        self
     }
 
     /// Whether the public listener serves (for `/readyz`).
@@ -981,7 +981,7 @@ impl Admin {
             format!(
                 "disk nearly full: {} free, below store.min_free_bytes; deliveries get 503 \
                  until space is freed",
-                crate::store::guard::human_bytes(free)
+                crate::units::human_bytes(free)
             )
         })
     }
@@ -1348,7 +1348,7 @@ mod tests {
         let admin = Arc::new(Admin::new(
             store.clone(),
             Metrics::new(&["sec_T"], &["app"]),
-            vec!["app".into()],
+            Routes::new(vec![("app".to_owned(), crate::route::Filter::default())]),
             Health::new(),
             shutdown.clone(),
         ));

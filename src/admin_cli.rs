@@ -29,6 +29,7 @@ use crate::admin::{
     QuarantinePage, ReplayRequest, Selection, StatusReport,
 };
 use crate::cli::{AdminArgs, AdminCommand, DeadLettersCommand, QuarantineCommand, Selected};
+use crate::units::human_bytes;
 
 /// Where the admin listener is unless `--admin` says otherwise (the `[admin] listen` default).
 pub const DEFAULT_ADMIN_URL: &str = "http://127.0.0.1:9090";
@@ -511,21 +512,6 @@ pub fn short_age(secs: u64) -> String {
     full.split(' ').take(2).collect::<Vec<_>>().join(" ")
 }
 
-/// Bytes in binary units: `512 B`, `1.5 KiB`, `12.3 MiB`.
-pub fn human_bytes(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
-    if bytes < 1024 {
-        return format!("{bytes} B");
-    }
-    let mut value = bytes as f64 / 1024.0;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    format!("{value:.1} {}", UNITS[unit])
-}
-
 fn or_dash(value: Option<&str>) -> String {
     match value.map(str::trim) {
         Some(v) if !v.is_empty() => v.to_owned(),
@@ -994,9 +980,6 @@ mod tests {
         assert_eq!(short_age(59), "59s");
         assert_eq!(short_age(3723), "1h 2m");
         assert_eq!(short_age(2 * 86_400 + 5), "2days 5s");
-        assert_eq!(human_bytes(512), "512 B");
-        assert_eq!(human_bytes(1536), "1.5 KiB");
-        assert_eq!(human_bytes(3 * 1024 * 1024 * 1024), "3.0 GiB");
     }
 
     #[test]

@@ -109,11 +109,8 @@ pub async fn run(
     let metrics = Metrics::new(&secret_ids, &sink_names);
     let health = Health::new();
     let routes = Routes::new(route_table(&config.sinks));
-    let admin = admin_listener.map(|listener| {
-        start_admin(
-            listener, &config, &store, &metrics, &health, &routes, &shutdown,
-        )
-    });
+    let admin = admin_listener
+        .map(|listener| start_admin(listener, &store, &metrics, &health, &routes, &shutdown));
 
     let stop_sinks = CancellationToken::new();
     let mut sinks = SinkSet::start(&config.sinks, &store, &metrics, &stop_sinks);
@@ -438,7 +435,6 @@ async fn bind_admin(config: &Config) -> anyhow::Result<Option<TcpListener>> {
 /// Starts serving the admin API on `listener`.
 fn start_admin(
     listener: TcpListener,
-    config: &Config,
     store: &Store,
     metrics: &Metrics,
     health: &Health,
@@ -453,16 +449,13 @@ fn start_admin(
              whoever reaches it can read stored events and drop dead letters"
         );
     }
-    let admin = Arc::new(
-        Admin::new(
-            store.clone(),
-            metrics.clone(),
-            config.sinks.iter().map(|s| s.name.clone()).collect(),
-            health.clone(),
-            shutdown.clone(),
-        )
-        .with_routes(routes.clone()),
-    );
+    let admin = Arc::new(Admin::new(
+        store.clone(),
+        metrics.clone(),
+        routes.clone(),
+        health.clone(),
+        shutdown.clone(),
+    ));
     match addr {
         Some(addr) => tracing::info!(addr = %addr, "admin listening"),
         None => tracing::info!("admin listening"),

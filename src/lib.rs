@@ -52,3 +52,4 @@ pub mod systemd;
 pub mod telemetry;
 pub mod time;
 pub mod tls;
+pub mod units;

@@ -23,6 +23,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::lock;
+use crate::units::human_bytes;
 use std::time::{Duration, Instant};
 
 /// The mark file's name in the store directory.
@@ -248,22 +249,6 @@ impl Guard {
             Ok(_) => Ok(()),
             Err(e) => Err(format!("cannot check the store's files in {dir}: {e}")),
         }
-    }
-}
-
-/// `1.5 GiB`-style sizes for messages.
-pub fn human_bytes(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
     }
 }
 

@@ -4,8 +4,6 @@
 //! small JSON (serde) so that fields can be added later without a migration; the body is kept
 //! byte-for-byte after it, never re-encoded. This module does no I/O and knows nothing of fjall.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
 use serde::{Deserialize, Serialize};
 
 use crate::envelope::{DedupeKey, Shape, Source};
@@ -58,11 +56,6 @@ impl RecordMeta {
     pub fn attempt(&self) -> Option<u32> {
         self.header("x-kirim-attempt")
             .and_then(|a| a.trim().parse().ok())
-    }
-
-    /// `received_at` as a [`SystemTime`].
-    pub fn received_at(&self) -> SystemTime {
-        UNIX_EPOCH + Duration::from_millis(self.received_at_ms)
     }
 }
 
