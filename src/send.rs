@@ -16,17 +16,13 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{Request, Uri};
 use hyper_util::rt::TokioIo;
-use rustls::pki_types::pem::PemObject as _;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::TlsConnector;
 
 use crate::cli::{SecretArg, SendArgs};
 use crate::envelope::{self, Classified, Hints, Source};
 use crate::signature::SigningSecret;
-
-/// The largest `--cacert` file read.
-const MAX_CACERT_BYTES: u64 = 1024 * 1024;
 
 /// Crockford base32 alphabet (no I, L, O, U).
 const CROCKFORD: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
@@ -134,23 +130,14 @@ pub fn tls_connector(cacert: Option<&Path>) -> anyhow::Result<TlsConnector> {
     Ok(TlsConnector::from(Arc::new(config)))
 }
 
-/// The certificates of a PEM file, as roots to trust.
+/// The certificates of a PEM file, as roots to trust (read as the server reads its own).
 fn read_roots(path: &Path) -> anyhow::Result<rustls::RootCertStore> {
-    use std::io::Read as _;
     let shown = path.display();
-    let mut bytes = Vec::new();
-    std::fs::File::open(path)
-        .and_then(|file| file.take(MAX_CACERT_BYTES).read_to_end(&mut bytes))
-        .with_context(|| format!("--cacert: cannot read {shown}"))?;
     let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(&bytes) {
-        let cert = cert.map_err(|_| anyhow::anyhow!("--cacert {shown}: not a valid PEM file"))?;
+    for cert in crate::tls::read_certs(path).map_err(|e| anyhow::anyhow!("--cacert: {e}"))? {
         roots
             .add(cert)
             .with_context(|| format!("--cacert {shown}: a certificate rustls cannot use"))?;
-    }
-    if roots.is_empty() {
-        bail!("--cacert {shown}: no `-----BEGIN CERTIFICATE-----` section");
     }
     Ok(roots)
 }

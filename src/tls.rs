@@ -178,7 +178,7 @@ pub fn server_config(config: &TlsConfig) -> Result<ServerConfig, TlsError> {
 }
 
 /// Every `CERTIFICATE` section of `path`, in file order; at least one.
-fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+pub(crate) fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let bytes = read(TlsFile::Cert, path)?;
     let certs = CertificateDer::pem_slice_iter(&bytes)
         .collect::<Result<Vec<_>, _>>()
@@ -204,12 +204,27 @@ fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
 }
 
 fn read(file: TlsFile, path: &Path) -> Result<Vec<u8>, TlsError> {
-    std::fs::read(path).map_err(|source| TlsError::Read {
-        file,
-        path: path.to_owned(),
-        source,
-    })
+    use std::io::Read as _;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_PEM_BYTES + 1).read_to_end(&mut bytes))
+        .and_then(|n| {
+            if n as u64 > MAX_PEM_BYTES {
+                Err(std::io::Error::other("larger than 1 MiB: not a PEM file"))
+            } else {
+                Ok(())
+            }
+        })
+        .map_err(|source| TlsError::Read {
+            file,
+            path: path.to_owned(),
+            source,
+        })?;
+    Ok(bytes)
 }
+
+/// Largest certificate or key file read (a chain is a few KiB; `/dev/zero` must not hang).
+const MAX_PEM_BYTES: u64 = 1024 * 1024;
 
 /// A PEM error in words of our own: some of rustls's messages quote bytes of the file.
 fn pem_error(file: TlsFile, path: &Path, error: &pem::Error) -> TlsError {
