@@ -36,6 +36,10 @@ pub fn store_path(path: &Path) -> Result<(), ConfigError> {
             )
         }));
     }
+    if exists {
+        // What `serve` refuses before opening the engine (a damaged store), refused here too.
+        crate::store::check_not_damaged(path).map_err(|e| invalid(e.to_string()))?;
+    }
     probe_writable(&existing).map_err(|err| {
         invalid(if exists {
             format!("{shown} is not writable: {err}")
@@ -118,6 +122,15 @@ pub fn report(checked: &Checked) -> String {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_damaged_store_is_refused_as_serve_refuses_it() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("keyspaces")).unwrap();
+        let err = store_path(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("`version` file is missing"), "{err}");
+        assert!(err.contains("store.path"), "{err}");
+    }
 
     fn entries(dir: &Path) -> Vec<String> {
         let mut names: Vec<String> = std::fs::read_dir(dir)

@@ -856,7 +856,7 @@ fn first_missing(path: &Path) -> Option<PathBuf> {
 
 /// Refuses a directory that holds engine files but no `version` marker: the engine would try
 /// to create a new store over it and fail with an obscure "File exists".
-fn check_not_damaged(path: &Path) -> Result<(), StoreError> {
+pub fn check_not_damaged(path: &Path) -> Result<(), StoreError> {
     if path.join("version").exists() {
         return Ok(());
     }
