@@ -734,7 +734,7 @@ fn validate_secret(
     };
     match resolve_secret_value(&base, &VERIFY_SECRET_KEYS, sources, env)? {
         Some((value, value_key)) => {
-            check_secret_value(&value, &value_key)?;
+            check_secret(&value, &value_key)?;
             Ok(SigningSecret::new(id, value))
         }
         None => Err(secret_sources_error(&base, &VERIFY_SECRET_KEYS, "none")),
@@ -874,15 +874,10 @@ fn trim_one_line_ending(text: &str) -> &str {
         .unwrap_or(text)
 }
 
-/// Checks a signing secret given elsewhere than in the config (`kirimhook sign --secret`) by
-/// the config's own rule: `whsec_` and at least one more character, no whitespace or control
-/// characters. `what` names where it came from in the error; the value is never shown.
-pub fn check_secret(value: &str, what: &str) -> Result<(), ConfigError> {
-    check_secret_value(value, what)
-}
-
-/// Checks the shape of a secret. Messages never include the value.
-fn check_secret_value(value: &str, key: &str) -> Result<(), ConfigError> {
+/// Checks the shape of a signing secret, in the config or given elsewhere (`kirimhook sign
+/// --secret`): `whsec_` and at least one more character, no whitespace or control
+/// characters. `key` names where it came from in the error; the value is never shown.
+pub fn check_secret(value: &str, key: &str) -> Result<(), ConfigError> {
     let has_body = value
         .strip_prefix(SECRET_PREFIX)
         .is_some_and(|rest| !rest.is_empty());
@@ -1096,7 +1091,7 @@ impl RawHttpKeys {
         };
         let secret = match resolve_secret_value(base, &SINK_SECRET_KEYS, sources, env)? {
             Some((value, key)) => {
-                check_secret_value(&value, &key)?;
+                check_secret(&value, &key)?;
                 Some(SigningSecret::new(name, value))
             }
             None => None,
