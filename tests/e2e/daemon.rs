@@ -44,6 +44,9 @@ pub struct Settings {
     pub extra_server: String,
     /// `[server.tls]`: the certificate and key files; plain HTTP when `None`.
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// Whether the daemon's stdout is closed at once (its consumer has gone); `stdout` then
+    /// stays empty.
+    pub stdout_closed: bool,
     /// `store.path`; `dir/store` when `None`.
     pub store_dir: Option<PathBuf>,
     /// Lines added verbatim to the `[store]` table, such as `"min_free_bytes = 0\n"`.
@@ -63,6 +66,7 @@ impl Default for Settings {
             keep_delivered_hours: 0,
             extra_server: String::new(),
             tls: None,
+            stdout_closed: false,
             store_dir: None,
             // A test machine's /tmp may have less than the default watermark free; the tests
             // that are about the watermark set it themselves.
@@ -313,7 +317,13 @@ impl Daemon {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn kirimhook serve");
-        let stdout = Lines::collect(child.stdout.take().expect("stdout piped"), "stdout");
+        let stdout = child.stdout.take().expect("stdout piped");
+        let stdout = if settings.stdout_closed {
+            drop(stdout);
+            Lines::collect(std::io::empty(), "stdout")
+        } else {
+            Lines::collect(stdout, "stdout")
+        };
         let stderr = Lines::collect(child.stderr.take().expect("stderr piped"), "stderr");
         let listening = stderr
             .wait_for(|lines, closed| {
@@ -475,7 +485,7 @@ impl Drop for Daemon {
 }
 
 /// The `addr` of the daemon's `listening` log line, if `line` is that line.
-pub fn listening_addr(line: &str) -> Option<SocketAddr> {
+fn listening_addr(line: &str) -> Option<SocketAddr> {
     logged_addr(line, "listening")
 }
 

@@ -10,16 +10,11 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use crate::admin::{cli, cli_json, get, http_sink, poll, sample, send};
-use crate::daemon::{listening_addr, temp_dir, wait_for_exit, Daemon, Lines, Settings, DEADLINE};
+use crate::daemon::{temp_dir, wait_for_exit, Daemon, Lines, Settings, DEADLINE};
 use crate::fixtures::{kirim_delivery, kirim_event, new_event_id};
 use crate::http::Client;
+use crate::systemd::ACTIVATE;
 use crate::target::{refused_addr, Target};
-
-/// Moves stdin (a listening socket) to fd 3 and becomes the daemon with socket activation, so
-/// the test knows the address without reading stderr. `$0` is the binary, `$1` the config.
-const ACTIVATE: &str = "exec 3<&0 0</dev/null
-export LISTEN_PID=$$ LISTEN_FDS=1
-exec \"$0\" serve --config \"$1\" --log-format json";
 
 /// stderr is a pipe whose reader exits after one line: the daemon still serves, streams what
 /// it accepts, and stops with exit 0 on SIGTERM.
@@ -91,34 +86,13 @@ async fn a_closed_stderr_neither_stops_nor_kills_the_daemon() {
 #[tokio::test]
 async fn a_gone_stdout_consumer_stops_the_daemon_and_loses_nothing() {
     let dir = temp_dir();
-    let settings = Settings::default();
-    let config = dir.path().join("kirimhook.toml");
-    std::fs::write(&config, settings.config_toml(dir.path())).expect("write the config");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kirimhook"))
-        .arg("serve")
-        .arg("--config")
-        .arg(&config)
-        .args(["--log-format", "json"])
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn kirimhook serve");
     // The consumer is gone before the first event.
-    drop(child.stdout.take());
-    let stderr = Lines::collect(child.stderr.take().expect("stderr piped"), "stderr");
-    let addr = stderr
-        .wait_for(|lines, closed| {
-            lines
-                .iter()
-                .find_map(|l| listening_addr(l))
-                .map(Some)
-                .or(closed.then_some(None))
-        })
-        .await
-        .flatten()
-        .unwrap_or_else(|| panic!("no listening line; stderr:\n{}", stderr.lines().join("\n")));
+    let closed = Settings {
+        stdout_closed: true,
+        ..Settings::default()
+    };
+    let mut daemon = Daemon::start(dir.path(), &closed).await;
+    let addr = daemon.addr;
 
     let mut accepted = Vec::new();
     let mut refused = 0;
@@ -137,9 +111,8 @@ async fn a_gone_stdout_consumer_stops_the_daemon_and_loses_nothing() {
         "the first delivery is stored before the fault shows"
     );
 
-    let status = wait_for_exit(&mut child, || stderr.lines().join("\n")).await;
-    stderr.wait_closed().await;
-    let log = stderr.lines().join("\n");
+    let status = daemon.wait_exit().await;
+    let log = daemon.stderr_text();
     assert_ne!(status.code(), Some(0), "must exit non-zero; stderr:\n{log}");
     assert!(
         status.code().is_some(),
@@ -152,7 +125,7 @@ async fn a_gone_stdout_consumer_stops_the_daemon_and_loses_nothing() {
     );
     eprintln!("accepted {}, refused {refused}", accepted.len());
 
-    let daemon = Daemon::start(dir.path(), &settings).await;
+    let daemon = Daemon::start(dir.path(), &Settings::default()).await;
     for event_id in &accepted {
         daemon.wait_for_event(event_id).await;
     }

@@ -36,8 +36,9 @@ const MANAGER_VARS: &[&str] = &[
 ];
 
 /// Moves stdin to fd 3, then becomes the daemon with the socket-activation variables naming
-/// its own pid (`exec` keeps the pid). `$0` is the binary, `$1` the config file.
-const ACTIVATE: &str = "exec 3<&0 0</dev/null
+/// its own pid (`exec` keeps the pid). `$0` is the binary, `$1` the config file. Also how
+/// `faults` runs a daemon whose address it knows without reading its stderr.
+pub const ACTIVATE: &str = "exec 3<&0 0</dev/null
 export LISTEN_PID=$$ LISTEN_FDS=1
 exec \"$0\" serve --config \"$1\" --log-format json";
 
