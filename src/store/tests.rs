@@ -43,6 +43,23 @@ fn event(keys: &[&str], body: &str) -> NewDelivery {
     delivery(keys, body, Destination::Events, store_now_ms())
 }
 
+/// One whole sweep now: dedupe keys older than `retention`, digests older than
+/// `keep_signatures`, delivered events at once.
+async fn sweep_now(
+    store: &Store,
+    retention: Duration,
+    keep_signatures: Duration,
+) -> Result<Swept, StoreError> {
+    store
+        .sweep(
+            SystemTime::now(),
+            retention,
+            keep_signatures,
+            Duration::ZERO,
+        )
+        .await
+}
+
 fn store_now_ms() -> u64 {
     millis(SystemTime::now())
 }
@@ -154,15 +171,13 @@ async fn delivered_events_are_swept_and_seqs_are_never_reused() {
         .await
         .unwrap();
     assert_eq!(store.queue_len("stdout").await.unwrap(), 0);
-    let swept = store
-        .sweep(
-            SystemTime::now(),
-            Duration::from_secs(86_400),
-            Duration::from_secs(86_400),
-            Duration::ZERO,
-        )
-        .await
-        .unwrap();
+    let swept = sweep_now(
+        &store,
+        Duration::from_secs(86_400),
+        Duration::from_secs(86_400),
+    )
+    .await
+    .unwrap();
     assert_eq!(swept, Swept { keys: 0, events: 3 });
     assert!(store.read_after(0, 10).await.unwrap().is_empty());
     store.close().await.unwrap();
@@ -198,15 +213,13 @@ async fn sweep_keeps_events_a_sink_still_owes_and_forgets_old_keys() {
         )
         .await
         .unwrap();
-    let swept = store
-        .sweep(
-            SystemTime::now(),
-            Duration::from_millis(35 * day),
-            Duration::from_millis(35 * day),
-            Duration::ZERO,
-        )
-        .await
-        .unwrap();
+    let swept = sweep_now(
+        &store,
+        Duration::from_millis(35 * day),
+        Duration::from_millis(35 * day),
+    )
+    .await
+    .unwrap();
     // Sink b still owes both: they stay; the 40-day-old key goes.
     assert_eq!(swept, Swept { keys: 1, events: 0 });
     assert_eq!(store.read_after(0, 10).await.unwrap().len(), 2);
@@ -222,15 +235,13 @@ async fn sweep_keeps_events_a_sink_still_owes_and_forgets_old_keys() {
         .settle_durably("b", vec![Settlement::Delivered(1)])
         .await
         .unwrap();
-    let swept = store
-        .sweep(
-            SystemTime::now(),
-            Duration::from_millis(35 * day),
-            Duration::from_millis(35 * day),
-            Duration::ZERO,
-        )
-        .await
-        .unwrap();
+    let swept = sweep_now(
+        &store,
+        Duration::from_millis(35 * day),
+        Duration::from_millis(35 * day),
+    )
+    .await
+    .unwrap();
     assert_eq!(swept.events, 1);
     store.close().await.unwrap();
 }
@@ -255,29 +266,25 @@ async fn events_are_queued_only_for_the_listed_sinks() {
     assert_eq!(b[0].seq, 1);
     assert_eq!(b[0].state, AttemptState::default());
     // The event no sink wants is removed by the sweep; b's is kept.
-    let swept = store
-        .sweep(
-            SystemTime::now(),
-            Duration::from_secs(86_400),
-            Duration::from_secs(86_400),
-            Duration::ZERO,
-        )
-        .await
-        .unwrap();
+    let swept = sweep_now(
+        &store,
+        Duration::from_secs(86_400),
+        Duration::from_secs(86_400),
+    )
+    .await
+    .unwrap();
     assert_eq!(swept.events, 0, "seq 1 is owed to b and blocks the range");
     store
         .settle_durably("b", vec![Settlement::Delivered(1)])
         .await
         .unwrap();
-    let swept = store
-        .sweep(
-            SystemTime::now(),
-            Duration::from_secs(86_400),
-            Duration::from_secs(86_400),
-            Duration::ZERO,
-        )
-        .await
-        .unwrap();
+    let swept = sweep_now(
+        &store,
+        Duration::from_secs(86_400),
+        Duration::from_secs(86_400),
+    )
+    .await
+    .unwrap();
     assert_eq!(swept.events, 2);
     store.close().await.unwrap();
 }
@@ -334,15 +341,13 @@ async fn retry_state_and_dead_letters_survive_a_restart() {
         .settle_durably("stdout", vec![Settlement::Delivered(1)])
         .await
         .unwrap();
-    store
-        .sweep(
-            SystemTime::now(),
-            Duration::from_secs(86_400),
-            Duration::from_secs(86_400),
-            Duration::ZERO,
-        )
-        .await
-        .unwrap();
+    sweep_now(
+        &store,
+        Duration::from_secs(86_400),
+        Duration::from_secs(86_400),
+    )
+    .await
+    .unwrap();
     assert!(store.read_after(0, 10).await.unwrap().is_empty());
     assert_eq!(store.dead_letters("stdout", 0, 10).await.unwrap().len(), 1);
     // A late retry state never resurrects a delivered entry.
@@ -408,15 +413,13 @@ async fn operator_actions_on_dead_letters_quarantine_and_replay() {
         .await
         .unwrap();
     // Event records of dead letters and delivered events can be swept...
-    store
-        .sweep(
-            SystemTime::now(),
-            Duration::from_secs(86_400),
-            Duration::from_secs(86_400),
-            Duration::ZERO,
-        )
-        .await
-        .unwrap();
+    sweep_now(
+        &store,
+        Duration::from_secs(86_400),
+        Duration::from_secs(86_400),
+    )
+    .await
+    .unwrap();
     assert!(store.read_after(0, 10).await.unwrap().is_empty());
     // ...and a retried dead letter comes back with its event, as never attempted.
     assert_eq!(
@@ -639,15 +642,13 @@ async fn counts_are_exact_after_drops_sweeps_and_restarts() {
         )
         .await
         .unwrap();
-    let swept = store
-        .sweep(
-            SystemTime::now(),
-            Duration::from_secs(86_400),
-            Duration::from_secs(3600),
-            Duration::ZERO,
-        )
-        .await
-        .unwrap();
+    let swept = sweep_now(
+        &store,
+        Duration::from_secs(86_400),
+        Duration::from_secs(3600),
+    )
+    .await
+    .unwrap();
     assert_eq!(swept.events, 4);
     let counts = store.counts();
     assert_eq!(counts.events, 0);
@@ -878,15 +879,13 @@ async fn entries_put_back_below_the_low_water_marks_are_kept_and_found() {
         .await
         .unwrap();
     let sweep = |store: Store| async move {
-        store
-            .sweep(
-                SystemTime::now(),
-                Duration::from_secs(86_400),
-                Duration::from_secs(3600),
-                Duration::ZERO,
-            )
-            .await
-            .unwrap()
+        sweep_now(
+            &store,
+            Duration::from_secs(86_400),
+            Duration::from_secs(3600),
+        )
+        .await
+        .unwrap()
     };
     // Every queue is empty: the marks move past everything, and every event goes.
     assert_eq!(sweep(store.clone()).await.events, 4);
@@ -934,26 +933,22 @@ async fn a_big_sweep_goes_in_bounded_steps_and_resumes_where_it_stopped() {
         admits.spawn(async move { store.admit(e).await.unwrap() });
     }
     while admits.join_next().await.is_some() {}
-    let swept = store
-        .sweep(
-            SystemTime::now(),
-            Duration::from_millis(35 * day),
-            Duration::from_secs(3600),
-            Duration::ZERO,
-        )
-        .await
-        .unwrap();
+    let swept = sweep_now(
+        &store,
+        Duration::from_millis(35 * day),
+        Duration::from_secs(3600),
+    )
+    .await
+    .unwrap();
     assert_eq!((swept.keys, swept.events), (1500, 1500));
     // Nothing is left to do, and the keys are forgotten: the same key is new again.
-    let again = store
-        .sweep(
-            SystemTime::now(),
-            Duration::from_millis(35 * day),
-            Duration::from_secs(3600),
-            Duration::ZERO,
-        )
-        .await
-        .unwrap();
+    let again = sweep_now(
+        &store,
+        Duration::from_millis(35 * day),
+        Duration::from_secs(3600),
+    )
+    .await
+    .unwrap();
     assert_eq!(again, Swept::default());
     assert!(matches!(
         store.admit(event(&["k:7"], "{}")).await.unwrap(),
