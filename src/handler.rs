@@ -175,7 +175,7 @@ impl Receiver {
     {
         if let Some(fault) = self.settings.health.fault() {
             tracing::debug!(fault = %fault, "not taking deliveries; answering 503");
-            return self.unavailable(r#"{"error":"not_accepting"}"#);
+            return self.unavailable(Outcome::NotAccepting, r#"{"error":"not_accepting"}"#);
         }
         let received_at = (self.clock)();
         let (parts, body) = req.into_parts();
@@ -328,18 +328,21 @@ impl Receiver {
             Err(store::StoreError::LowDisk(reason)) => {
                 // Logged once when the disk crossed the watermark; this is every refusal.
                 tracing::debug!(reason, "disk nearly full; answering 503");
-                self.unavailable(r#"{"error":"store_unavailable"}"#)
+                self.unavailable(Outcome::LowDisk, r#"{"error":"low_disk"}"#)
             }
             Err(e) => {
                 tracing::error!(error = %e, "store unavailable; answering 503");
-                self.unavailable(r#"{"error":"store_unavailable"}"#)
+                self.unavailable(
+                    Outcome::StoreUnavailable,
+                    r#"{"error":"store_unavailable"}"#,
+                )
             }
         }
     }
 
     /// 503 with `Retry-After`: nothing was stored, kirim.dev retries later.
-    fn unavailable(&self, body: &'static str) -> HttpResponse {
-        self.settings.metrics.request(Outcome::StoreUnavailable);
+    fn unavailable(&self, outcome: Outcome, body: &'static str) -> HttpResponse {
+        self.settings.metrics.request(outcome);
         let mut response = json(StatusCode::SERVICE_UNAVAILABLE, body);
         response
             .headers_mut()

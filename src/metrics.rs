@@ -61,6 +61,10 @@ pub enum Outcome {
     UnreadableBody,
     /// 503: the store did not take the delivery.
     StoreUnavailable,
+    /// 503: free disk space is below `store.min_free_bytes`; nothing was written.
+    LowDisk,
+    /// 503: a fault no retry heals stopped admissions (stdout's consumer gone, store gone).
+    NotAccepting,
     /// 404: another path.
     NotFound,
     /// 405: another method on the webhook path.
@@ -69,7 +73,7 @@ pub enum Outcome {
 
 impl Outcome {
     /// Every outcome, in label order.
-    pub const ALL: [Outcome; 12] = [
+    pub const ALL: [Outcome; 14] = [
         Outcome::Accepted,
         Outcome::Duplicate,
         Outcome::Quarantined,
@@ -80,6 +84,8 @@ impl Outcome {
         Outcome::BodyTimeout,
         Outcome::UnreadableBody,
         Outcome::StoreUnavailable,
+        Outcome::LowDisk,
+        Outcome::NotAccepting,
         Outcome::NotFound,
         Outcome::MethodNotAllowed,
     ];
@@ -97,6 +103,8 @@ impl Outcome {
             Outcome::BodyTimeout => "body_timeout",
             Outcome::UnreadableBody => "unreadable_body",
             Outcome::StoreUnavailable => "store_unavailable",
+            Outcome::LowDisk => "low_disk",
+            Outcome::NotAccepting => "not_accepting",
             Outcome::NotFound => "not_found",
             Outcome::MethodNotAllowed => "method_not_allowed",
         }

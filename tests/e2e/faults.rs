@@ -443,6 +443,8 @@ async fn a_nearly_full_disk_refuses_early_and_recovers_in_place() {
         Some(1.0),
         "{metrics}"
     );
+    let refused = sample(&metrics, "kirimhook_requests_total{outcome=\"low_disk\"}");
+    assert!(refused.is_some_and(|n| n >= 1.0), "{metrics}");
     let log = daemon.stderr_text();
     assert!(
         log.contains("disk nearly full"),
