@@ -1117,7 +1117,7 @@ mod tests {
     use super::*;
     use crate::signature::{self, SigningSecret};
     use crate::store::{
-        Admission, AttemptState, Destination, LastError, NewDelivery, RecordMeta, Settlement,
+        Admission, AttemptState, Change, Destination, LastError, NewDelivery, RecordMeta,
     };
 
     #[test]
@@ -1333,7 +1333,7 @@ mod tests {
             last_error: Some(LastError::new(Some(400), "bad request")),
         };
         store
-            .settle_durably("app", vec![Settlement::DeadLetter(seq, state)])
+            .settle_durably("app", vec![Change::DeadLetter(seq, state)])
             .await
             .unwrap();
         let Admission::New { seq: q } = store

@@ -26,7 +26,7 @@ use crate::health::Fault;
 use crate::metrics::{Metrics, SinkCounters};
 use crate::retry;
 use crate::sinks::{Attempt, Failure, Sink, SinkError};
-use crate::store::{self, AttemptState, LastError, QueueEntry, Settlement, Store, StoredEvent};
+use crate::store::{self, AttemptState, Change, LastError, QueueEntry, Store, StoredEvent};
 
 /// Queue entries read from the store at a time.
 const SCAN: usize = 1024;
@@ -369,7 +369,7 @@ impl<S: Sink> Dispatcher<S> {
             self.in_flight.remove(seq);
         }
         tracing::warn!(sink = %self.name, seqs = ?gone, "queued events are missing from the store; dropping their queue entries");
-        self.settle(gone.into_iter().map(Settlement::Delivered).collect())
+        self.settle(gone.into_iter().map(Change::Delivered).collect())
             .await;
     }
 
@@ -434,10 +434,10 @@ impl<S: Sink> Dispatcher<S> {
             Err(Failure { delivered, error }) => (delivered.min(batch.len()), Some(error)),
         };
         let mut batch = batch.into_iter();
-        let mut outcomes: Vec<Settlement> = batch
+        let mut outcomes: Vec<Change> = batch
             .by_ref()
             .take(delivered)
-            .map(|e| Settlement::Delivered(e.seq))
+            .map(|e| Change::Delivered(e.seq))
             .collect();
         self.counters.delivered(delivered);
         if delivered > 0 || failure.is_none() {
@@ -500,7 +500,7 @@ impl<S: Sink> Dispatcher<S> {
     }
 
     /// The outcome of one failed attempt: retry later, or dead letter.
-    fn failed(&mut self, entry: QueueEntry, started_ms: u64, error: SinkError) -> Settlement {
+    fn failed(&mut self, entry: QueueEntry, started_ms: u64, error: SinkError) -> Change {
         self.counters.failed_attempt();
         let mut state = entry.state;
         state.attempts += 1;
@@ -523,7 +523,7 @@ impl<S: Sink> Dispatcher<S> {
                 );
                 self.retries.push(Reverse((state.next_attempt_ms, seq)));
                 self.waiting.insert(seq, state.clone());
-                Settlement::Retry(seq, state)
+                Change::Retry(seq, state)
             }
             error => {
                 tracing::error!(
@@ -531,7 +531,7 @@ impl<S: Sink> Dispatcher<S> {
                     "delivery failed; moved to the dead letters"
                 );
                 self.counters.dead_lettered();
-                Settlement::DeadLetter(seq, state)
+                Change::DeadLetter(seq, state)
             }
         }
     }
@@ -555,7 +555,7 @@ impl<S: Sink> Dispatcher<S> {
         self.settle(outcomes).await;
     }
 
-    async fn settle(&self, outcomes: Vec<Settlement>) {
+    async fn settle(&self, outcomes: Vec<Change>) {
         if let Err(e) = self.store.settle(&self.name, outcomes).await {
             tracing::error!(sink = %self.name, error = %e, "recording delivery outcomes failed; those events will be delivered again");
         }

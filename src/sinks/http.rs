@@ -23,7 +23,7 @@ use super::{Attempt, Failure, Sink, SinkError};
 use crate::config::HttpSinkConfig;
 use crate::retry::{self, Verdict};
 use crate::signature::SigningSecret;
-use crate::store::queue::ERROR_EXCERPT_BYTES;
+use crate::store::model::ERROR_EXCERPT_BYTES;
 
 /// The original headers passed on to the relay target.
 const PASSED_HEADERS: [&str; 4] = [

@@ -2,73 +2,12 @@
 //!
 //! A record is `[version: u8][meta length: u32 BE][meta JSON][raw body bytes]`. The metadata is
 //! small JSON (serde) so that fields can be added later without a migration; the body is kept
-//! byte-for-byte after it, never re-encoded. This module does no I/O and knows nothing of fjall.
+//! byte-for-byte after it, never re-encoded. This module does no I/O and knows no engine: both engines store records in this form.
 
-use serde::{Deserialize, Serialize};
-
-use crate::envelope::{DedupeKey, Shape, Source};
+use super::model::{RecordMeta, StoredEvent};
 
 const VERSION: u8 = 1;
 const HEADER_LEN: usize = 1 + 4;
-
-/// Everything kirimhook knows about a delivery apart from its body.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RecordMeta {
-    /// When the request was received, in milliseconds since the Unix epoch.
-    pub received_at_ms: u64,
-    /// Id of the configured secret whose signature matched.
-    pub secret_id: String,
-    /// The `X-Kirim-*` headers as received (lower-case names, in request order).
-    pub headers: Vec<(String, String)>,
-    /// Dedupe keys of the delivery.
-    pub keys: Vec<DedupeKey>,
-    /// Recognised body shape; `None` for a quarantined delivery.
-    pub shape: Option<Shape>,
-    /// Event family decided from the body; `None` for a quarantined delivery.
-    pub source: Option<Source>,
-    /// Event type (`X-Kirim-Event` or taken from the body).
-    pub event_type: Option<String>,
-    /// Event id (`X-Kirim-Event-Id` or taken from the body).
-    pub event_id: Option<String>,
-    /// Meta `phone_number_id`s the event belongs to (Meta passthrough only).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub phone_number_ids: Vec<String>,
-    /// Why a quarantined delivery was not recognised (`not_utf8`, `not_json`, `unknown_shape`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub quarantine_reason: Option<String>,
-}
-
-impl RecordMeta {
-    /// Value of the `X-Kirim-*` header `name` (lower case), if it was present.
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    }
-
-    /// `X-Kirim-Delivery-Id`, if present.
-    pub fn delivery_id(&self) -> Option<&str> {
-        self.header("x-kirim-delivery-id")
-    }
-
-    /// `X-Kirim-Attempt` as a number, if present and numeric.
-    pub fn attempt(&self) -> Option<u32> {
-        self.header("x-kirim-attempt")
-            .and_then(|a| a.trim().parse().ok())
-    }
-}
-
-/// A delivery as read back from the store.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoredEvent {
-    /// Position in the store: strictly increasing in admission order, never reused.
-    pub seq: u64,
-    /// Metadata.
-    pub meta: RecordMeta,
-    /// The exact body bytes that were verified.
-    pub body: Vec<u8>,
-}
 
 /// A record that cannot be decoded.
 #[derive(Debug, thiserror::Error)]
@@ -121,6 +60,7 @@ pub fn decode(seq: u64, bytes: &[u8]) -> Result<StoredEvent, DecodeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::envelope::{Shape, Source};
 
     fn meta() -> RecordMeta {
         RecordMeta {

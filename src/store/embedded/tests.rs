@@ -3,7 +3,9 @@
 use std::time::{Duration, SystemTime};
 
 use super::*;
+use crate::signature::Verified;
 use crate::signature::{self, SigningSecret};
+use crate::store::model::{Destination, LastError};
 
 /// A verification with its own `t`: two deliveries of the tests are never the same signed
 /// content, unless a test means them to be (see `same_signed_content_is_a_duplicate`).
@@ -167,7 +169,7 @@ async fn delivered_events_are_swept_and_seqs_are_never_reused() {
     }
     assert_eq!(store.queue_len("stdout").await.unwrap(), 3);
     store
-        .settle_durably("stdout", (1..=3).map(Settlement::Delivered).collect())
+        .settle_durably("stdout", (1..=3).map(Change::Delivered).collect())
         .await
         .unwrap();
     assert_eq!(store.queue_len("stdout").await.unwrap(), 0);
@@ -207,10 +209,7 @@ async fn sweep_keeps_events_a_sink_still_owes_and_forgets_old_keys() {
         .unwrap();
     store.admit(both(&["kirim:young"], now)).await.unwrap();
     store
-        .settle_durably(
-            "a",
-            vec![Settlement::Delivered(1), Settlement::Delivered(2)],
-        )
+        .settle_durably("a", vec![Change::Delivered(1), Change::Delivered(2)])
         .await
         .unwrap();
     let swept = sweep_now(
@@ -232,7 +231,7 @@ async fn sweep_keeps_events_a_sink_still_owes_and_forgets_old_keys() {
         Admission::Duplicate
     );
     store
-        .settle_durably("b", vec![Settlement::Delivered(1)])
+        .settle_durably("b", vec![Change::Delivered(1)])
         .await
         .unwrap();
     let swept = sweep_now(
@@ -275,7 +274,7 @@ async fn events_are_queued_only_for_the_listed_sinks() {
     .unwrap();
     assert_eq!(swept.events, 0, "seq 1 is owed to b and blocks the range");
     store
-        .settle_durably("b", vec![Settlement::Delivered(1)])
+        .settle_durably("b", vec![Change::Delivered(1)])
         .await
         .unwrap();
     let swept = sweep_now(
@@ -313,8 +312,8 @@ async fn retry_state_and_dead_letters_survive_a_restart() {
         .settle_durably(
             "stdout",
             vec![
-                Settlement::Retry(1, retry.clone()),
-                Settlement::DeadLetter(2, dead.clone()),
+                Change::Retry(1, retry.clone()),
+                Change::DeadLetter(2, dead.clone()),
             ],
         )
         .await
@@ -338,7 +337,7 @@ async fn retry_state_and_dead_letters_survive_a_restart() {
     assert_eq!(letters[0].event.body, b"{\"n\":2}");
     // The dead letter keeps its own copy: the event itself can go.
     store
-        .settle_durably("stdout", vec![Settlement::Delivered(1)])
+        .settle_durably("stdout", vec![Change::Delivered(1)])
         .await
         .unwrap();
     sweep_now(
@@ -352,10 +351,7 @@ async fn retry_state_and_dead_letters_survive_a_restart() {
     assert_eq!(store.dead_letters("stdout", 0, 10).await.unwrap().len(), 1);
     // A late retry state never resurrects a delivered entry.
     store
-        .settle_durably(
-            "stdout",
-            vec![Settlement::Retry(1, AttemptState::default())],
-        )
+        .settle_durably("stdout", vec![Change::Retry(1, AttemptState::default())])
         .await
         .unwrap();
     assert!(store.queue("stdout", 0, 10).await.unwrap().is_empty());
@@ -405,9 +401,9 @@ async fn operator_actions_on_dead_letters_quarantine_and_replay() {
         .settle_durably(
             "stdout",
             vec![
-                Settlement::DeadLetter(1, dead.clone()),
-                Settlement::DeadLetter(2, dead.clone()),
-                Settlement::Delivered(3),
+                Change::DeadLetter(1, dead.clone()),
+                Change::DeadLetter(2, dead.clone()),
+                Change::Delivered(3),
             ],
         )
         .await
@@ -456,12 +452,12 @@ async fn operator_actions_on_dead_letters_quarantine_and_replay() {
 
     // Replay queues kept events again for one sink.
     store
-        .settle_durably("stdout", vec![Settlement::Delivered(2)])
+        .settle_durably("stdout", vec![Change::Delivered(2)])
         .await
         .unwrap();
     store.admit(event(&["kirim:4"], "{}")).await.unwrap();
     store
-        .settle_durably("stdout", vec![Settlement::Delivered(5)])
+        .settle_durably("stdout", vec![Change::Delivered(5)])
         .await
         .unwrap();
     // Kept for a day: the sweep leaves delivered events alone.
@@ -599,9 +595,9 @@ async fn counts_are_exact_after_drops_sweeps_and_restarts() {
         .settle(
             "a",
             vec![
-                Settlement::Delivered(1),
-                Settlement::Delivered(2),
-                Settlement::Delivered(1),
+                Change::Delivered(1),
+                Change::Delivered(2),
+                Change::Delivered(1),
             ],
         )
         .await
@@ -610,8 +606,8 @@ async fn counts_are_exact_after_drops_sweeps_and_restarts() {
         .settle_durably(
             "b",
             vec![
-                Settlement::DeadLetter(3, state.clone()),
-                Settlement::DeadLetter(3, state),
+                Change::DeadLetter(3, state.clone()),
+                Change::DeadLetter(3, state),
             ],
         )
         .await
@@ -628,18 +624,15 @@ async fn counts_are_exact_after_drops_sweeps_and_restarts() {
         .settle(
             "b",
             vec![
-                Settlement::Delivered(1),
-                Settlement::Delivered(2),
-                Settlement::Delivered(4),
+                Change::Delivered(1),
+                Change::Delivered(2),
+                Change::Delivered(4),
             ],
         )
         .await
         .unwrap();
     store
-        .settle_durably(
-            "a",
-            vec![Settlement::Delivered(3), Settlement::Delivered(4)],
-        )
+        .settle_durably("a", vec![Change::Delivered(3), Change::Delivered(4)])
         .await
         .unwrap();
     let swept = sweep_now(
@@ -838,7 +831,7 @@ async fn low_disk_refuses_admissions_but_not_outcomes_and_recovers_in_place() {
     assert_eq!(store.low_disk(), Some(100_000));
     // Outcomes still land (they free space).
     store
-        .settle_durably("stdout", vec![Settlement::Delivered(1)])
+        .settle_durably("stdout", vec![Change::Delivered(1)])
         .await
         .unwrap();
     assert_eq!(store.counts().queued("stdout"), 0);
@@ -870,10 +863,10 @@ async fn entries_put_back_below_the_low_water_marks_are_kept_and_found() {
         .settle_durably(
             "a",
             vec![
-                Settlement::DeadLetter(1, state),
-                Settlement::Delivered(2),
-                Settlement::Delivered(3),
-                Settlement::Delivered(4),
+                Change::DeadLetter(1, state),
+                Change::Delivered(2),
+                Change::Delivered(3),
+                Change::Delivered(4),
             ],
         )
         .await
@@ -909,10 +902,7 @@ async fn entries_put_back_below_the_low_water_marks_are_kept_and_found() {
     // A later event, then both delivered: the sweep removes both.
     store.admit(for_a("k:5")).await.unwrap();
     store
-        .settle_durably(
-            "a",
-            vec![Settlement::Delivered(1), Settlement::Delivered(5)],
-        )
+        .settle_durably("a", vec![Change::Delivered(1), Change::Delivered(5)])
         .await
         .unwrap();
     assert_eq!(sweep(store.clone()).await.events, 2);

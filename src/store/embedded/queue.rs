@@ -5,70 +5,8 @@
 //! key in its own keyspace and holds the final attempt state plus a full copy of the event record,
 //! so it survives the event's removal. No I/O here.
 
-use serde::{Deserialize, Serialize};
-
-use super::record::{self, StoredEvent};
-
-/// Longest error excerpt kept (bytes of the response body or error text).
-pub const ERROR_EXCERPT_BYTES: usize = 512;
-
-/// What went wrong on the last attempt.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LastError {
-    /// HTTP status, when the sink answered.
-    pub status: Option<u16>,
-    /// Error text or a bounded excerpt of the response body.
-    pub message: String,
-}
-
-impl LastError {
-    /// An error with `message` cut to [`ERROR_EXCERPT_BYTES`] on a character boundary.
-    pub fn new(status: Option<u16>, message: &str) -> Self {
-        let mut end = message.len().min(ERROR_EXCERPT_BYTES);
-        while !message.is_char_boundary(end) {
-            end -= 1;
-        }
-        LastError {
-            status,
-            message: message[..end].to_owned(),
-        }
-    }
-}
-
-/// A sink's attempts at one event so far.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AttemptState {
-    /// Attempts made (0: never attempted).
-    pub attempts: u32,
-    /// Time of the first attempt (ms since the epoch; 0 when none).
-    pub first_attempt_ms: u64,
-    /// Time of the last attempt (ms since the epoch; 0 when none).
-    pub last_attempt_ms: u64,
-    /// Earliest time of the next attempt (ms since the epoch).
-    pub next_attempt_ms: u64,
-    /// Error of the last attempt.
-    pub last_error: Option<LastError>,
-}
-
-/// One event waiting for one sink.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct QueueEntry {
-    /// The event's seq.
-    pub seq: u64,
-    /// Attempts so far.
-    pub state: AttemptState,
-}
-
-/// An event a sink gave up on, with why.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeadLetter {
-    /// The sink.
-    pub sink: String,
-    /// Final attempt state (attempts, first/last attempt time, last error).
-    pub state: AttemptState,
-    /// The event as it was stored.
-    pub event: StoredEvent,
-}
+use crate::store::model::{AttemptState, DeadLetter};
+use crate::store::record;
 
 /// The key of `seq` in `sink`'s queue (and dead letters).
 pub fn key(sink: &str, seq: u64) -> Vec<u8> {
@@ -163,6 +101,7 @@ pub fn decode_dead_letter(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::model::LastError;
 
     #[test]
     fn keys_sort_by_sink_then_seq_and_give_back_the_seq() {
@@ -185,13 +124,5 @@ mod tests {
             last_error: Some(LastError::new(Some(503), "busy")),
         };
         assert_eq!(decode_state(&encode_state(&state)), state);
-    }
-
-    #[test]
-    fn error_excerpt_is_bounded_on_a_char_boundary() {
-        let long = "é".repeat(ERROR_EXCERPT_BYTES);
-        let e = LastError::new(None, &long);
-        assert!(e.message.len() <= ERROR_EXCERPT_BYTES);
-        assert!(e.message.chars().all(|c| c == 'é'));
     }
 }

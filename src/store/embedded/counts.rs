@@ -7,11 +7,10 @@
 //! as durable as the entries. A store written before the counters existed is counted once, at
 //! open.
 
-use std::collections::BTreeMap;
-
 use fjall::{Keyspace, OwnedWriteBatch};
 
 use super::{be_u64, queue, Keyspaces, StoreError};
+use crate::store::model::Counts;
 
 /// Present once the counters were written: older stores are counted at open.
 const MARKER: &[u8] = b"count:v1";
@@ -20,30 +19,7 @@ const QUARANTINE: &[u8] = b"count:quarantine";
 const QUEUED: &str = "count:queue:";
 const DEAD: &str = "count:dead:";
 
-/// What the store holds, exactly.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Counts {
-    /// Stored events (queued for a sink, or kept for replay).
-    pub events: u64,
-    /// Quarantined deliveries.
-    pub quarantine: u64,
-    /// Queue depth per sink (sinks with an empty queue may be missing).
-    pub queued: BTreeMap<String, u64>,
-    /// Dead letters per sink (sinks with none may be missing).
-    pub dead_letters: BTreeMap<String, u64>,
-}
-
 impl Counts {
-    /// The queue depth of `sink`.
-    pub fn queued(&self, sink: &str) -> u64 {
-        self.queued.get(sink).copied().unwrap_or(0)
-    }
-
-    /// The dead letters of `sink`.
-    pub fn dead_letters(&self, sink: &str) -> u64 {
-        self.dead_letters.get(sink).copied().unwrap_or(0)
-    }
-
     pub(super) fn add_queued(&mut self, sink: &str, n: u64) {
         *self.queued.entry(sink.to_owned()).or_default() += n;
     }

@@ -19,13 +19,10 @@ use std::sync::Arc;
 use fjall::{Database, PersistMode};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::counts::Counts;
 use super::guard::{DiskWatch, Guard};
-use super::{
-    be_u64, queue, record, Admission, Destination, Keyspaces, Settlement, Shared, StoreError,
-    Swept, NEXT_SEQ,
-};
+use super::{be_u64, queue, record, Change, Keyspaces, Shared, StoreError, NEXT_SEQ};
 use crate::envelope::DedupeKey;
+use crate::store::model::{Admission, Counts, Destination, Swept};
 
 /// Most commands folded into one batch.
 const MAX_BATCH: usize = 4096;
@@ -61,7 +58,7 @@ pub(super) enum Command {
     Admit(AdmitCommand),
     Settle {
         sink: String,
-        outcomes: Vec<Settlement>,
+        outcomes: Vec<Change>,
         reply: Option<oneshot::Sender<Result<(), StoreError>>>,
     },
     Sweep {
@@ -319,7 +316,7 @@ impl Writer {
         batch.commit().map_err(|e| {
             self.stop_failed(&format!("a store write failed: {e}"));
             self.failed = true;
-            StoreError::Engine(e)
+            StoreError::Engine(e.to_string())
         })
     }
 
@@ -583,11 +580,11 @@ impl Writer {
         counts: &mut Counts,
         overlay: &mut Overlay,
         sink: &str,
-        outcomes: Vec<Settlement>,
+        outcomes: Vec<Change>,
     ) -> Result<(), StoreError> {
         for outcome in outcomes {
             match outcome {
-                Settlement::Delivered(seq) => {
+                Change::Delivered(seq) => {
                     let key = queue::key(sink, seq);
                     // Already gone (settled twice): nothing to remove or count.
                     if self.queued(overlay, &key)? {
@@ -596,14 +593,14 @@ impl Writer {
                         counts.remove_queued(sink);
                     }
                 }
-                Settlement::Retry(seq, state) => {
+                Change::Retry(seq, state) => {
                     let key = queue::key(sink, seq);
                     // Never resurrect an entry that is gone (delivered or dead-lettered).
                     if self.queued(overlay, &key)? {
                         batch.insert(&self.ks.queue, key, queue::encode_state(&state));
                     }
                 }
-                Settlement::DeadLetter(seq, state) => {
+                Change::DeadLetter(seq, state) => {
                     let key = queue::key(sink, seq);
                     if !self.queued(overlay, &key)? {
                         continue;
