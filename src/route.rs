@@ -110,6 +110,24 @@ impl Filter {
         event_ok && source_ok && phone_ok
     }
 
+    /// The `events` globs, when given (`*` matches any run of characters, see
+    /// [`glob_match`]): what an engine needs to push the filter down.
+    pub fn event_globs(&self) -> Option<Vec<&str>> {
+        self.events
+            .as_ref()
+            .map(|globs| globs.iter().map(|g| g.0.as_str()).collect())
+    }
+
+    /// The `sources`, when given.
+    pub fn sources(&self) -> Option<&[Source]> {
+        self.sources.as_deref()
+    }
+
+    /// The `phone_number_ids`, when given.
+    pub fn phone_number_ids(&self) -> Option<&[String]> {
+        self.phone_number_ids.as_deref()
+    }
+
     /// True when the filter takes every event: no `sources` and no `phone_number_ids`, and
     /// either no `events` or an `events` list holding a bare `*`.
     pub fn is_everything(&self) -> bool {
