@@ -8,11 +8,11 @@ pub mod model;
 pub mod record;
 
 pub use embedded::guard;
-pub use embedded::{check_not_damaged, millis, Change, Store, StoreOptions};
+pub use embedded::{check_not_damaged, Change, Store, StoreOptions};
 pub use model::{
-    Admission, AttemptState, Claim, ClaimOrder, ClaimToken, Claimed, Counts, DeadLetter,
-    Destination, LastError, NewDelivery, Outcome, QueueEntry, RecordMeta, RecoveryLoss, Settled,
-    Settlement, SinkStatus, StoredEvent, Swept,
+    millis, signed_digest, Admission, AttemptState, Claim, ClaimOrder, ClaimToken, Claimed, Counts,
+    DeadLetter, Destination, LastError, NewDelivery, Outcome, QueueEntry, RecordMeta, RecoveryLoss,
+    Settled, Settlement, SinkStatus, StoredEvent, Swept,
 };
 
 /// Errors of the store, whatever its engine. Engine errors arrive here as text: no engine

@@ -104,6 +104,30 @@ pub struct NewDelivery {
     pub sinks: Vec<String>,
 }
 
+impl NewDelivery {
+    /// SHA-256 of the delivery's signed content (its `t` and its body): a captured delivery
+    /// sent again with other unsigned headers has the same digest, and is a duplicate.
+    pub fn signed_digest(&self) -> [u8; 32] {
+        signed_digest(self.verified.timestamp(), &self.body)
+    }
+}
+
+/// SHA-256 of `t` (i64 BE) followed by `body`.
+pub fn signed_digest(t: i64, body: &[u8]) -> [u8; 32] {
+    use sha2::Digest as _;
+    let mut hasher = sha2::Sha256::new();
+    hasher.update(t.to_be_bytes());
+    hasher.update(body);
+    hasher.finalize().into()
+}
+
+/// Milliseconds since the Unix epoch of `t` (0 before it).
+pub fn millis(t: std::time::SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 /// Outcome of an admission.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admission {

@@ -38,9 +38,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions};
-use sha2::Digest as _;
 use tokio::sync::{mpsc, oneshot, watch};
 
+use super::model::millis;
 use super::model::{
     Admission, AttemptState, Counts, DeadLetter, NewDelivery, QueueEntry, RecordMeta, RecoveryLoss,
     SinkStatus, StoredEvent, Swept,
@@ -305,10 +305,10 @@ impl Store {
     /// Admits a verified delivery: if any of its dedupe keys is new, writes the new keys, the
     /// record and its queue entries in one batch and returns only after that batch is fsync'd.
     pub async fn admit(&self, delivery: NewDelivery) -> Result<Admission, StoreError> {
+        let signed = delivery.signed_digest();
         let mut meta = delivery.meta;
         meta.secret_id = delivery.verified.secret_id().to_owned();
         let record = record::encode(&meta, &delivery.body);
-        let signed = signed_digest(delivery.verified.timestamp(), &delivery.body);
         let (reply, answer) = oneshot::channel();
         let command = Command::Admit(AdmitCommand {
             keys: meta.keys,
@@ -740,14 +740,6 @@ fn read_range(ks: &Keyspace, after: u64, limit: usize) -> Result<Vec<StoredEvent
     Ok(out)
 }
 
-/// SHA-256 of a delivery's signed content: its `t` and its body.
-fn signed_digest(t: i64, body: &[u8]) -> [u8; 32] {
-    let mut hasher = sha2::Sha256::new();
-    hasher.update(t.to_be_bytes());
-    hasher.update(body);
-    hasher.finalize().into()
-}
-
 /// The first of `path` and its ancestors that does not exist yet (what opening would create).
 fn first_missing(path: &Path) -> Option<PathBuf> {
     let mut missing = None;
@@ -935,13 +927,6 @@ fn be_u64(bytes: &[u8]) -> u64 {
     let n = bytes.len().min(8);
     buf[..n].copy_from_slice(&bytes[..n]);
     u64::from_be_bytes(buf)
-}
-
-/// Milliseconds since the Unix epoch (0 for times before it).
-pub fn millis(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// Keys used by the tests of this module and the writer.
