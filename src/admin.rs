@@ -874,7 +874,7 @@ impl Admin {
                 let filter = self.routes.filter(sink);
                 let n = self
                     .store
-                    .replay(sink, since, move |meta| filter.matches(meta))
+                    .replay(sink, since, &filter)
                     .await
                     .map_err(|e| ApiError::store(&e))?;
                 tracing::info!(
@@ -924,8 +924,8 @@ impl Admin {
         if !self.serving.load(Ordering::Acquire) {
             return not_ready("the webhook listener is not serving yet".into());
         }
-        // A round trip through the writer thread (an empty batch: nothing is written).
-        match tokio::time::timeout(READY_TIMEOUT, self.store.settle_durably("", Vec::new())).await {
+        // A round trip through the engine (the embedded writer's empty batch, or a query).
+        match tokio::time::timeout(READY_TIMEOUT, self.store.ping()).await {
             Err(_) => not_ready(format!(
                 "the store did not answer a write within {READY_TIMEOUT:?}"
             )),
@@ -960,11 +960,12 @@ impl Admin {
                 dead_letters: status.dead_letters as u64,
             });
         }
+        let counts = self.store.counts().await.map_err(|e| ApiError::store(&e))?;
         Ok(StatusReport {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             sinks,
-            quarantined: self.store.quarantine_count() as u64,
-            events_stored: self.store.event_count() as u64,
+            quarantined: counts.quarantine,
+            events_stored: counts.events,
             store_bytes: self.store_bytes().await,
             recovery_dropped: self.store.recovery_loss().dropped_total,
             recovery_last: self.store.recovery_loss().last,
@@ -1019,9 +1020,16 @@ impl Admin {
                 }
             }
         }
+        let quarantined = match self.store.counts().await {
+            Ok(counts) => counts.quarantine,
+            Err(e) => {
+                tracing::warn!(error = %e, "metrics: cannot read the store's counts");
+                0
+            }
+        };
         Snapshot {
             sinks,
-            quarantined: self.store.quarantine_count() as u64,
+            quarantined,
             store_bytes: self.store_bytes().await,
             store_free_bytes: self.store.free_bytes(),
             low_disk: self.store.low_disk().is_some(),
@@ -1031,13 +1039,8 @@ impl Admin {
     }
 
     async fn store_bytes(&self) -> u64 {
-        let store = self.store.clone();
-        match tokio::task::spawn_blocking(move || store.disk_space()).await {
-            Ok(Ok(bytes)) => bytes,
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "cannot read the store's disk space");
-                0
-            }
+        match self.store.disk_space().await {
+            Ok(bytes) => bytes,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the store's disk space");
                 0
@@ -1333,7 +1336,9 @@ mod tests {
             last_error: Some(LastError::new(Some(400), "bad request")),
         };
         store
-            .settle_durably("app", vec![Change::DeadLetter(seq, state)])
+            .embedded()
+            .expect("an embedded store")
+            .apply_changes_durably("app", vec![Change::DeadLetter(seq, state)])
             .await
             .unwrap();
         let Admission::New { seq: q } = store

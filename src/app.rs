@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, Admin};
 use crate::config::{Config, ServerConfig, SinkConfig, SinkKind};
+use crate::dispatch::Plan;
 use crate::handler::{Live, ReceiveSettings, Receiver};
 use crate::health::{Fault, Health};
 use crate::metrics::Metrics;
@@ -40,6 +41,11 @@ use crate::tls::Tls;
 
 /// How often the retention sweep runs.
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
+/// How long a dispatcher's claim is leased on the embedded engine (one process: a lease
+/// only ends early when a dispatcher is replaced on a reload).
+const EMBEDDED_LEASE: Duration = Duration::from_secs(60);
+/// How much longer than a sink's attempt timeout a claim is leased.
+const LEASE_MARGIN: Duration = Duration::from_secs(10);
 
 /// Runs the daemon until `shutdown` is cancelled and the drain has finished. It serves on
 /// `activated` (a socket passed by systemd, see [`systemd::take_activated_listener`]) when
@@ -100,7 +106,7 @@ pub async fn run(
     };
     // The error says what is wrong with the store and what to do, path included.
     let store =
-        tokio::task::spawn_blocking(move || Store::open_with(&store_path, sink_names, options))
+        tokio::task::spawn_blocking(move || Store::open_embedded(&store_path, sink_names, options))
             .await
             .context("store open task failed")??;
 
@@ -113,7 +119,7 @@ pub async fn run(
         .map(|listener| start_admin(listener, &store, &metrics, &health, &routes, &shutdown));
 
     let stop_sinks = CancellationToken::new();
-    let mut sinks = SinkSet::start(&config.sinks, &store, &metrics, &stop_sinks);
+    let mut sinks = SinkSet::start(&config.sinks, EMBEDDED_LEASE, &store, &metrics, &stop_sinks);
 
     let retention = Duration::from_secs(u64::from(config.store.retention_days) * 86_400);
     let (tolerance_tx, tolerance) = tokio::sync::watch::channel(config.verify.tolerance_secs);
@@ -171,9 +177,8 @@ pub async fn run(
     let mut running = config;
     // The store's writer stops for good after a failed write (fjall refuses every later one):
     // then the daemon shuts down and exits non-zero, so its supervisor restarts it.
-    let mut writer_alive = store.subscribe();
-    let mut writer_gone =
-        tokio::spawn(async move { while writer_alive.changed().await.is_ok() {} });
+    let stopped = store.clone();
+    let mut writer_gone = tokio::spawn(async move { stopped.stopped().await });
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -267,6 +272,7 @@ impl SinkSet {
     /// Starts one dispatcher per configured sink; `stop` drains them at shutdown.
     fn start(
         sinks: &[SinkConfig],
+        lease: Duration,
         store: &Store,
         metrics: &Metrics,
         stop: &CancellationToken,
@@ -274,20 +280,29 @@ impl SinkSet {
         let halt = CancellationToken::new();
         let mut tasks = JoinSet::new();
         for sink in sinks {
-            let (store, stop, halt, policy) =
-                (store.clone(), stop.clone(), halt.clone(), sink.retry);
+            let (store, stop, halt) = (store.clone(), stop.clone(), halt.clone());
             let metrics = metrics.clone();
             match &sink.kind {
                 SinkKind::Stdout => {
                     let stdout = StdoutSink::new(sink.name.clone());
+                    let plan = Plan {
+                        policy: sink.retry,
+                        lease,
+                    };
                     tasks.spawn(crate::dispatch::run_until(
-                        store, stdout, policy, stop, halt, metrics,
+                        store, stdout, plan, stop, halt, metrics,
                     ));
                 }
                 SinkKind::Http(http) => {
                     let relay = HttpSink::new(sink.name.clone(), http);
+                    // A claim outlives the longest attempt, so that no other dispatcher takes
+                    // over a delivery that is still running.
+                    let plan = Plan {
+                        policy: sink.retry,
+                        lease: lease.max(http.timeout + LEASE_MARGIN),
+                    };
                     tasks.spawn(crate::dispatch::run_until(
-                        store, relay, policy, stop, halt, metrics,
+                        store, relay, plan, stop, halt, metrics,
                     ));
                 }
             }
@@ -405,7 +420,7 @@ async fn reload(
             // Not restarted: the daemon stops for its supervisor, the queue waits.
             return Some(fault);
         }
-        *sinks = SinkSet::start(&sinks_config, store, metrics, stop);
+        *sinks = SinkSet::start(&sinks_config, EMBEDDED_LEASE, store, metrics, stop);
     }
     tracing::info!(
         secrets = new.verify.secrets.len(),

@@ -1,19 +1,18 @@
-//! Feeds one sink from its queue in the store: at most `concurrency` deliveries in flight,
-//! failed ones retried with back-off, given-up ones dead-lettered.
+//! Feeds one sink from the store: claim -> deliver -> settle, with at most `concurrency`
+//! deliveries in flight, failed ones retried with back-off, given-up ones dead-lettered.
 //!
-//! Every event a sink must get has a queue entry for that sink, written in the same batch as
-//! the event. The dispatcher starts new entries in seq order (a scan position kept in memory)
-//! and keeps entries waiting for a retry in a timer heap, so neither a backlog nor a long retry
-//! makes it rescan the queue. An outcome (delivered / retry later / dead letter) is recorded
-//! through the store's group commit; the queue entry goes only once the sink has the event, so
-//! every event is delivered at least once across crashes: a crash after the sink took an event
-//! but before its outcome reached the disk delivers it again after the restart.
+//! Every event a sink must get has a queue entry for that sink, written in the same
+//! transaction as the event. The dispatcher claims due entries from the store (a lease: on
+//! PostgreSQL, another instance takes them over when this one dies), delivers them, and
+//! settles each claim: delivered, retry later (the store keeps the attempt state and the due
+//! time), dead letter, or released untried. The queue entry goes only once the sink has the
+//! event, so every event is delivered at least once across crashes: a crash after the sink
+//! took an event but before its outcome was recorded delivers it again.
 //!
-//! A sink with `concurrency() == 1` (stdout) gets events strictly in store order: while one of
-//! its events waits for a retry, no later event is started.
+//! A sink with `concurrency() == 1` (stdout) claims in strict order: while one of its events
+//! waits for a retry, no later event is started.
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -26,15 +25,10 @@ use crate::health::Fault;
 use crate::metrics::{Metrics, SinkCounters};
 use crate::retry;
 use crate::sinks::{Attempt, Failure, Sink, SinkError};
-use crate::store::{self, AttemptState, Change, LastError, QueueEntry, Store, StoredEvent};
+use crate::store::{self, Claim, ClaimOrder, LastError, Outcome, Settlement, Store};
 
-/// Queue entries read from the store at a time.
-const SCAN: usize = 1024;
 /// Pause after the store itself failed.
 const STORE_RETRY: Duration = Duration::from_secs(1);
-
-/// A queue entry and its event (`None`: not read yet, or no longer stored).
-type Item = (QueueEntry, Option<Arc<StoredEvent>>);
 
 /// What a finished delivery task reports.
 struct Done {
@@ -42,27 +36,33 @@ struct Done {
     result: Result<(), Failure>,
 }
 
+/// How a dispatcher runs, beside its sink.
+#[derive(Debug, Clone, Copy)]
+pub struct Plan {
+    /// Back-off and attempts.
+    pub policy: RetryPolicy,
+    /// How long a claim is leased: after that, another instance may take it over.
+    pub lease: Duration,
+}
+
 /// The dispatcher of one sink.
 struct Dispatcher<S> {
     store: Store,
     sink: Arc<S>,
-    policy: RetryPolicy,
+    plan: Plan,
     name: String,
-    /// Entries waiting for a retry: (due time ms, seq), earliest first; their states.
-    retries: BinaryHeap<Reverse<(u64, u64)>>,
-    waiting: HashMap<u64, AttemptState>,
-    /// Entries never attempted, read ahead from the queue with their events.
-    fresh: VecDeque<Item>,
-    /// Highest seq the fresh scan has passed.
-    scanned: u64,
-    in_flight: HashSet<u64>,
+    order: ClaimOrder,
     /// While the sink is unreachable: when the next probe may go (ms), and how many probes
     /// failed in a row. 0 when the sink is healthy.
     paused_until: u64,
     pause_failures: u32,
+    /// When the store said an entry not handed out becomes due (ms).
+    next_due_ms: Option<u64>,
     running: JoinSet<Done>,
-    /// The entries each running delivery task is delivering, by task id.
-    batches: HashMap<Id, Vec<QueueEntry>>,
+    /// The claims each running delivery task is delivering, by task id.
+    batches: HashMap<Id, Vec<Claim>>,
+    /// Outcomes not recorded yet: settled together, once per round.
+    outcomes: Vec<Settlement>,
     /// Delivered, failed attempts, dead-lettered.
     counters: SinkCounters,
     /// Set when the sink can never deliver again in this process ([`SinkError::Gone`]).
@@ -76,11 +76,11 @@ struct Dispatcher<S> {
 pub async fn run<S: Sink>(
     store: Store,
     sink: S,
-    policy: RetryPolicy,
+    plan: Plan,
     stop: CancellationToken,
     metrics: Metrics,
 ) -> Result<(), Fault> {
-    run_until(store, sink, policy, stop, CancellationToken::new(), metrics).await
+    run_until(store, sink, plan, stop, CancellationToken::new(), metrics).await
 }
 
 /// Like [`run`], and also ends when `halt` is cancelled, as soon as the deliveries in flight
@@ -88,68 +88,48 @@ pub async fn run<S: Sink>(
 pub async fn run_until<S: Sink>(
     store: Store,
     sink: S,
-    policy: RetryPolicy,
+    plan: Plan,
     stop: CancellationToken,
     halt: CancellationToken,
     metrics: Metrics,
 ) -> Result<(), Fault> {
     let name = sink.name().to_owned();
+    let order = if sink.concurrency() <= 1 {
+        ClaimOrder::Strict
+    } else {
+        ClaimOrder::Any
+    };
     let mut dispatcher = Dispatcher {
-        store: store.clone(),
+        store,
         sink: Arc::new(sink),
-        policy,
+        plan,
         name: name.clone(),
-        retries: BinaryHeap::new(),
-        waiting: HashMap::new(),
-        fresh: VecDeque::new(),
-        scanned: 0,
-        in_flight: HashSet::new(),
+        order,
         paused_until: 0,
         pause_failures: 0,
+        next_due_ms: None,
         running: JoinSet::new(),
         batches: HashMap::new(),
+        outcomes: Vec::new(),
         counters: metrics.sink(&name),
         gone: None,
     };
-    while let Err(e) = dispatcher.load_retries().await {
-        tracing::error!(sink = %name, error = %e, "cannot read the sink's queue");
-        if pause(&stop, STORE_RETRY).await {
-            return Ok(());
-        }
-    }
-    tracing::info!(sink = %name, waiting_retries = dispatcher.waiting.len(), "sink started");
+    tracing::info!(sink = %name, "sink started");
     dispatcher.run(stop, halt).await
 }
 
 impl<S: Sink> Dispatcher<S> {
     async fn run(&mut self, stop: CancellationToken, halt: CancellationToken) -> Result<(), Fault> {
-        let mut committed = self.store.subscribe();
-        let mut requeued = self.store.requeued();
-        // Set when the select below saw `requeued` change: `changed()` marks the value seen,
-        // so `has_changed()` alone would miss a requeue that woke the loop.
-        let mut rescan = false;
-        // Set when the store's writer stopped: outcomes can no longer be recorded, so nothing
+        let mut work = self.store.work();
+        // Set when the store stopped for good: outcomes can no longer be recorded, so nothing
         // new is started; what is in flight finishes, then the dispatcher ends.
         let mut store_gone = false;
         loop {
-            let last_committed = *committed.borrow_and_update();
-            if std::mem::take(&mut rescan) || requeued.has_changed().unwrap_or(false) {
-                requeued.borrow_and_update();
-                // Entries were put back below the scan position: scan the queue again, once
-                // this sink's recorded outcomes are applied (so nothing just delivered is
-                // found again).
-                if let Err(e) = self.store.settle_durably(&self.name, Vec::new()).await {
-                    tracing::warn!(sink = %self.name, error = %e, "waiting for recorded outcomes failed");
-                }
-                self.fresh.clear();
-                self.scanned = 0;
-            }
+            self.record().await;
+            let mut idle = true;
             if let Some(message) = &self.gone {
                 if self.running.is_empty() {
                     // What was delivered before the fault is recorded; the rest stays queued.
-                    if let Err(e) = self.store.settle_durably(&self.name, Vec::new()).await {
-                        tracing::warn!(sink = %self.name, error = %e, "waiting for recorded outcomes failed");
-                    }
                     return Err(Fault::SinkGone {
                         sink: self.name.clone(),
                         message: message.clone(),
@@ -157,248 +137,105 @@ impl<S: Sink> Dispatcher<S> {
                 }
             } else if store_gone {
                 if self.running.is_empty() {
-                    tracing::error!(sink = %self.name, "the store's writer stopped; sink stops");
+                    tracing::error!(sink = %self.name, "the store stopped; sink stops");
                     return Ok(());
                 }
             } else if halt.is_cancelled() {
                 if self.running.is_empty() {
-                    // Let the recorded outcomes reach the store before a successor reads the
-                    // queue, so it does not send again what was just delivered.
-                    if let Err(e) = self.store.settle_durably(&self.name, Vec::new()).await {
-                        tracing::warn!(sink = %self.name, error = %e, "waiting for recorded outcomes failed");
-                    }
                     tracing::info!(sink = %self.name, "sink halted");
                     return Ok(());
                 }
-            } else if let Err(e) = self.fill(last_committed).await {
-                tracing::error!(sink = %self.name, error = %e, "reading the sink's queue failed");
-                if self.running.is_empty() {
-                    if pause(&stop, STORE_RETRY).await {
-                        return Ok(());
+            } else {
+                match self.fill().await {
+                    Ok(started) => idle = !started,
+                    Err(e) => {
+                        tracing::error!(sink = %self.name, error = %e, "claiming from the sink's queue failed");
+                        if self.running.is_empty() {
+                            if pause(&stop, STORE_RETRY).await {
+                                return Ok(());
+                            }
+                            continue;
+                        }
                     }
-                    continue;
                 }
             }
-            if stop.is_cancelled() && self.running.is_empty() {
-                tracing::info!(sink = %self.name, waiting_retries = self.waiting.len(), "sink drained");
+            if stop.is_cancelled() && self.running.is_empty() && idle {
+                tracing::info!(sink = %self.name, "sink drained");
                 return Ok(());
             }
-            let next_retry = self.retries.peek().map(|Reverse((due, _))| *due);
-            let wake = match (next_retry, self.paused_until) {
-                (_, paused) if paused > 0 => Some(paused),
-                (due, _) => due,
+            let wake = if self.paused_until > 0 {
+                Some(self.paused_until)
+            } else {
+                self.next_due_ms
             };
-            let sleep = wake.map(|due| Duration::from_millis(due.saturating_sub(now_ms())));
+            let deadline = wake.map(|due| {
+                tokio::time::Instant::now() + Duration::from_millis(due.saturating_sub(now_ms()))
+            });
             tokio::select! {
                 Some(joined) = self.running.join_next_with_id() => {
-                    self.joined(joined).await;
-                    // Take every other finished delivery too before refilling.
+                    self.joined(joined);
+                    // Take every other finished delivery too before recording and refilling.
                     while let Some(joined) = self.running.try_join_next_with_id() {
-                        self.joined(joined).await;
+                        self.joined(joined);
                     }
                 }
-                changed = committed.changed(), if !store_gone => if changed.is_err() {
+                alive = work.wait(deadline), if !store_gone => if !alive {
                     store_gone = true;
                 },
-                Ok(()) = requeued.changed() => rescan = true,
-                _ = tokio::time::sleep(sleep.unwrap_or_default()), if sleep.is_some() => {}
                 _ = stop.cancelled(), if !stop.is_cancelled() => {}
                 _ = halt.cancelled(), if !halt.is_cancelled() => {}
             }
         }
     }
 
-    /// Loads the entries that already failed at least once (from before a restart).
-    async fn load_retries(&mut self) -> Result<(), store::StoreError> {
-        self.retries.clear();
-        self.waiting.clear();
-        let mut after = 0;
-        loop {
-            let entries = self.store.queue(&self.name, after, SCAN).await?;
-            let Some(last) = entries.last() else {
-                return Ok(());
-            };
-            after = last.seq;
-            for entry in entries {
-                if entry.state.attempts > 0 {
-                    self.retries
-                        .push(Reverse((entry.state.next_attempt_ms, entry.seq)));
-                    self.waiting.insert(entry.seq, entry.state);
-                }
-            }
-        }
-    }
-
-    /// Starts deliveries until the sink's concurrency is used or nothing is due. Fresh entries
-    /// come with their events from the queue scan; the events of retries are read in one go.
-    async fn fill(&mut self, last_committed: u64) -> Result<(), store::StoreError> {
-        let ordered = self.sink.concurrency() <= 1;
-        let mut free = self
-            .sink
-            .concurrency()
-            .max(1)
-            .saturating_sub(self.running.len());
+    /// Claims what the sink can take now and starts delivering it. Returns whether anything
+    /// was started.
+    async fn fill(&mut self) -> Result<bool, store::StoreError> {
+        let concurrency = self.sink.concurrency().max(1);
+        let max_batch = self.sink.max_batch().max(1);
+        let mut free = concurrency.saturating_sub(self.running.len());
+        let mut batch_size = max_batch;
         if self.paused_until > 0 {
-            // Unreachable: one probe at a time, when its back-off has passed.
+            // Unreachable: one probe of one event at a time, when its back-off has passed.
             if now_ms() < self.paused_until || !self.running.is_empty() {
-                return Ok(());
+                return Ok(false);
             }
             free = 1;
+            batch_size = 1;
         }
-        let mut batches: Vec<Vec<Item>> = Vec::new();
-        while batches.len() < free {
-            let mut batch = Vec::new();
-            match self.retries.peek() {
-                Some(Reverse((due, seq))) if *due <= now_ms() => {
-                    let seq = *seq;
-                    self.retries.pop();
-                    if let Some(state) = self.waiting.remove(&seq) {
-                        batch.push((QueueEntry { seq, state }, None));
-                    }
-                }
-                // In-order sinks wait for the retry before anything later.
-                Some(_) if ordered => {}
-                _ => {
-                    while batch.len() < self.sink.max_batch().max(1) {
-                        match self.next_fresh(last_committed).await {
-                            Ok(Some(item)) => batch.push(item),
-                            Ok(None) => break,
-                            Err(e) => {
-                                // Nothing collected so far may be forgotten.
-                                for (entry, event) in
-                                    batches.into_iter().flatten().chain(batch).rev()
-                                {
-                                    self.in_flight.remove(&entry.seq);
-                                    self.requeue(entry, event);
-                                }
-                                return Err(e);
-                            }
-                        }
-                    }
-                }
-            }
-            if batch.is_empty() {
-                break;
-            }
-            self.in_flight.extend(batch.iter().map(|(e, _)| e.seq));
-            batches.push(batch);
+        if free == 0 {
+            return Ok(false);
         }
-        let missing: Vec<u64> = batches
+        let claimed = self
+            .store
+            .claim(&self.name, free * batch_size, self.plan.lease, self.order)
+            .await?;
+        self.next_due_ms = claimed.next_due_ms;
+        if claimed.claims.is_empty() {
+            return Ok(false);
+        }
+        let mut claims = claimed.claims.into_iter().peekable();
+        while claims.peek().is_some() {
+            let batch: Vec<Claim> = claims.by_ref().take(batch_size).collect();
+            self.start(batch);
+        }
+        Ok(true)
+    }
+
+    fn start(&mut self, batch: Vec<Claim>) {
+        let attempts: Vec<Attempt> = batch
             .iter()
-            .flatten()
-            .filter(|(_, event)| event.is_none())
-            .map(|(e, _)| e.seq)
+            .map(|claim| Attempt {
+                event: claim.event.clone(),
+                attempt: claim.state.attempts + 1,
+            })
             .collect();
-        if !missing.is_empty() {
-            match self.store.events(missing).await {
-                Ok(found) => {
-                    let mut found = found.into_iter();
-                    for (_, event) in batches.iter_mut().flatten().filter(|(_, e)| e.is_none()) {
-                        *event = found.next().flatten().map(Arc::new);
-                    }
-                }
-                Err(e) => {
-                    // Put them back: they are tried again on the next round.
-                    for (entry, event) in batches.into_iter().flatten().rev() {
-                        self.in_flight.remove(&entry.seq);
-                        self.requeue(entry, event);
-                    }
-                    return Err(e);
-                }
-            }
-        }
-        for batch in batches {
-            self.start(batch).await;
-        }
-        Ok(())
-    }
-
-    /// Puts an entry that was not tried back where it came from.
-    fn requeue(&mut self, entry: QueueEntry, event: Option<Arc<StoredEvent>>) {
-        if entry.state.attempts > 0 {
-            self.retries
-                .push(Reverse((entry.state.next_attempt_ms, entry.seq)));
-            self.waiting.insert(entry.seq, entry.state);
-        } else {
-            self.fresh.push_front((entry, event));
-        }
-    }
-
-    async fn next_fresh(&mut self, last_committed: u64) -> Result<Option<Item>, store::StoreError> {
-        loop {
-            if let Some(item) = self.fresh.pop_front() {
-                return Ok(Some(item));
-            }
-            if self.scanned >= last_committed {
-                return Ok(None);
-            }
-            // Only entries up to the last committed seq: a batch still being applied by the
-            // writer can be partly visible, and its entries must wait until it is whole.
-            let found = self
-                .store
-                .queue_with_events(&self.name, self.scanned, last_committed, SCAN)
-                .await?;
-            self.scanned = match found.last() {
-                Some((entry, _)) if found.len() == SCAN => entry.seq,
-                _ => last_committed,
-            };
-            let mut gone = Vec::new();
-            for (entry, event) in found {
-                // Entries that failed before belong to the retry path.
-                if entry.state.attempts > 0
-                    || self.waiting.contains_key(&entry.seq)
-                    || self.in_flight.contains(&entry.seq)
-                {
-                    continue;
-                }
-                match event {
-                    Some(event) => self.fresh.push_back((entry, Some(Arc::new(event)))),
-                    None => gone.push(entry.seq),
-                }
-            }
-            self.drop_gone(gone).await;
-        }
-    }
-
-    /// Queue entries whose event is no longer stored (a dangling entry): dropped with a warning.
-    async fn drop_gone(&mut self, gone: Vec<u64>) {
-        if gone.is_empty() {
-            return;
-        }
-        for seq in &gone {
-            self.in_flight.remove(seq);
-        }
-        tracing::warn!(sink = %self.name, seqs = ?gone, "queued events are missing from the store; dropping their queue entries");
-        self.settle(gone.into_iter().map(Change::Delivered).collect())
-            .await;
-    }
-
-    async fn start(&mut self, batch: Vec<Item>) {
-        let mut attempts = Vec::with_capacity(batch.len());
-        let mut entries = Vec::with_capacity(batch.len());
-        let mut gone = Vec::new();
-        for (entry, event) in batch {
-            match event {
-                Some(event) => {
-                    attempts.push(Attempt {
-                        event,
-                        attempt: entry.state.attempts + 1,
-                    });
-                    entries.push(entry);
-                }
-                None => gone.push(entry.seq),
-            }
-        }
-        self.drop_gone(gone).await;
-        if attempts.is_empty() {
-            return;
-        }
         let sink = self.sink.clone();
         let span = tracing::debug_span!(
             "attempt",
             sink = %self.name,
-            first_seq = entries[0].seq,
-            count = entries.len(),
+            first_seq = batch[0].seq,
+            count = batch.len(),
             event_id = attempts[0].event.meta.event_id.as_deref().unwrap_or("-"),
             attempt = attempts[0].attempt,
         );
@@ -410,35 +247,31 @@ impl<S: Sink> Dispatcher<S> {
             }
             .instrument(span),
         );
-        self.batches.insert(handle.id(), entries);
+        self.batches.insert(handle.id(), batch);
     }
 
-    async fn joined(&mut self, joined: Result<(Id, Done), tokio::task::JoinError>) {
+    fn joined(&mut self, joined: Result<(Id, Done), tokio::task::JoinError>) {
         match joined {
             Ok((id, done)) => {
                 let batch = self.batches.remove(&id).unwrap_or_default();
-                self.finish(batch, done).await;
+                self.finish(batch, done);
             }
-            Err(e) => self.lost(e.id()).await,
+            Err(e) => self.lost(e.id()),
         }
     }
 
-    /// Records the outcome of a finished delivery of `batch`.
-    async fn finish(&mut self, batch: Vec<QueueEntry>, done: Done) {
+    /// Works out the outcomes of a finished delivery of `batch`.
+    fn finish(&mut self, batch: Vec<Claim>, done: Done) {
         let Done { started_ms, result } = done;
-        for entry in &batch {
-            self.in_flight.remove(&entry.seq);
-        }
         let (delivered, failure) = match result {
             Ok(()) => (batch.len(), None),
             Err(Failure { delivered, error }) => (delivered.min(batch.len()), Some(error)),
         };
         let mut batch = batch.into_iter();
-        let mut outcomes: Vec<Change> = batch
-            .by_ref()
-            .take(delivered)
-            .map(|e| Change::Delivered(e.seq))
-            .collect();
+        for claim in batch.by_ref().take(delivered) {
+            self.outcomes
+                .push(Settlement::of(&claim, Outcome::Delivered));
+        }
         self.counters.delivered(delivered);
         if delivered > 0 || failure.is_none() {
             self.reachable();
@@ -450,38 +283,37 @@ impl<S: Sink> Dispatcher<S> {
                     tracing::error!(sink = %self.name, error = %message, "the sink can never deliver again in this process; it stops, its queue is kept");
                 }
                 self.gone = Some(message);
-                for entry in batch.rev() {
-                    self.requeue(entry, None);
-                }
             }
             Some(SinkError::Unreachable { message }) => {
                 // Nothing was delivered and the event is not to blame: no attempt is counted
                 // against the event (the metric counts the failed probe).
                 self.counters.failed_attempt();
                 self.unreachable(&message);
-                for entry in batch.rev() {
-                    self.requeue(entry, None);
-                }
             }
             Some(error) => {
-                if let Some(entry) = batch.next() {
-                    outcomes.push(self.failed(entry, started_ms, error));
-                }
-                // Not tried: back to the front of the line, in order.
-                for entry in batch.rev() {
-                    self.requeue(entry, None);
+                if let Some(claim) = batch.next() {
+                    let outcome = self.failed(&claim, started_ms, error);
+                    self.outcomes.push(Settlement::of(&claim, outcome));
                 }
             }
             None => {}
         }
-        self.settle(outcomes).await;
+        // Not tried: back into the queue, due at once.
+        for claim in batch {
+            self.outcomes.push(Settlement::of(&claim, Outcome::Release));
+        }
     }
 
     /// The sink could not be reached: pause it, probing with back-off.
     fn unreachable(&mut self, message: &str) {
         self.pause_failures = self.pause_failures.saturating_add(1);
-        let wait = retry::backoff(&self.policy, self.pause_failures, None, fastrand::f64())
-            .max(Duration::from_millis(10));
+        let wait = retry::backoff(
+            &self.plan.policy,
+            self.pause_failures,
+            None,
+            fastrand::f64(),
+        )
+        .max(Duration::from_millis(10));
         self.paused_until = now_ms().saturating_add(wait.as_millis() as u64);
         if self.pause_failures == 1 {
             tracing::warn!(sink = %self.name, error = %message, "sink unreachable; pausing deliveries and probing with back-off");
@@ -500,30 +332,32 @@ impl<S: Sink> Dispatcher<S> {
     }
 
     /// The outcome of one failed attempt: retry later, or dead letter.
-    fn failed(&mut self, entry: QueueEntry, started_ms: u64, error: SinkError) -> Change {
+    fn failed(&mut self, claim: &Claim, started_ms: u64, error: SinkError) -> Outcome {
         self.counters.failed_attempt();
-        let mut state = entry.state;
+        let mut state = claim.state.clone();
         state.attempts += 1;
         if state.first_attempt_ms == 0 {
             state.first_attempt_ms = started_ms;
         }
         state.last_attempt_ms = started_ms;
         state.last_error = Some(LastError::new(error.status(), &error.to_string()));
-        let seq = entry.seq;
+        let seq = claim.seq;
         match error {
             SinkError::Retryable { retry_after, .. }
-                if state.attempts < self.policy.max_attempts =>
+                if state.attempts < self.plan.policy.max_attempts =>
             {
-                let wait =
-                    retry::backoff(&self.policy, state.attempts, retry_after, fastrand::f64());
+                let wait = retry::backoff(
+                    &self.plan.policy,
+                    state.attempts,
+                    retry_after,
+                    fastrand::f64(),
+                );
                 state.next_attempt_ms = now_ms().saturating_add(wait.as_millis() as u64);
                 tracing::warn!(
                     sink = %self.name, seq, attempt = state.attempts, error = %error,
                     retry_in_ms = wait.as_millis() as u64, "delivery failed; will retry"
                 );
-                self.retries.push(Reverse((state.next_attempt_ms, seq)));
-                self.waiting.insert(seq, state.clone());
-                Change::Retry(seq, state)
+                Outcome::Retry(state)
             }
             error => {
                 tracing::error!(
@@ -531,33 +365,45 @@ impl<S: Sink> Dispatcher<S> {
                     "delivery failed; moved to the dead letters"
                 );
                 self.counters.dead_lettered();
-                Change::DeadLetter(seq, state)
+                Outcome::DeadLetter(state)
             }
         }
     }
 
     /// A delivery task panicked: each of its events counts a failed attempt (so a sink that
     /// panics on one event dead-letters it after `max_attempts` instead of looping).
-    async fn lost(&mut self, id: Id) {
-        let entries = self.batches.remove(&id).unwrap_or_default();
-        let seqs: Vec<u64> = entries.iter().map(|e| e.seq).collect();
+    fn lost(&mut self, id: Id) {
+        let claims = self.batches.remove(&id).unwrap_or_default();
+        let seqs: Vec<u64> = claims.iter().map(|c| c.seq).collect();
         tracing::error!(sink = %self.name, seqs = ?seqs, "a delivery task failed; counting a failed attempt");
         let now = now_ms();
-        let mut outcomes = Vec::with_capacity(entries.len());
-        for entry in entries {
-            self.in_flight.remove(&entry.seq);
-            outcomes.push(self.failed(
-                entry,
+        for claim in claims {
+            let outcome = self.failed(
+                &claim,
                 now,
                 SinkError::retryable("the delivery task panicked"),
-            ));
+            );
+            self.outcomes.push(Settlement::of(&claim, outcome));
         }
-        self.settle(outcomes).await;
     }
 
-    async fn settle(&self, outcomes: Vec<Change>) {
-        if let Err(e) = self.store.settle(&self.name, outcomes).await {
-            tracing::error!(sink = %self.name, error = %e, "recording delivery outcomes failed; those events will be delivered again");
+    /// Records the outcomes gathered so far, in one call.
+    async fn record(&mut self) {
+        if self.outcomes.is_empty() {
+            return;
+        }
+        let outcomes = std::mem::take(&mut self.outcomes);
+        let count = outcomes.len();
+        match self.store.settle(&self.name, outcomes).await {
+            Ok(settled) if settled.fenced > 0 => tracing::warn!(
+                sink = %self.name, fenced = settled.fenced,
+                "outcomes not recorded: their claims had expired and were taken over"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::error!(
+                sink = %self.name, error = %e, outcomes = count,
+                "recording delivery outcomes failed; those events will be delivered again"
+            ),
         }
     }
 }
@@ -637,6 +483,14 @@ mod tests {
         }
     }
 
+    /// A plan with `policy` and a lease longer than any test.
+    pub(super) fn plan(policy: RetryPolicy) -> Plan {
+        Plan {
+            policy,
+            lease: Duration::from_secs(600),
+        }
+    }
+
     /// Waits until `sink` has received `n` deliveries.
     async fn wait_for(sink: &Collect, n: usize) {
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
@@ -675,17 +529,21 @@ mod tests {
         let runner = tokio::spawn(run(
             store.clone(),
             Shared(sink.clone()),
-            RetryPolicy::default(),
+            plan(RetryPolicy::default()),
             stop.clone(),
             Metrics::default(),
         ));
         store.admit(delivery(1)).await.unwrap();
         wait_for(&sink, 1).await;
-        store.settle_durably("collect", vec![]).await.unwrap();
+        store.ping().await.unwrap();
         // The dispatcher is idle in its select now; a replay must wake it and rescan.
         tokio::time::sleep(Duration::from_millis(50)).await;
         let queued = store
-            .replay("collect", std::time::UNIX_EPOCH, |_| true)
+            .replay(
+                "collect",
+                std::time::UNIX_EPOCH,
+                &crate::route::Filter::default(),
+            )
             .await
             .unwrap();
         assert_eq!(queued, 1);
@@ -728,7 +586,7 @@ mod tests {
         let runner = tokio::spawn(run(
             store.clone(),
             Shared(sink.clone()),
-            policy,
+            plan(policy),
             stop.clone(),
             metrics.clone(),
         ));
@@ -790,7 +648,7 @@ mod tests {
             );
         }
         // Outcomes ride the next group commit: a durable no-op waits for them.
-        store.settle_durably("collect", vec![]).await.unwrap();
+        store.ping().await.unwrap();
         assert_eq!(store.queue_len("collect").await.unwrap(), 0);
         store.close().await.unwrap();
     }
@@ -798,6 +656,7 @@ mod tests {
 
 #[cfg(test)]
 mod panics {
+    use super::tests::plan;
     use super::*;
     use crate::signature::{self, SigningSecret};
     use crate::store::{NewDelivery, RecordMeta};
@@ -853,13 +712,13 @@ mod panics {
         let runner = tokio::spawn(run(
             store.clone(),
             Panicky,
-            policy,
+            plan(policy),
             stop.clone(),
             Metrics::default(),
         ));
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         let letters = loop {
-            store.settle_durably("panicky", vec![]).await.unwrap();
+            store.ping().await.unwrap();
             let letters = store.dead_letters("panicky", 0, 10).await.unwrap();
             if !letters.is_empty() {
                 break letters;

@@ -313,7 +313,6 @@ impl Receiver {
                     tracing::error!(
                         seq,
                         reason,
-                        quarantined = self.store.quarantine_count(),
                         "authentic delivery with an unrecognised body kept in quarantine"
                     );
                     metrics.request(Outcome::Quarantined);

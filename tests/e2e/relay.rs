@@ -163,6 +163,8 @@ async fn leftovers(daemon: &Daemon, sinks: &[&str]) -> Leftovers {
     let mut dead = HashMap::new();
     for sink in sinks {
         let queue = store
+            .embedded()
+            .expect("an embedded store")
             .queue(sink, 0, 1000)
             .await
             .expect("read a sink's queue");

@@ -28,6 +28,7 @@
 //!
 //! Reads are blocking engine calls; the async wrappers run them on tokio's blocking pool.
 
+mod claims;
 pub mod counts;
 pub mod guard;
 pub mod queue;
@@ -147,6 +148,7 @@ struct Inner {
     tx: mpsc::Sender<Command>,
     committed: watch::Receiver<u64>,
     requeued: watch::Receiver<u64>,
+    claims: claims::Claims,
     writer: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
@@ -297,6 +299,7 @@ impl Store {
                 tx,
                 committed,
                 requeued,
+                claims: claims::Claims::default(),
                 writer: std::sync::Mutex::new(Some(handle)),
             }),
         })
@@ -323,35 +326,45 @@ impl Store {
         answer.await.map_err(|_| StoreError::WriterGone)?
     }
 
-    /// Records `sink`'s outcomes. Returns once they are handed to the writer, not once they are
-    /// on disk: they ride along with the next group commit. Losing them in a crash only means a
-    /// delivery is made again, which at-least-once allows.
-    pub async fn settle(&self, sink: &str, outcomes: Vec<Change>) -> Result<(), StoreError> {
-        if outcomes.is_empty() {
+    /// Hands `sink`'s outcomes to the writer. Returns once they are handed over, not once they
+    /// are on disk: they ride along with the next group commit. Losing them in a crash only
+    /// means a delivery is made again, which at-least-once allows.
+    pub(crate) async fn apply_changes(
+        &self,
+        sink: &str,
+        changes: Vec<Change>,
+    ) -> Result<(), StoreError> {
+        if changes.is_empty() {
             return Ok(());
         }
         self.send(Command::Settle {
             sink: sink.to_owned(),
-            outcomes,
+            outcomes: changes,
             reply: None,
         })
         .await
     }
 
-    /// Like [`Store::settle`], but returns only after the outcomes are fsync'd.
-    pub async fn settle_durably(
+    /// Like [`Store::apply_changes`], but returns only after the changes are fsync'd.
+    pub(crate) async fn apply_changes_durably(
         &self,
         sink: &str,
-        outcomes: Vec<Change>,
+        changes: Vec<Change>,
     ) -> Result<(), StoreError> {
         let (reply, answer) = oneshot::channel();
         self.send(Command::Settle {
             sink: sink.to_owned(),
-            outcomes,
+            outcomes: changes,
             reply: Some(reply),
         })
         .await?;
         answer.await.map_err(|_| StoreError::WriterGone)?
+    }
+
+    /// Returns once everything handed to the writer before is applied and fsync'd; fails when
+    /// the writer is gone (the readiness probe).
+    pub async fn barrier(&self) -> Result<(), StoreError> {
+        self.apply_changes_durably("", Vec::new()).await
     }
 
     /// Forgets dedupe keys first seen before `now - retention` and signed-content digests
@@ -441,10 +454,12 @@ impl Store {
         .await
     }
 
-    /// A receiver that changes whenever entries were put back into a queue below what a
-    /// dispatcher may already have scanned (dead-letter retry, replay).
-    pub fn requeued(&self) -> watch::Receiver<u64> {
-        self.inner.requeued.clone()
+    /// A handle that waits for new work: a commit with new events, or a requeue.
+    pub fn work(&self) -> Work {
+        Work {
+            committed: self.inner.committed.clone(),
+            requeued: self.inner.requeued.clone(),
+        }
     }
 
     async fn maintain(&self, op: Maintenance) -> Result<usize, StoreError> {
@@ -637,10 +652,11 @@ impl Store {
         self.inner.shared.recovery.clone()
     }
 
-    /// A receiver that changes whenever new events are committed; its value is the highest
-    /// committed event seq.
-    pub fn subscribe(&self) -> watch::Receiver<u64> {
-        self.inner.committed.clone()
+    /// Resolves once the writer has stopped for good (closed, or failed: see
+    /// [`Store::failure`]).
+    pub async fn stopped(&self) {
+        let mut committed = self.inner.committed.clone();
+        while committed.changed().await.is_ok() {}
     }
 
     /// Bytes the store's files take on disk (allocated blocks, so a journal file that is
@@ -678,6 +694,30 @@ impl Store {
             .send(command)
             .await
             .map_err(|_| StoreError::WriterGone)
+    }
+}
+
+/// Waits for new work on an embedded store.
+pub struct Work {
+    committed: watch::Receiver<u64>,
+    requeued: watch::Receiver<u64>,
+}
+
+impl Work {
+    /// Returns when events were committed or entries requeued since the last call, or at
+    /// `deadline`. Returns false when the store's writer is gone (no work will come).
+    pub async fn wait(&mut self, deadline: Option<tokio::time::Instant>) -> bool {
+        let sleep = async {
+            match deadline {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            changed = self.committed.changed() => changed.is_ok(),
+            changed = self.requeued.changed() => changed.is_ok(),
+            _ = sleep => true,
+        }
     }
 }
 

@@ -169,7 +169,7 @@ async fn delivered_events_are_swept_and_seqs_are_never_reused() {
     }
     assert_eq!(store.queue_len("stdout").await.unwrap(), 3);
     store
-        .settle_durably("stdout", (1..=3).map(Change::Delivered).collect())
+        .apply_changes_durably("stdout", (1..=3).map(Change::Delivered).collect())
         .await
         .unwrap();
     assert_eq!(store.queue_len("stdout").await.unwrap(), 0);
@@ -209,7 +209,7 @@ async fn sweep_keeps_events_a_sink_still_owes_and_forgets_old_keys() {
         .unwrap();
     store.admit(both(&["kirim:young"], now)).await.unwrap();
     store
-        .settle_durably("a", vec![Change::Delivered(1), Change::Delivered(2)])
+        .apply_changes_durably("a", vec![Change::Delivered(1), Change::Delivered(2)])
         .await
         .unwrap();
     let swept = sweep_now(
@@ -231,7 +231,7 @@ async fn sweep_keeps_events_a_sink_still_owes_and_forgets_old_keys() {
         Admission::Duplicate
     );
     store
-        .settle_durably("b", vec![Change::Delivered(1)])
+        .apply_changes_durably("b", vec![Change::Delivered(1)])
         .await
         .unwrap();
     let swept = sweep_now(
@@ -274,7 +274,7 @@ async fn events_are_queued_only_for_the_listed_sinks() {
     .unwrap();
     assert_eq!(swept.events, 0, "seq 1 is owed to b and blocks the range");
     store
-        .settle_durably("b", vec![Change::Delivered(1)])
+        .apply_changes_durably("b", vec![Change::Delivered(1)])
         .await
         .unwrap();
     let swept = sweep_now(
@@ -309,7 +309,7 @@ async fn retry_state_and_dead_letters_survive_a_restart() {
         last_error: Some(LastError::new(Some(400), "HTTP 400: bad")),
     };
     store
-        .settle_durably(
+        .apply_changes_durably(
             "stdout",
             vec![
                 Change::Retry(1, retry.clone()),
@@ -337,7 +337,7 @@ async fn retry_state_and_dead_letters_survive_a_restart() {
     assert_eq!(letters[0].event.body, b"{\"n\":2}");
     // The dead letter keeps its own copy: the event itself can go.
     store
-        .settle_durably("stdout", vec![Change::Delivered(1)])
+        .apply_changes_durably("stdout", vec![Change::Delivered(1)])
         .await
         .unwrap();
     sweep_now(
@@ -351,7 +351,7 @@ async fn retry_state_and_dead_letters_survive_a_restart() {
     assert_eq!(store.dead_letters("stdout", 0, 10).await.unwrap().len(), 1);
     // A late retry state never resurrects a delivered entry.
     store
-        .settle_durably("stdout", vec![Change::Retry(1, AttemptState::default())])
+        .apply_changes_durably("stdout", vec![Change::Retry(1, AttemptState::default())])
         .await
         .unwrap();
     assert!(store.queue("stdout", 0, 10).await.unwrap().is_empty());
@@ -362,7 +362,7 @@ async fn retry_state_and_dead_letters_survive_a_restart() {
 async fn committed_watch_reports_the_last_event_seq() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
-    let mut watch = store.subscribe();
+    let mut watch = store.inner.committed.clone();
     assert_eq!(*watch.borrow_and_update(), 0);
     store.admit(event(&["kirim:a"], "{}")).await.unwrap();
     watch.changed().await.unwrap();
@@ -385,7 +385,7 @@ async fn admit_after_close_is_an_error_not_a_hang() {
 async fn operator_actions_on_dead_letters_quarantine_and_replay() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
-    let mut requeued = store.requeued();
+    let mut requeued = store.inner.requeued.clone();
     for i in 1..=3 {
         store
             .admit(event(&[&format!("kirim:{i}")], &format!("{{\"n\":{i}}}")))
@@ -398,7 +398,7 @@ async fn operator_actions_on_dead_letters_quarantine_and_replay() {
         ..AttemptState::default()
     };
     store
-        .settle_durably(
+        .apply_changes_durably(
             "stdout",
             vec![
                 Change::DeadLetter(1, dead.clone()),
@@ -452,12 +452,12 @@ async fn operator_actions_on_dead_letters_quarantine_and_replay() {
 
     // Replay queues kept events again for one sink.
     store
-        .settle_durably("stdout", vec![Change::Delivered(2)])
+        .apply_changes_durably("stdout", vec![Change::Delivered(2)])
         .await
         .unwrap();
     store.admit(event(&["kirim:4"], "{}")).await.unwrap();
     store
-        .settle_durably("stdout", vec![Change::Delivered(5)])
+        .apply_changes_durably("stdout", vec![Change::Delivered(5)])
         .await
         .unwrap();
     // Kept for a day: the sweep leaves delivered events alone.
@@ -592,7 +592,7 @@ async fn counts_are_exact_after_drops_sweeps_and_restarts() {
         ..AttemptState::default()
     };
     store
-        .settle(
+        .apply_changes(
             "a",
             vec![
                 Change::Delivered(1),
@@ -603,7 +603,7 @@ async fn counts_are_exact_after_drops_sweeps_and_restarts() {
         .await
         .unwrap();
     store
-        .settle_durably(
+        .apply_changes_durably(
             "b",
             vec![
                 Change::DeadLetter(3, state.clone()),
@@ -621,7 +621,7 @@ async fn counts_are_exact_after_drops_sweeps_and_restarts() {
 
     // b takes everything; a takes 3 and 4: every event can go.
     store
-        .settle(
+        .apply_changes(
             "b",
             vec![
                 Change::Delivered(1),
@@ -632,7 +632,7 @@ async fn counts_are_exact_after_drops_sweeps_and_restarts() {
         .await
         .unwrap();
     store
-        .settle_durably("a", vec![Change::Delivered(3), Change::Delivered(4)])
+        .apply_changes_durably("a", vec![Change::Delivered(3), Change::Delivered(4)])
         .await
         .unwrap();
     let swept = sweep_now(
@@ -831,7 +831,7 @@ async fn low_disk_refuses_admissions_but_not_outcomes_and_recovers_in_place() {
     assert_eq!(store.low_disk(), Some(100_000));
     // Outcomes still land (they free space).
     store
-        .settle_durably("stdout", vec![Change::Delivered(1)])
+        .apply_changes_durably("stdout", vec![Change::Delivered(1)])
         .await
         .unwrap();
     assert_eq!(store.counts().queued("stdout"), 0);
@@ -860,7 +860,7 @@ async fn entries_put_back_below_the_low_water_marks_are_kept_and_found() {
         ..AttemptState::default()
     };
     store
-        .settle_durably(
+        .apply_changes_durably(
             "a",
             vec![
                 Change::DeadLetter(1, state),
@@ -902,7 +902,7 @@ async fn entries_put_back_below_the_low_water_marks_are_kept_and_found() {
     // A later event, then both delivered: the sweep removes both.
     store.admit(for_a("k:5")).await.unwrap();
     store
-        .settle_durably("a", vec![Change::Delivered(1), Change::Delivered(5)])
+        .apply_changes_durably("a", vec![Change::Delivered(1), Change::Delivered(5)])
         .await
         .unwrap();
     assert_eq!(sweep(store.clone()).await.events, 2);
