@@ -12,6 +12,8 @@
 //! [`model`] holds the domain types every engine shares, [`record`] the engine-neutral
 //! encoding of one stored delivery. Engines: [`embedded`] (fjall, one machine, the default).
 
+#[cfg(test)]
+mod conformance;
 pub mod embedded;
 pub mod model;
 pub mod record;

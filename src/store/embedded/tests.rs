@@ -945,3 +945,26 @@ async fn a_big_sweep_goes_in_bounded_steps_and_resumes_where_it_stopped() {
         Admission::New { .. }
     ));
 }
+
+/// The conformance suite on the embedded engine, each case in its own temp folder.
+mod conformance {
+    use crate::store::conformance::{conformance_tests, Harness};
+
+    async fn open(_case: &'static str) -> Option<Harness> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().to_owned();
+        let store = crate::store::Store::open(&path, vec!["app".into()]).unwrap();
+        Some(Harness {
+            store,
+            reopen: Box::new(move || {
+                let path = path.clone();
+                Box::pin(
+                    async move { crate::store::Store::open(&path, vec!["app".into()]).unwrap() },
+                )
+            }),
+            _keep: Box::new(dir),
+        })
+    }
+
+    conformance_tests!(open);
+}
