@@ -1,4 +1,6 @@
 //! Wires the daemon together: store, listener, receiver, sinks and sweeper, under one shutdown.
+//! [`build`] starts everything but the webhook listener's serving; [`App::run_until_stopped`]
+//! serves, applies reloads and drains; [`run`] is the two in a row.
 //!
 //! Start-up order: bind the webhook listener (or take over the one systemd passed) and the
 //! admin listener, so that a port in use fails the start before a new store is created; open
@@ -47,19 +49,55 @@ const EMBEDDED_LEASE: Duration = Duration::from_secs(60);
 /// How much longer than a sink's attempt timeout a claim is leased.
 const LEASE_MARGIN: Duration = Duration::from_secs(10);
 
-/// Runs the daemon until `shutdown` is cancelled and the drain has finished. It serves on
-/// `activated` (a socket passed by systemd, see [`systemd::take_activated_listener`]) when
-/// given, else it binds `server.listen`.
+/// Runs the daemon until `shutdown` is cancelled and the drain has finished: [`build`], then
+/// [`App::run_until_stopped`]. It serves on `activated` (a socket passed by systemd, see
+/// [`systemd::take_activated_listener`]) when given, else it binds `server.listen`.
 pub async fn run(
     config: Config,
     config_path: std::path::PathBuf,
     activated: Option<std::net::TcpListener>,
     signals: Signals,
 ) -> anyhow::Result<()> {
-    let Signals {
-        shutdown,
-        reload: mut reloads,
-    } = signals;
+    let Signals { shutdown, reload } = signals;
+    build(config, config_path, activated, shutdown)
+        .await?
+        .run_until_stopped(reload)
+        .await
+}
+
+/// A daemon built and started but not serving yet: its listeners are bound, its store is
+/// open, its sinks, sweeper and admin listener run. [`App::run_until_stopped`] serves.
+pub struct App {
+    config: Config,
+    config_path: std::path::PathBuf,
+    shutdown: CancellationToken,
+    notifier: Notifier,
+    watchdog: Option<tokio::task::JoinHandle<()>>,
+    tls: Option<Arc<Tls>>,
+    listener: TcpListener,
+    addr: std::net::SocketAddr,
+    store: Store,
+    metrics: Metrics,
+    health: Health,
+    routes: Routes,
+    admin: Option<(Arc<Admin>, tokio::task::JoinHandle<()>)>,
+    stop_sinks: CancellationToken,
+    sinks: SinkSet,
+    sweeper: tokio::task::JoinHandle<()>,
+    tolerance_tx: tokio::sync::watch::Sender<u64>,
+    receiver: Arc<Receiver>,
+    limits: Limits,
+}
+
+/// Builds the daemon from `config`: binds both listeners (or takes the one systemd passed),
+/// opens the store, starts the sinks, the sweeper and the admin listener. Nothing is served
+/// on the webhook listener yet. Everything stops when `shutdown` is cancelled.
+pub async fn build(
+    config: Config,
+    config_path: std::path::PathBuf,
+    activated: Option<std::net::TcpListener>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<App> {
     let notifier = Notifier::from_env();
     let watchdog = systemd::watchdog_from_env()
         .filter(|_| notifier.is_enabled())
@@ -119,7 +157,7 @@ pub async fn run(
         .map(|listener| start_admin(listener, &store, &metrics, &health, &routes, &shutdown));
 
     let stop_sinks = CancellationToken::new();
-    let mut sinks = SinkSet::start(&config.sinks, EMBEDDED_LEASE, &store, &metrics, &stop_sinks);
+    let sinks = SinkSet::start(&config.sinks, EMBEDDED_LEASE, &store, &metrics, &stop_sinks);
 
     let retention = Duration::from_secs(u64::from(config.store.retention_days) * 86_400);
     let (tolerance_tx, tolerance) = tokio::sync::watch::channel(config.verify.tolerance_secs);
@@ -147,7 +185,6 @@ pub async fn run(
         max_connections: config.server.max_connections,
         header_timeout: config.server.request_timeout,
     };
-    let drain = config.server.shutdown_timeout;
     tracing::info!(
         addr = %addr,
         listener = source,
@@ -159,106 +196,161 @@ pub async fn run(
         "listening"
     );
 
-    let receiver_handle = receiver.clone();
-    let server = tokio::spawn(server::serve(
-        "webhook",
+    Ok(App {
+        config,
+        config_path,
+        shutdown,
+        notifier,
+        watchdog,
+        tls,
         listener,
+        addr,
+        store,
+        metrics,
+        health,
+        routes,
+        admin,
+        stop_sinks,
+        sinks,
+        sweeper,
+        tolerance_tx,
         receiver,
         limits,
-        tls.clone(),
-        shutdown.clone(),
-        drain,
-    ));
-    if let Some((admin, _)) = &admin {
-        admin.set_serving(true);
-    }
-    let status = format!("listening on {addr}");
-    notifier.notify_or_log(&[State::Ready, State::Status(&status)]);
-    let mut running = config;
-    // The store's writer stops for good after a failed write (fjall refuses every later one):
-    // then the daemon shuts down and exits non-zero, so its supervisor restarts it.
-    let stopped = store.clone();
-    let mut writer_gone = tokio::spawn(async move { stopped.stopped().await });
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            _ = &mut writer_gone => {
-                let reason = store.failure().unwrap_or_else(|| "the store's writer stopped".into());
-                health.fail(Fault::StoreFailed(reason));
-                shutdown.cancel();
-                break;
-            }
-            Some(ended) = sinks.tasks.join_next() => match ended {
-                // A sink that can never deliver again (stdout's reader has gone): stop taking
-                // deliveries and exit non-zero; its queue waits for the next start.
-                Ok(Err(fault)) => {
-                    health.fail(fault);
+    })
+}
+
+impl App {
+    /// Serves until `shutdown` is cancelled (or a fault stops the daemon), applying the
+    /// reloads `reloads` asks for, then drains: in-flight requests, the sinks' deliveries of
+    /// what is committed, the store. Returns an error for a fault, so the process exits
+    /// non-zero for its supervisor.
+    pub async fn run_until_stopped(
+        self,
+        mut reloads: tokio::sync::mpsc::Receiver<()>,
+    ) -> anyhow::Result<()> {
+        let App {
+            config,
+            config_path,
+            shutdown,
+            notifier,
+            watchdog,
+            tls,
+            listener,
+            addr,
+            store,
+            metrics,
+            health,
+            routes,
+            admin,
+            stop_sinks,
+            mut sinks,
+            sweeper,
+            tolerance_tx,
+            receiver,
+            limits,
+        } = self;
+        let drain = config.server.shutdown_timeout;
+        let receiver_handle = receiver.clone();
+        let server = tokio::spawn(server::serve(
+            "webhook",
+            listener,
+            receiver,
+            limits,
+            tls.clone(),
+            shutdown.clone(),
+            drain,
+        ));
+        if let Some((admin, _)) = &admin {
+            admin.set_serving(true);
+        }
+        let status = format!("listening on {addr}");
+        notifier.notify_or_log(&[State::Ready, State::Status(&status)]);
+        let mut running = config;
+        // The store's writer stops for good after a failed write (fjall refuses every later one):
+        // then the daemon shuts down and exits non-zero, so its supervisor restarts it.
+        let stopped = store.clone();
+        let mut writer_gone = tokio::spawn(async move { stopped.stopped().await });
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = &mut writer_gone => {
+                    let reason = store.failure().unwrap_or_else(|| "the store's writer stopped".into());
+                    health.fail(Fault::StoreFailed(reason));
                     shutdown.cancel();
                     break;
                 }
-                Ok(Ok(())) => {}
-                Err(e) => tracing::error!(error = %e, "a sink task failed"),
-            },
-            Some(()) = reloads.recv() => {
-                notifier.notify_or_log(&[State::Reloading, State::Status("reloading")]);
-                // A shutdown during a reload wins: the reload stops where it is (at worst
-                // between halting the old sinks and starting the new ones, which leaves the
-                // queued events for the next start) and the drain begins at once.
-                tokio::select! {
-                    fault = reload(&config_path, &mut running, &receiver_handle, &routes, &mut sinks, tls.clone(), &store, &metrics, &stop_sinks) => {
-                        tolerance_tx.send_replace(running.verify.tolerance_secs);
-                        // A sink that failed for good while being swapped still ends the run.
-                        if let Some(fault) = fault {
-                            health.fail(fault);
-                            shutdown.cancel();
-                            break;
-                        }
-                        notifier.notify_or_log(&[State::Ready, State::Status(&status)]);
+                Some(ended) = sinks.tasks.join_next() => match ended {
+                    // A sink that can never deliver again (stdout's reader has gone): stop taking
+                    // deliveries and exit non-zero; its queue waits for the next start.
+                    Ok(Err(fault)) => {
+                        health.fail(fault);
+                        shutdown.cancel();
+                        break;
                     }
-                    _ = shutdown.cancelled() => break,
+                    Ok(Ok(())) => {}
+                    Err(e) => tracing::error!(error = %e, "a sink task failed"),
+                },
+                Some(()) = reloads.recv() => {
+                    notifier.notify_or_log(&[State::Reloading, State::Status("reloading")]);
+                    // A shutdown during a reload wins: the reload stops where it is (at worst
+                    // between halting the old sinks and starting the new ones, which leaves the
+                    // queued events for the next start) and the drain begins at once.
+                    tokio::select! {
+                        fault = reload(&config_path, &mut running, &receiver_handle, &routes, &mut sinks, tls.clone(), &store, &metrics, &stop_sinks) => {
+                            tolerance_tx.send_replace(running.verify.tolerance_secs);
+                            // A sink that failed for good while being swapped still ends the run.
+                            if let Some(fault) = fault {
+                                health.fail(fault);
+                                shutdown.cancel();
+                                break;
+                            }
+                            notifier.notify_or_log(&[State::Ready, State::Status(&status)]);
+                        }
+                        _ = shutdown.cancelled() => break,
+                    }
                 }
             }
         }
-    }
-    notifier.notify_or_log(&[State::Stopping, State::Status("draining")]);
-    let deadline = tokio::time::Instant::now() + drain;
-    if let Err(e) = server.await {
-        tracing::error!(error = %e, "server task failed");
-    }
-
-    // No new events can arrive now; let every sink deliver what is committed.
-    stop_sinks.cancel();
-    let drained = tokio::time::timeout_at(deadline, async {
-        while let Some(ended) = sinks.tasks.join_next().await {
-            // Found while draining (stdout's reader left after SIGTERM): still exit non-zero.
-            if let Ok(Err(fault)) = ended {
-                health.fail(fault);
-            }
+        notifier.notify_or_log(&[State::Stopping, State::Status("draining")]);
+        let deadline = tokio::time::Instant::now() + drain;
+        if let Err(e) = server.await {
+            tracing::error!(error = %e, "server task failed");
         }
-    })
-    .await;
-    if drained.is_err() {
-        tracing::warn!("sinks did not finish before the drain deadline; the rest is delivered after the next start");
-        sinks.tasks.abort_all();
-    }
-    sweeper.abort();
-    if let Some((_, task)) = admin {
-        // It stopped accepting at the shutdown signal; in-flight requests had a short drain.
-        let _ = task.await;
-    }
-    let closed = store.close().await;
-    if let Some(fault) = health.fault() {
+
+        // No new events can arrive now; let every sink deliver what is committed.
+        stop_sinks.cancel();
+        let drained = tokio::time::timeout_at(deadline, async {
+            while let Some(ended) = sinks.tasks.join_next().await {
+                // Found while draining (stdout's reader left after SIGTERM): still exit non-zero.
+                if let Ok(Err(fault)) = ended {
+                    health.fail(fault);
+                }
+            }
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!("sinks did not finish before the drain deadline; the rest is delivered after the next start");
+            sinks.tasks.abort_all();
+        }
+        sweeper.abort();
+        if let Some((_, task)) = admin {
+            // It stopped accepting at the shutdown signal; in-flight requests had a short drain.
+            let _ = task.await;
+        }
+        let closed = store.close().await;
+        if let Some(fault) = health.fault() {
+            if let Some(watchdog) = watchdog {
+                watchdog.abort();
+            }
+            anyhow::bail!("{fault}; exiting so that the service manager restarts kirimhook");
+        }
+        closed.context("closing the store")?;
         if let Some(watchdog) = watchdog {
             watchdog.abort();
         }
-        anyhow::bail!("{fault}; exiting so that the service manager restarts kirimhook");
+        tracing::info!("stopped");
+        Ok(())
     }
-    closed.context("closing the store")?;
-    if let Some(watchdog) = watchdog {
-        watchdog.abort();
-    }
-    tracing::info!("stopped");
-    Ok(())
 }
 
 /// The running sink dispatchers.
