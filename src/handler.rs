@@ -62,6 +62,152 @@ pub struct Live {
     pub secrets: Arc<[SigningSecret]>,
 }
 
+/// What became of an authentic delivery (every one is answered 200).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accepted {
+    /// A new event, durably stored and queued for its sinks.
+    Event,
+    /// A new delivery with an unrecognised body, durably kept in quarantine.
+    Quarantined,
+    /// Seen before: nothing new was stored.
+    Duplicate,
+}
+
+/// Why a request was refused. [`Rejection::respond`] is the one mapping to a response.
+#[derive(Debug)]
+pub enum Rejection {
+    /// Not the webhook path.
+    NotFound,
+    /// Not a POST.
+    MethodNotAllowed,
+    /// A fault stopped admissions (stdout's consumer gone, the store stopped).
+    NotAccepting,
+    /// The signature is missing, malformed, wrong or expired.
+    Unauthorized(VerifyError),
+    /// The body is over `max_body_bytes`.
+    TooLarge,
+    /// The body did not arrive within `request_timeout_secs`.
+    BodyTimeout,
+    /// The body could not be read.
+    UnreadableBody,
+    /// Free disk space is below `store.min_free_bytes`: nothing was stored.
+    LowDisk,
+    /// The store could not take the delivery (or its commit's outcome is unknown).
+    StoreUnavailable,
+}
+
+impl Rejection {
+    /// The metric outcome, status, body and extra header of this refusal.
+    fn parts(
+        &self,
+    ) -> (
+        Outcome,
+        StatusCode,
+        &'static str,
+        Option<(hyper::header::HeaderName, &'static str)>,
+    ) {
+        let retry = Some((RETRY_AFTER, RETRY_AFTER_SECS));
+        match self {
+            Rejection::NotFound => (
+                Outcome::NotFound,
+                StatusCode::NOT_FOUND,
+                r#"{"error":"not_found"}"#,
+                None,
+            ),
+            Rejection::MethodNotAllowed => (
+                Outcome::MethodNotAllowed,
+                StatusCode::METHOD_NOT_ALLOWED,
+                r#"{"error":"method_not_allowed"}"#,
+                Some((ALLOW, "POST")),
+            ),
+            Rejection::NotAccepting => (
+                Outcome::NotAccepting,
+                StatusCode::SERVICE_UNAVAILABLE,
+                r#"{"error":"not_accepting"}"#,
+                retry,
+            ),
+            Rejection::Unauthorized(error) => {
+                let body = match error.reason() {
+                    "missing_signature" => r#"{"error":"missing_signature"}"#,
+                    "signature_expired" => r#"{"error":"signature_expired"}"#,
+                    _ => r#"{"error":"invalid_signature"}"#,
+                };
+                (
+                    Outcome::of_verify_error(error),
+                    StatusCode::UNAUTHORIZED,
+                    body,
+                    None,
+                )
+            }
+            Rejection::TooLarge => (
+                Outcome::BodyTooLarge,
+                StatusCode::PAYLOAD_TOO_LARGE,
+                r#"{"error":"body_too_large"}"#,
+                None,
+            ),
+            Rejection::BodyTimeout => (
+                Outcome::BodyTimeout,
+                StatusCode::REQUEST_TIMEOUT,
+                r#"{"error":"body_timeout"}"#,
+                None,
+            ),
+            Rejection::UnreadableBody => (
+                Outcome::UnreadableBody,
+                StatusCode::BAD_REQUEST,
+                r#"{"error":"unreadable_body"}"#,
+                None,
+            ),
+            Rejection::LowDisk => (
+                Outcome::LowDisk,
+                StatusCode::SERVICE_UNAVAILABLE,
+                r#"{"error":"low_disk"}"#,
+                retry,
+            ),
+            Rejection::StoreUnavailable => (
+                Outcome::StoreUnavailable,
+                StatusCode::SERVICE_UNAVAILABLE,
+                r#"{"error":"store_unavailable"}"#,
+                retry,
+            ),
+        }
+    }
+
+    /// The response to this refusal (a 503 carries `Retry-After`: kirim.dev retries later),
+    /// counted in `metrics`.
+    pub fn respond(&self, metrics: &Metrics) -> HttpResponse {
+        let (outcome, status, body, header) = self.parts();
+        metrics.request(outcome);
+        let mut response = json(status, body);
+        if let Some((name, value)) = header {
+            response
+                .headers_mut()
+                .insert(name, HeaderValue::from_static(value));
+        }
+        response
+    }
+}
+
+impl Accepted {
+    /// The 200 response for this outcome, counted in `metrics`.
+    pub fn respond(self, metrics: &Metrics) -> HttpResponse {
+        let (outcome, body) = match self {
+            Accepted::Event => (Outcome::Accepted, r#"{"status":"accepted"}"#),
+            Accepted::Quarantined => (Outcome::Quarantined, r#"{"status":"quarantined"}"#),
+            Accepted::Duplicate => (Outcome::Duplicate, r#"{"status":"duplicate"}"#),
+        };
+        metrics.request(outcome);
+        json(StatusCode::OK, body)
+    }
+}
+
+/// The response to a request's result: the one place a result becomes a status code.
+pub fn respond(result: Result<Accepted, Rejection>, metrics: &Metrics) -> HttpResponse {
+    match result {
+        Ok(accepted) => accepted.respond(metrics),
+        Err(rejection) => rejection.respond(metrics),
+    }
+}
+
 /// Which sinks an event is queued for, and which ones its filter kept out (counted only once
 /// the event is new and stored: a duplicate or a refused delivery is not "filtered").
 struct Routed {
@@ -145,37 +291,29 @@ impl Receiver {
         B: Body,
         B::Error: std::error::Error + Send + Sync + 'static,
     {
-        if req.uri().path() != self.settings.path {
-            self.settings.metrics.request(Outcome::NotFound);
-            return Ok(json(StatusCode::NOT_FOUND, r#"{"error":"not_found"}"#));
-        }
-        if req.method() != Method::POST {
-            self.settings.metrics.request(Outcome::MethodNotAllowed);
-            let mut response = json(
-                StatusCode::METHOD_NOT_ALLOWED,
-                r#"{"error":"method_not_allowed"}"#,
+        let result = if req.uri().path() != self.settings.path {
+            Err(Rejection::NotFound)
+        } else if req.method() != Method::POST {
+            Err(Rejection::MethodNotAllowed)
+        } else {
+            let span = tracing::info_span!(
+                "delivery",
+                delivery_id = header_str(req.headers(), "x-kirim-delivery-id").unwrap_or("-"),
+                event_id = header_str(req.headers(), "x-kirim-event-id").unwrap_or("-"),
             );
-            response
-                .headers_mut()
-                .insert(ALLOW, HeaderValue::from_static("POST"));
-            return Ok(response);
-        }
-        let span = tracing::info_span!(
-            "delivery",
-            delivery_id = header_str(req.headers(), "x-kirim-delivery-id").unwrap_or("-"),
-            event_id = header_str(req.headers(), "x-kirim-event-id").unwrap_or("-"),
-        );
-        Ok(self.receive(req).instrument(span).await)
+            self.receive(req).instrument(span).await
+        };
+        Ok(respond(result, &self.settings.metrics))
     }
 
-    async fn receive<B>(&self, req: Request<B>) -> HttpResponse
+    async fn receive<B>(&self, req: Request<B>) -> Result<Accepted, Rejection>
     where
         B: Body,
         B::Error: std::error::Error + Send + Sync + 'static,
     {
         if let Some(fault) = self.settings.health.fault() {
             tracing::debug!(fault = %fault, "not taking deliveries; answering 503");
-            return self.unavailable(Outcome::NotAccepting, r#"{"error":"not_accepting"}"#);
+            return Err(Rejection::NotAccepting);
         }
         let received_at = (self.clock)();
         let (parts, body) = req.into_parts();
@@ -184,7 +322,7 @@ impl Receiver {
         let primary = headers.get(signature::SIGNATURE_HEADER);
         let alternate = headers.get(signature::SIGNATURE_HEADER_ALT);
         if primary.is_none() && alternate.is_none() {
-            return self.unauthorized(&VerifyError::Missing, headers);
+            return Err(self.unauthorized(VerifyError::Missing, headers));
         }
 
         let declared = headers
@@ -192,22 +330,20 @@ impl Receiver {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|len| len > self.settings.max_body_bytes as u64) {
-            return self.too_large();
+            return Err(self.too_large());
         }
         let limited = Limited::new(body, self.settings.max_body_bytes);
         let body = match tokio::time::timeout(self.settings.body_timeout, limited.collect()).await {
             Err(_) => {
                 tracing::warn!("request body did not arrive in time");
-                self.settings.metrics.request(Outcome::BodyTimeout);
-                return json(StatusCode::REQUEST_TIMEOUT, r#"{"error":"body_timeout"}"#);
+                return Err(Rejection::BodyTimeout);
             }
             Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
-                return self.too_large();
+                return Err(self.too_large());
             }
             Ok(Err(e)) => {
                 tracing::debug!(error = %e, "reading the request body failed");
-                self.settings.metrics.request(Outcome::UnreadableBody);
-                return json(StatusCode::BAD_REQUEST, r#"{"error":"unreadable_body"}"#);
+                return Err(Rejection::UnreadableBody);
             }
             Ok(Ok(collected)) => collected.to_bytes(),
         };
@@ -233,9 +369,9 @@ impl Receiver {
             Err(first) => match (primary, alternate) {
                 (Some(_), Some(_)) => match verify(alternate) {
                     Ok(verified) => verified,
-                    Err(_) => return self.unauthorized(&first, headers),
+                    Err(_) => return Err(self.unauthorized(first, headers)),
                 },
-                _ => return self.unauthorized(&first, headers),
+                _ => return Err(self.unauthorized(first, headers)),
             },
         };
 
@@ -302,12 +438,11 @@ impl Receiver {
             Ok(Admission::New { seq }) => match quarantine_reason {
                 None => {
                     tracing::debug!(seq, "accepted");
-                    metrics.request(Outcome::Accepted);
                     metrics.event_accepted(counted.0.as_deref(), counted.1);
                     if let Some(routed) = &routed {
                         routed.count_filtered(counted.0.as_deref(), counted.1, metrics);
                     }
-                    json(StatusCode::OK, r#"{"status":"accepted"}"#)
+                    Ok(Accepted::Event)
                 }
                 Some(reason) => {
                     tracing::error!(
@@ -315,38 +450,23 @@ impl Receiver {
                         reason,
                         "authentic delivery with an unrecognised body kept in quarantine"
                     );
-                    metrics.request(Outcome::Quarantined);
-                    json(StatusCode::OK, r#"{"status":"quarantined"}"#)
+                    Ok(Accepted::Quarantined)
                 }
             },
             Ok(Admission::Duplicate) => {
                 tracing::debug!("duplicate");
-                metrics.request(Outcome::Duplicate);
-                json(StatusCode::OK, r#"{"status":"duplicate"}"#)
+                Ok(Accepted::Duplicate)
             }
             Err(store::StoreError::LowDisk(reason)) => {
                 // Logged once when the disk crossed the watermark; this is every refusal.
                 tracing::debug!(reason, "disk nearly full; answering 503");
-                self.unavailable(Outcome::LowDisk, r#"{"error":"low_disk"}"#)
+                Err(Rejection::LowDisk)
             }
             Err(e) => {
                 tracing::error!(error = %e, "store unavailable; answering 503");
-                self.unavailable(
-                    Outcome::StoreUnavailable,
-                    r#"{"error":"store_unavailable"}"#,
-                )
+                Err(Rejection::StoreUnavailable)
             }
         }
-    }
-
-    /// 503 with `Retry-After`: nothing was stored, kirim.dev retries later.
-    fn unavailable(&self, outcome: Outcome, body: &'static str) -> HttpResponse {
-        self.settings.metrics.request(outcome);
-        let mut response = json(StatusCode::SERVICE_UNAVAILABLE, body);
-        response
-            .headers_mut()
-            .insert(RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECS));
-        response
     }
 
     /// The sinks whose filter takes this event, and those whose filter does not (logged at
@@ -369,34 +489,22 @@ impl Receiver {
         routed
     }
 
-    fn unauthorized(&self, error: &VerifyError, headers: &HeaderMap) -> HttpResponse {
+    fn unauthorized(&self, error: VerifyError, headers: &HeaderMap) -> Rejection {
         tracing::warn!(
             reason = error.reason(),
             detail = %error,
             attempt = header_str(headers, "x-kirim-attempt").unwrap_or("-"),
             "signature verification failed; answering 401",
         );
-        self.settings
-            .metrics
-            .request(Outcome::of_verify_error(error));
-        let body = match error.reason() {
-            "missing_signature" => r#"{"error":"missing_signature"}"#,
-            "signature_expired" => r#"{"error":"signature_expired"}"#,
-            _ => r#"{"error":"invalid_signature"}"#,
-        };
-        json(StatusCode::UNAUTHORIZED, body)
+        Rejection::Unauthorized(error)
     }
 
-    fn too_large(&self) -> HttpResponse {
-        self.settings.metrics.request(Outcome::BodyTooLarge);
+    fn too_large(&self) -> Rejection {
         tracing::warn!(
             limit = self.settings.max_body_bytes,
             "request body over the limit; answering 413"
         );
-        json(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            r#"{"error":"body_too_large"}"#,
-        )
+        Rejection::TooLarge
     }
 }
 
