@@ -702,6 +702,46 @@ mod tests {
         assert_eq!(a, parse(&postgres(&format!("url = \"{URL}\""))).unwrap());
     }
 
+    /// The example's commented-out PostgreSQL block, uncommented (first `# ` of each line
+    /// removed) with `path` and `min_free_bytes` taken out as it says, parses with the values
+    /// it documents.
+    #[test]
+    fn example_postgres_block_parses_when_uncommented() {
+        let example = include_str!("../../config.example.toml");
+        let start = example
+            .find("\n# engine = \"postgres\"\n")
+            .expect("the example has a commented-out postgres block")
+            + 1;
+        let block_len: usize = example[start..]
+            .lines()
+            .take_while(|line| line.starts_with('#'))
+            .map(|line| line.len() + 1)
+            .sum();
+        let uncommented: String = example[start..start + block_len]
+            .lines()
+            .map(|line| format!("{}\n", line.strip_prefix("# ").unwrap_or("")))
+            .collect();
+        let text: String = format!(
+            "{}{uncommented}{}",
+            &example[..start],
+            &example[start + block_len..]
+        )
+        .lines()
+        .filter(|line| !line.starts_with("path = ") && !line.starts_with("min_free_bytes = "))
+        .map(|line| format!("{line}\n"))
+        .collect();
+        let store = parse(&text).unwrap();
+        assert_eq!(store.retention_days, 35);
+        let pg = only_postgres(&store);
+        assert_eq!(
+            pg.url.expose(),
+            "postgres://kirimhook@db.internal:5432/kirimhook"
+        );
+        assert_eq!(pg.schema, "kirimhook");
+        assert_eq!(pg.pool_size, 16);
+        assert_eq!(pg.lease, Duration::from_secs(60));
+    }
+
     #[test]
     fn check_can_skip_a_url_file_that_is_not_here() {
         let dir = tempfile::tempdir().unwrap();
