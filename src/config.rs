@@ -1,16 +1,18 @@
 //! Configuration: turns the TOML file into a validated [`Config`] in two steps. Serde reads
 //! the text into private `Raw*` structs that reject unknown keys, then `validate` checks every
 //! value, fills in defaults and resolves signing secrets (inline, from an environment variable
-//! or from a file), both the receiver's and the HTTP sinks'. Every [`ConfigError::Invalid`]
-//! names the failing key by its full dotted path, such as `verify.secrets[1].value_env` or
-//! `sinks[0].retry.max_attempts`. Indexes count from 0 in file order. Secret values never
-//! appear in an error or in `Debug` output, and sink URLs are not quoted in errors either (they
-//! may carry a token). A sink's `events`, `sources` and `phone_number_ids` become a
-//! [`Filter`] from [`crate::route`]. This module does not reload the file, does not open
-//! sockets or the store, does not resolve host names, and does no I/O except reading the
-//! config file in [`Config::load`], the files named by `value_file` and `secret_file`, and the
-//! TLS certificate and key of `[server.tls]` (parsed by [`crate::tls`] so that `check-config`
-//! finds a bad one; the key is never shown).
+//! or from a file), both the receiver's and the HTTP sinks', and the PostgreSQL URL of
+//! `[store]` the same way (the `[store]` section lives in `store`). Every
+//! [`ConfigError::Invalid`] names the failing key by its full dotted path, such as
+//! `verify.secrets[1].value_env` or `sinks[0].retry.max_attempts`. Indexes count from 0 in file
+//! order. Secret values never appear in an error or in `Debug` output (the store URL is a
+//! [`SecretString`]), and sink URLs are not quoted in errors either (they may carry a token).
+//! A sink's `events`, `sources` and `phone_number_ids` become a [`Filter`] from
+//! [`crate::route`]. This module does not reload the file, does not open sockets or the store,
+//! does not resolve host names, and does no I/O except reading the config file in
+//! [`Config::load`], the files named by `value_file`, `secret_file` and `store.url_file`, and
+//! the TLS certificate and key of `[server.tls]` (parsed by [`crate::tls`] so that
+//! `check-config` finds a bad one; the key is never shown).
 
 use std::fmt::Display;
 use std::net::SocketAddr;
@@ -25,6 +27,11 @@ use crate::route::Filter;
 use crate::signature::SigningSecret;
 
 mod locate;
+mod secret;
+mod store;
+
+pub use secret::SecretString;
+pub use store::{PostgresConfig, StoreConfig, StoreEngine};
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 const DEFAULT_PATH: &str = "/webhooks/kirim";
@@ -36,16 +43,7 @@ const REQUEST_TIMEOUT_SECS_RANGE: RangeInclusive<u64> = 1..=300;
 const DEFAULT_SHUTDOWN_TIMEOUT_SECS: u64 = 10;
 const SHUTDOWN_TIMEOUT_SECS_RANGE: RangeInclusive<u64> = 1..=600;
 const DEFAULT_TOLERANCE_SECS: u64 = 300;
-const DEFAULT_STORE_PATH: &str = "./data";
-const DEFAULT_RETENTION_DAYS: u32 = 35;
-/// `store.min_free_bytes` when not set: 512 MiB, room for the engine's flushes and compactions
-/// after admissions stop.
-const DEFAULT_MIN_FREE_BYTES: u64 = 512 * 1024 * 1024;
-const DEFAULT_KEEP_DELIVERED_HOURS: u32 = 0;
-const KEEP_DELIVERED_HOURS_RANGE: RangeInclusive<u32> = 0..=8760;
 const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
-/// Spec 9.3: dedupe keys must be kept at least 38 hours, so at least 2 days.
-const RETENTION_DAYS_RANGE: RangeInclusive<u32> = 2..=365;
 const SECRET_PREFIX: &str = "whsec_";
 /// The most bytes read from a `value_file` or `secret_file`: a secret is one short line, and a
 /// wrong path (`/dev/zero`, a log file) must neither hang the start nor fill the memory.
@@ -76,7 +74,7 @@ pub struct Config {
     pub server: ServerConfig,
     /// Signature verification: `[verify]` and `[[verify.secrets]]`.
     pub verify: VerifyConfig,
-    /// The on-disk event store: `[store]`.
+    /// The event store and its engine: `[store]`.
     pub store: StoreConfig,
     /// Where accepted events are delivered: `[[sinks]]`, at least one, names unique.
     pub sinks: Vec<SinkConfig>,
@@ -137,25 +135,6 @@ pub struct VerifyConfig {
     /// The signing secrets, in file order, ids unique (`[[verify.secrets]]`, at least one).
     /// A delivery is authentic when any of them verifies it.
     pub secrets: Vec<SigningSecret>,
-}
-
-/// The on-disk event store (`[store]`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoreConfig {
-    /// Directory of the store, `path`. Default `./data`; a relative path is relative to the
-    /// working directory of the daemon.
-    pub path: PathBuf,
-    /// Days that events and dedupe keys are kept, `retention_days`. Default 35; 2..=365
-    /// (spec 9.3 requires dedupe keys to be kept at least 38 hours).
-    pub retention_days: u32,
-    /// How long an event stays in the store after every sink has taken it, so that
-    /// `kirimhook replay` can send it again, `keep_delivered_hours`. Default 0 (removed at
-    /// the next sweep); 0..=8760 hours.
-    pub keep_delivered: Duration,
-    /// Free bytes the store's filesystem must keep, `min_free_bytes`: below it new deliveries
-    /// get 503 + `Retry-After` (nothing is written) until space is back. Default 512 MiB; 0
-    /// turns the check off.
-    pub min_free_bytes: u64,
 }
 
 /// One event sink (`[[sinks]]`).
@@ -365,7 +344,7 @@ struct RawConfig {
     #[serde(default)]
     verify: RawVerify,
     #[serde(default)]
-    store: RawStore,
+    store: store::RawStore,
     #[serde(default)]
     sinks: Vec<RawSink>,
     #[serde(default)]
@@ -415,15 +394,6 @@ struct RawSecret {
     value_file: Option<PathBuf>,
 }
 
-#[derive(Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawStore {
-    path: Option<PathBuf>,
-    retention_days: Option<u32>,
-    keep_delivered_hours: Option<u32>,
-    min_free_bytes: Option<u64>,
-}
-
 /// A sink table. Kind-specific keys are `Option`s here too (serde's `flatten` does not work
 /// with `deny_unknown_fields`); [`RawSink::validate`] checks them for their kind and rejects
 /// them on the other kinds. The filters and `retry` belong to every kind.
@@ -466,25 +436,31 @@ struct RawHttpKeys {
     secret_file: Option<PathBuf>,
 }
 
+/// Whether `path` names a file that is not there (an empty path is not "absent": it is an
+/// error of its own, reported by validation).
+fn file_absent(path: &Path) -> bool {
+    !path.as_os_str().is_empty()
+        && matches!(std::fs::metadata(path), Err(e) if e.kind() == std::io::ErrorKind::NotFound)
+}
+
 impl RawConfig {
     /// Replaces each secret file that does not exist (when it is the entry's only source)
-    /// by a placeholder secret, and drops `[server.tls]` when one of its files does not
-    /// exist; returns what was not checked.
+    /// by a placeholder secret (a placeholder URL for `store.url_file`), and drops
+    /// `[server.tls]` when one of its files does not exist; returns what was not checked.
     fn skip_missing_files(&mut self) -> Vec<NotChecked> {
-        fn absent(path: &Path) -> bool {
-            !path.as_os_str().is_empty()
-                && matches!(std::fs::metadata(path), Err(e) if e.kind() == std::io::ErrorKind::NotFound)
-        }
         let mut skipped = Vec::new();
         if let Some(tls) = &self.server.tls {
             let files = [
                 ("server.tls.cert_file", &tls.cert_file),
                 ("server.tls.key_file", &tls.key_file),
             ];
-            if files.iter().any(|(_, f)| f.as_deref().is_some_and(absent)) {
+            if files
+                .iter()
+                .any(|(_, f)| f.as_deref().is_some_and(file_absent))
+            {
                 for (key, file) in files {
                     if let Some(path) = file {
-                        let reason = if absent(path) {
+                        let reason = if file_absent(path) {
                             NOT_PRESENT
                         } else {
                             PAIR_NOT_CHECKED
@@ -501,7 +477,7 @@ impl RawConfig {
         }
         for (index, secret) in self.verify.secrets.iter_mut().enumerate() {
             if secret.value.is_none() && secret.value_env.is_none() {
-                if let Some(path) = secret.value_file.take_if(|p| absent(p)) {
+                if let Some(path) = secret.value_file.take_if(|p| file_absent(p)) {
                     secret.value = Some(UNCHECKED_SECRET.to_owned());
                     skipped.push(NotChecked {
                         key: format!("verify.secrets[{index}].value_file"),
@@ -511,10 +487,11 @@ impl RawConfig {
                 }
             }
         }
+        skipped.extend(self.store.skip_missing_url_file());
         for (index, sink) in self.sinks.iter_mut().enumerate() {
             let http = sink.kind.as_deref() == Some("http");
             if http && sink.secret.is_none() && sink.secret_env.is_none() {
-                if let Some(path) = sink.secret_file.take_if(|p| absent(p)) {
+                if let Some(path) = sink.secret_file.take_if(|p| file_absent(p)) {
                     sink.secret = Some(UNCHECKED_SECRET.to_owned());
                     skipped.push(NotChecked {
                         key: format!("sinks[{index}].secret_file"),
@@ -533,7 +510,7 @@ impl RawConfig {
         Ok(Config {
             server,
             verify: self.verify.validate(env)?,
-            store: self.store.validate()?,
+            store: self.store.validate(env)?,
             sinks: validate_sinks(self.sinks, env)?,
             admin,
         })
@@ -896,36 +873,6 @@ pub fn check_secret(value: &str, key: &str) -> Result<(), ConfigError> {
         ));
     }
     Ok(())
-}
-
-impl RawStore {
-    fn validate(self) -> Result<StoreConfig, ConfigError> {
-        let path = self
-            .path
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_STORE_PATH));
-        if path.as_os_str().is_empty() {
-            return Err(invalid("store.path", "must not be empty"));
-        }
-        let retention_days = check_range(
-            "store.retention_days",
-            self.retention_days.unwrap_or(DEFAULT_RETENTION_DAYS),
-            RETENTION_DAYS_RANGE,
-            " days",
-        )?;
-        let keep_delivered_hours = check_range(
-            "store.keep_delivered_hours",
-            self.keep_delivered_hours
-                .unwrap_or(DEFAULT_KEEP_DELIVERED_HOURS),
-            KEEP_DELIVERED_HOURS_RANGE,
-            " hours",
-        )?;
-        Ok(StoreConfig {
-            path,
-            retention_days,
-            keep_delivered: Duration::from_secs(u64::from(keep_delivered_hours) * 3600),
-            min_free_bytes: self.min_free_bytes.unwrap_or(DEFAULT_MIN_FREE_BYTES),
-        })
-    }
 }
 
 fn validate_sinks(
@@ -1523,6 +1470,7 @@ mod tests {
                 retention_days: 35,
                 keep_delivered: Duration::ZERO,
                 min_free_bytes: 512 * 1024 * 1024,
+                engine: StoreEngine::Embedded,
             }
         );
         assert_eq!(

@@ -4,12 +4,15 @@
 //! Every test runs its own daemon in its own temp dir, so tests run in parallel without
 //! locks. Helpers: [`daemon`] (spawn, wait for lines, stop, kill), [`http`] (client and raw
 //! requests), [`fixtures`] (spec fixtures F1-F9 and signed deliveries), [`target`] (the fake
-//! service the HTTP relay posts to). Tests: [`accept`], [`admin`], [`reject`], [`durability`],
-//! [`cli`], [`first_run`], [`stdout_only`], [`relay`], [`systemd`], [`tls`].
+//! service the HTTP relay posts to), [`services`] (the `KIRIMHOOK_TEST_*_URL` services of the
+//! engine and broker tests, unique names, a schema guard). Tests: [`accept`], [`admin`],
+//! [`reject`], [`durability`], [`cli`], [`first_run`], [`stdout_only`], [`relay`],
+//! [`systemd`], [`tls`].
 
 mod daemon;
 mod fixtures;
 mod http;
+mod services;
 mod target;
 
 mod accept;
