@@ -26,11 +26,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, Admin};
 use crate::config::{Config, ServerConfig, SinkConfig, SinkKind};
-use crate::handler::{Live, ReceiveSettings, Receiver};
 use crate::health::{Fault, Health};
 use crate::metrics::Metrics;
-use crate::route::{RouteTable, Routes};
-use crate::server::{self, Limits};
+use crate::receive::handler::{Live, ReceiveSettings, Receiver};
+use crate::receive::route::{RouteTable, Routes};
+use crate::receive::server::{self, Limits};
 use crate::shutdown::Signals;
 use crate::sinks::http::HttpSink;
 use crate::sinks::stdout::StdoutSink;

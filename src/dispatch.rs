@@ -580,7 +580,7 @@ mod tests {
     use std::sync::Mutex;
 
     use super::*;
-    use crate::signature::{self, SigningSecret};
+    use crate::receive::signature::{self, SigningSecret};
     use crate::store::{Admission, Destination, NewDelivery, RecordMeta};
 
     /// Records what it is given; fails the first attempt of every event whose seq is a
@@ -799,7 +799,7 @@ mod tests {
 #[cfg(test)]
 mod panics {
     use super::*;
-    use crate::signature::{self, SigningSecret};
+    use crate::receive::signature::{self, SigningSecret};
     use crate::store::{NewDelivery, RecordMeta};
 
     /// Panics on every attempt.

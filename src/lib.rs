@@ -6,13 +6,13 @@
 //! because kirim.dev retried.
 //!
 //! Codemap, in the order a delivery travels:
-//! - [`server`]: hyper accept loop, connection limits, graceful drain; the TLS handshake with
+//! - [`receive::server`]: hyper accept loop, connection limits, graceful drain; the TLS handshake with
 //!   the certificate held by [`tls`] when `[server.tls]` is set.
-//! - [`handler`]: body limit -> [`signature`] -> [`envelope`] -> [`store`]; the only place that
+//! - [`receive::handler`]: body limit -> [`receive::signature`] -> [`receive::envelope`] -> [`store`]; the only place that
 //!   knows HTTP status codes.
-//! - [`signature`]: `X-Kirim-Signature` parsing and HMAC verification; pure.
-//! - [`envelope`]: body shapes and dedupe keys; pure.
-//! - [`route`]: which sinks an event is queued for (their filters); pure.
+//! - [`receive::signature`]: `X-Kirim-Signature` parsing and HMAC verification; pure.
+//! - [`receive::envelope`]: body shapes and dedupe keys; pure.
+//! - [`receive::route`]: which sinks an event is queued for (their filters); pure.
 //! - [`store`]: the only code that knows fjall; group-committed admissions with one queue
 //!   entry per matching sink, sink outcomes, dead letters, sweep.
 //! - [`dispatch`]: feeds each [`sinks`] `Sink` from its queue: concurrency, retries with
@@ -36,16 +36,12 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod dispatch;
-pub mod envelope;
-pub mod handler;
 pub mod health;
 pub mod metrics;
+pub mod receive;
 pub mod retry;
-pub mod route;
 pub mod send;
-pub mod server;
 pub mod shutdown;
-pub mod signature;
 pub mod sinks;
 pub mod store;
 pub mod systemd;

@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 use std::time::SystemTime;
 
-use kirimhook::signature::SigningSecret;
+use kirimhook::receive::signature::SigningSecret;
 
 /// Test secret A of the spec (section 11).
 pub const SECRET_A: &str = "whsec_dGVzdC1vbmx5LWtpcmltLWZpeHR1cmUtc2VjcmV0";
