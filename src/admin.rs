@@ -26,7 +26,7 @@
 //! Request bodies are bounded ([`MAX_BODY_BYTES`]) and timed ([`BODY_TIMEOUT`]); nothing on
 //! the request path panics. Event bodies are shown (as JSON when they are JSON, else as lossy
 //! text); secrets never are, and neither are the signature headers. Every change an operator
-//! makes is logged at info. The API types are shared with [`crate::admin_cli`], so the two
+//! makes is logged at info. The API types are shared with [`crate::ops::admin_cli`], so the two
 //! cannot drift apart.
 
 use std::collections::BTreeMap;

@@ -78,7 +78,7 @@ pub enum AdminCommand {
 #[derive(Debug, Clone, Args)]
 pub struct AdminArgs {
     /// The daemon's admin listener (its `[admin] listen`).
-    #[arg(long, value_name = "URL", default_value = crate::admin_cli::DEFAULT_ADMIN_URL)]
+    #[arg(long, value_name = "URL", default_value = crate::ops::admin_cli::DEFAULT_ADMIN_URL)]
     pub admin: String,
     /// Print the admin API's JSON answer instead of a table.
     #[arg(long)]
@@ -252,10 +252,10 @@ pub struct SendArgs {
 #[derive(Debug, Args)]
 pub struct AccountsArgs {
     /// Name of the environment variable holding the kirim.dev API key (never the key itself).
-    #[arg(long, value_name = "NAME", default_value = crate::accounts::DEFAULT_API_KEY_ENV)]
+    #[arg(long, value_name = "NAME", default_value = crate::ops::accounts::DEFAULT_API_KEY_ENV)]
     pub api_key_env: String,
     /// kirim.dev API base URL (http:// is allowed, for local testing and proxies).
-    #[arg(long, value_name = "URL", default_value = crate::accounts::DEFAULT_API_BASE)]
+    #[arg(long, value_name = "URL", default_value = crate::ops::accounts::DEFAULT_API_BASE)]
     pub api_base: String,
     /// Print one JSON array of the accounts instead of a table.
     #[arg(long)]

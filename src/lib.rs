@@ -19,28 +19,25 @@
 //!   [`retry`]'s back-off, pausing an unreachable sink, dead letters.
 //! - [`metrics`]: counters the receive path and the dispatchers bump; [`admin`] serves them
 //!   with health, readiness and the operator API on a second, loopback listener, and
-//!   [`admin_cli`] is that API's command-line client.
+//!   [`ops::admin_cli`] is that API's command-line client.
 //! - [`app`]: wires it all under one shutdown token and applies reloads (SIGHUP); [`config`],
-//!   [`cli`], [`check`] (`check-config`), [`telemetry`], [`shutdown`], [`systemd`], [`send`]
-//!   and [`accounts`] are the edges.
+//!   [`cli`], [`check`] (`check-config`), [`telemetry`], [`shutdown`], [`systemd`], [`ops::send`]
+//!   and [`ops::accounts`] are the edges.
 //! - [`health`]: faults no retry heals (stdout consumer gone, store gone): admissions stop with
 //!   503, `/readyz` says why, and the daemon exits for its supervisor.
 //! - [`time`]: stored millisecond times written as RFC 3339, without a panic for any value.
 
-pub mod accounts;
 pub mod admin;
-pub mod admin_cli;
 pub mod app;
 pub mod check;
 pub mod cli;
-pub mod client;
 pub mod config;
 pub mod dispatch;
 pub mod health;
 pub mod metrics;
+pub mod ops;
 pub mod receive;
 pub mod retry;
-pub mod send;
 pub mod shutdown;
 pub mod sinks;
 pub mod store;

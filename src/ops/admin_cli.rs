@@ -23,12 +23,12 @@ use hyper_util::rt::TokioExecutor;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::accounts::{encode_query_value, error_chain, printable};
 use crate::admin::{
     self, BodyFormat, Changed, DeadLetterDetail, DeadLetterPage, ErrorBody, EventDetail,
     QuarantinePage, ReplayRequest, Selection, StatusReport,
 };
 use crate::cli::{AdminArgs, AdminCommand, DeadLettersCommand, QuarantineCommand, Selected};
+use crate::ops::accounts::{encode_query_value, error_chain, printable};
 use crate::units::human_bytes;
 
 /// Where the admin listener is unless `--admin` says otherwise (the `[admin] listen` default).
@@ -118,7 +118,7 @@ impl AdminUrl {
             url: url.to_owned(),
             reason,
         };
-        let trimmed = crate::client::base_url(url, |scheme| match scheme {
+        let trimmed = crate::ops::client::base_url(url, |scheme| match scheme {
             Some("http") => Ok(()),
             Some("https") => Err("the admin listener speaks plain http:// (keep it on loopback)"),
             _ => Err("must start with http://, e.g. http://127.0.0.1:9090"),

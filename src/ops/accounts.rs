@@ -220,7 +220,7 @@ impl ApiBase {
             base: base.to_owned(),
             reason,
         };
-        let trimmed = crate::client::base_url(base, |scheme| match scheme {
+        let trimmed = crate::ops::client::base_url(base, |scheme| match scheme {
             Some("https" | "http") => Ok(()),
             _ => Err("must start with https:// (or http://)"),
         })
