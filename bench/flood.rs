@@ -43,7 +43,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 
-use kirimhook::signature::SigningSecret;
+use kirimhook::receive::signature::SigningSecret;
 
 const SECRET_ID: &str = "sec_BENCH0000000000000000000000";
 const SECRET_VALUE: &str = "whsec_YmVuY2gtb25seS1raXJpbWhvb2stc2VjcmV0";

@@ -30,7 +30,7 @@ use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use kirimhook::signature::SigningSecret;
+use kirimhook::receive::signature::SigningSecret;
 
 const SECRET_ID: &str = "sec_SUSTAINED0000000000000000000";
 const SECRET_VALUE: &str = "whsec_c3VzdGFpbmVkLWJlbmNoLW9ubHktc2VjcmV0";

@@ -37,7 +37,7 @@ use hyper::{Method, Request, Response, StatusCode, Uri};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 
-use kirimhook::signature::SigningSecret;
+use kirimhook::receive::signature::SigningSecret;
 
 /// Selects what this process is: unset for the benchmark, `minimal` for the minimal server.
 const ROLE_ENV: &str = "KIRIMHOOK_BENCH_ROLE";

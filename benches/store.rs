@@ -7,8 +7,8 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
-use kirimhook::envelope::{self, Classified, Hints};
-use kirimhook::signature::{self, SigningSecret};
+use kirimhook::receive::envelope::{self, Classified, Hints};
+use kirimhook::receive::signature::{self, SigningSecret};
 use kirimhook::store::{Admission, Destination, NewDelivery, RecordMeta, Store};
 
 fn env_or(name: &str, default: u64) -> u64 {

@@ -26,7 +26,7 @@
 //! Request bodies are bounded ([`MAX_BODY_BYTES`]) and timed ([`BODY_TIMEOUT`]); nothing on
 //! the request path panics. Event bodies are shown (as JSON when they are JSON, else as lossy
 //! text); secrets never are, and neither are the signature headers. Every change an operator
-//! makes is logged at info. The API types are shared with [`crate::admin_cli`], so the two
+//! makes is logged at info. The API types are shared with [`crate::ops::admin_cli`], so the two
 //! cannot drift apart.
 
 use std::collections::BTreeMap;
@@ -47,7 +47,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::health::Health;
 use crate::metrics::{self, Metrics, SinkSnapshot, Snapshot};
-use crate::route::Routes;
+use crate::receive::route::Routes;
 use crate::store::{self, DeadLetter, Store, StoredEvent};
 
 /// Largest request body the admin API reads.
@@ -1098,14 +1098,14 @@ where
 /// Serves `listener` until `shutdown` is cancelled, then lets in-flight requests finish for a
 /// short while (the webhook listener's accept loop, with the admin limits).
 pub async fn serve(listener: TcpListener, admin: Arc<Admin>, shutdown: CancellationToken) {
-    let limits = crate::server::Limits {
+    let limits = crate::receive::server::Limits {
         max_connections: MAX_CONNECTIONS,
         header_timeout: BODY_TIMEOUT,
     };
-    crate::server::serve("admin", listener, admin, limits, None, shutdown, DRAIN).await;
+    crate::receive::server::serve("admin", listener, admin, limits, None, shutdown, DRAIN).await;
 }
 
-impl crate::server::Handler for Admin {
+impl crate::receive::server::Handler for Admin {
     fn respond(
         self: Arc<Self>,
         req: Request<hyper::body::Incoming>,
@@ -1118,7 +1118,8 @@ impl crate::server::Handler for Admin {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::signature::{self, SigningSecret};
+    use crate::receive::route::Filter;
+    use crate::receive::signature::{self, SigningSecret};
     use crate::store::{
         Admission, AttemptState, Change, Destination, LastError, NewDelivery, RecordMeta,
     };
@@ -1353,7 +1354,7 @@ mod tests {
         let admin = Arc::new(Admin::new(
             store.clone(),
             Metrics::new(&["sec_T"], &["app"]),
-            Routes::new(vec![("app".to_owned(), crate::route::Filter::default())]),
+            Routes::new(vec![("app".to_owned(), Filter::default())]),
             Health::new(),
             shutdown.clone(),
         ));

@@ -1,10 +1,30 @@
 //! The command line (clap derive). Parsing only; `main` runs what it describes.
+//!
+//! This module imports nothing else from the crate: the types and the defaults of the flags
+//! live here, and the modules that act on them (`telemetry`, `ops::*`) import them from here.
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::telemetry::LogFormat;
+/// Where the admin listener is unless `--admin` says otherwise (the `[admin] listen` default).
+pub const DEFAULT_ADMIN_URL: &str = "http://127.0.0.1:9090";
+/// Most entries a list command prints unless `--limit` says otherwise (the admin API's own
+/// default page size, which a request without `limit` gets).
+pub const DEFAULT_LIMIT: usize = 100;
+/// Where kirim.dev's REST API lives unless `--api-base` says otherwise.
+pub const DEFAULT_API_BASE: &str = "https://api.kirim.chat";
+/// The environment variable holding the API key unless `--api-key-env` says otherwise.
+pub const DEFAULT_API_KEY_ENV: &str = "KIRIM_API_KEY";
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Pretty,
+    /// One JSON object per line (for journald/Loki/...), with the request span's fields.
+    Json,
+}
 
 /// kirimhook: receive kirim.dev webhooks, verify them, store them durably, stream them once.
 #[derive(Debug, Parser)]
@@ -78,7 +98,7 @@ pub enum AdminCommand {
 #[derive(Debug, Clone, Args)]
 pub struct AdminArgs {
     /// The daemon's admin listener (its `[admin] listen`).
-    #[arg(long, value_name = "URL", default_value = crate::admin_cli::DEFAULT_ADMIN_URL)]
+    #[arg(long, value_name = "URL", default_value = DEFAULT_ADMIN_URL)]
     pub admin: String,
     /// Print the admin API's JSON answer instead of a table.
     #[arg(long)]
@@ -104,7 +124,7 @@ pub struct PageArgs {
     #[arg(long, value_name = "ID", default_value_t = 0)]
     pub after: u64,
     /// Most entries to print (1 to 1000).
-    #[arg(long, value_name = "N", default_value_t = crate::admin::DEFAULT_LIMIT)]
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_LIMIT)]
     pub limit: usize,
 }
 
@@ -252,10 +272,10 @@ pub struct SendArgs {
 #[derive(Debug, Args)]
 pub struct AccountsArgs {
     /// Name of the environment variable holding the kirim.dev API key (never the key itself).
-    #[arg(long, value_name = "NAME", default_value = crate::accounts::DEFAULT_API_KEY_ENV)]
+    #[arg(long, value_name = "NAME", default_value = DEFAULT_API_KEY_ENV)]
     pub api_key_env: String,
     /// kirim.dev API base URL (http:// is allowed, for local testing and proxies).
-    #[arg(long, value_name = "URL", default_value = crate::accounts::DEFAULT_API_BASE)]
+    #[arg(long, value_name = "URL", default_value = DEFAULT_API_BASE)]
     pub api_base: String,
     /// Print one JSON array of the accounts instead of a table.
     #[arg(long)]

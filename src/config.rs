@@ -8,7 +8,7 @@
 //! order. Secret values never appear in an error or in `Debug` output (the store URL is a
 //! [`SecretString`]), and sink URLs are not quoted in errors either (they may carry a token).
 //! A sink's `events`, `sources` and `phone_number_ids` become a [`Filter`] from
-//! [`crate::route`]. This module does not reload the file, does not open sockets or the store,
+//! [`crate::receive::route`]. This module does not reload the file, does not open sockets or the store,
 //! does not resolve host names, and does no I/O except reading the config file in
 //! [`Config::load`], the files named by `value_file`, `secret_file` and `store.url_file`, and
 //! the TLS certificate and key of `[server.tls]` (parsed by [`crate::tls`] so that
@@ -22,9 +22,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::envelope::Source;
-use crate::route::Filter;
-use crate::signature::SigningSecret;
+use crate::receive::envelope::Source;
+use crate::receive::route::Filter;
+use crate::receive::signature::SigningSecret;
 
 mod locate;
 mod secret;

@@ -426,7 +426,7 @@ mod tests {
     use std::sync::Mutex;
 
     use super::*;
-    use crate::signature::{self, SigningSecret};
+    use crate::receive::signature::{self, SigningSecret};
     use crate::store::{Admission, Destination, NewDelivery, RecordMeta};
 
     /// Records what it is given; fails the first attempt of every event whose seq is a
@@ -542,7 +542,7 @@ mod tests {
             .replay(
                 "collect",
                 std::time::UNIX_EPOCH,
-                &crate::route::Filter::default(),
+                &crate::receive::route::Filter::default(),
             )
             .await
             .unwrap();
@@ -658,7 +658,7 @@ mod tests {
 mod panics {
     use super::tests::plan;
     use super::*;
-    use crate::signature::{self, SigningSecret};
+    use crate::receive::signature::{self, SigningSecret};
     use crate::store::{NewDelivery, RecordMeta};
 
     /// Panics on every attempt.

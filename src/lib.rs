@@ -6,46 +6,41 @@
 //! because kirim.dev retried.
 //!
 //! Codemap, in the order a delivery travels:
-//! - [`server`]: hyper accept loop, connection limits, graceful drain; the TLS handshake with
-//!   the certificate held by [`tls`] when `[server.tls]` is set.
-//! - [`handler`]: body limit -> [`signature`] -> [`envelope`] -> [`store`]; the only place that
-//!   knows HTTP status codes.
-//! - [`signature`]: `X-Kirim-Signature` parsing and HMAC verification; pure.
-//! - [`envelope`]: body shapes and dedupe keys; pure.
-//! - [`route`]: which sinks an event is queued for (their filters); pure.
+//! - [`receive`]: the receive path, request -> verified, routed, admitted delivery.
+//!   - [`receive::server`]: hyper accept loop, connection limits, graceful drain; the TLS
+//!     handshake with the certificate held by [`tls`] when `[server.tls]` is set.
+//!   - [`receive::handler`]: body limit -> [`receive::signature`] -> [`receive::envelope`] ->
+//!     [`store`]; the only place that knows HTTP status codes.
+//!   - [`receive::signature`]: `X-Kirim-Signature` parsing and HMAC verification; pure.
+//!   - [`receive::envelope`]: body shapes and dedupe keys; pure.
+//!   - [`receive::route`]: which sinks an event is queued for (their filters); pure.
 //! - [`store`]: the only code that knows fjall; group-committed admissions with one queue
 //!   entry per matching sink, sink outcomes, dead letters, sweep.
 //! - [`dispatch`]: feeds each [`sinks`] `Sink` from its queue: concurrency, retries with
 //!   [`retry`]'s back-off, pausing an unreachable sink, dead letters.
 //! - [`metrics`]: counters the receive path and the dispatchers bump; [`admin`] serves them
-//!   with health, readiness and the operator API on a second, loopback listener, and
-//!   [`admin_cli`] is that API's command-line client.
+//!   with health, readiness and the operator API on a second, loopback listener.
 //! - [`app`]: wires it all under one shutdown token and applies reloads (SIGHUP); [`config`],
-//!   [`cli`], [`check`] (`check-config`), [`telemetry`], [`shutdown`], [`systemd`], [`send`]
-//!   and [`accounts`] are the edges.
+//!   [`cli`] (imports nothing else from the crate), [`check`] (`check-config`), [`telemetry`],
+//!   [`shutdown`] and [`systemd`] are the edges.
+//! - [`ops`]: the command-line clients, never run inside the daemon: [`ops::admin_cli`] (the
+//!   admin API's client), [`ops::accounts`], [`ops::send`] (`sign`, `send`) and [`ops::client`].
 //! - [`health`]: faults no retry heals (stdout consumer gone, store gone): admissions stop with
 //!   503, `/readyz` says why, and the daemon exits for its supervisor.
 //! - [`time`]: stored millisecond times written as RFC 3339, without a panic for any value.
 
-pub mod accounts;
 pub mod admin;
-pub mod admin_cli;
 pub mod app;
 pub mod check;
 pub mod cli;
-pub mod client;
 pub mod config;
 pub mod dispatch;
-pub mod envelope;
-pub mod handler;
 pub mod health;
 pub mod metrics;
+pub mod ops;
+pub mod receive;
 pub mod retry;
-pub mod route;
-pub mod send;
-pub mod server;
 pub mod shutdown;
-pub mod signature;
 pub mod sinks;
 pub mod store;
 pub mod systemd;

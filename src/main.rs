@@ -5,7 +5,8 @@ use std::process::ExitCode;
 use clap::Parser as _;
 use kirimhook::cli::{Cli, Command};
 use kirimhook::config::{Config, MissingFiles};
-use kirimhook::{accounts, admin_cli, app, check, send, shutdown, systemd, telemetry};
+use kirimhook::ops::{accounts, admin_cli, send};
+use kirimhook::{app, check, shutdown, systemd, telemetry};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

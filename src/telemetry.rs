@@ -14,6 +14,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::EnvFilter;
 
+use crate::cli::LogFormat;
+
 /// The filter used when `RUST_LOG` is not set.
 const DEFAULT_FILTER: &str = "info,fjall=warn,lsm_tree=warn";
 
@@ -23,15 +25,6 @@ static LOG_WRITE_FAILURES: AtomicU64 = AtomicU64::new(0);
 /// How many log lines could not be written (and were dropped) since the process started.
 pub fn log_write_failures() -> u64 {
     LOG_WRITE_FAILURES.load(Ordering::Relaxed)
-}
-
-/// Log line format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Pretty,
-    /// One JSON object per line (for journald/Loki/...), with the request span's fields.
-    Json,
 }
 
 /// Installs the global subscriber. Call once, before anything logs.

@@ -21,8 +21,8 @@ use hyper_util::rt::TokioExecutor;
 
 use super::{Attempt, Failure, Sink, SinkError};
 use crate::config::HttpSinkConfig;
+use crate::receive::signature::SigningSecret;
 use crate::retry::{self, Verdict};
-use crate::signature::SigningSecret;
 use crate::store::model::ERROR_EXCERPT_BYTES;
 
 /// The original headers passed on to the relay target.

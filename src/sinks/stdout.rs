@@ -11,7 +11,7 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::Mutex;
 
 use super::{Attempt, Failure, Sink, SinkError};
-use crate::envelope::{DedupeKey, Source};
+use crate::receive::envelope::{DedupeKey, Source};
 use crate::store::StoredEvent;
 
 /// Most lines written in one go.
@@ -136,7 +136,7 @@ pub fn write_line(event: &StoredEvent, out: &mut Vec<u8>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::envelope::Shape;
+    use crate::receive::envelope::Shape;
     use crate::store::RecordMeta;
 
     fn event(body: &[u8], phone: Vec<String>) -> StoredEvent {

@@ -10,9 +10,9 @@ use super::{
     millis, Admission, AttemptState, ClaimOrder, Destination, NewDelivery, Outcome, RecordMeta,
     Settlement, Store,
 };
-use crate::envelope::{DedupeKey, Source};
-use crate::route::Filter;
-use crate::signature::{self, SigningSecret};
+use crate::receive::envelope::{DedupeKey, Source};
+use crate::receive::route::Filter;
+use crate::receive::signature::{self, SigningSecret};
 
 /// A boxed future, as the openers return.
 pub(crate) type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;

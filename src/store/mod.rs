@@ -20,7 +20,7 @@ pub mod record;
 
 use std::time::{Duration, SystemTime};
 
-use crate::route::Filter;
+use crate::receive::route::Filter;
 
 pub use embedded::guard;
 pub use embedded::{check_not_damaged, Change, StoreOptions};

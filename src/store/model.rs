@@ -13,8 +13,8 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::envelope::{DedupeKey, Shape, Source};
-use crate::signature::Verified;
+use crate::receive::envelope::{DedupeKey, Shape, Source};
+use crate::receive::signature::Verified;
 
 /// Longest error excerpt kept (bytes of the response body or error text).
 pub const ERROR_EXCERPT_BYTES: usize = 512;

@@ -60,7 +60,7 @@ pub fn decode(seq: u64, bytes: &[u8]) -> Result<StoredEvent, DecodeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::envelope::{Shape, Source};
+    use crate::receive::envelope::{Shape, Source};
 
     fn meta() -> RecordMeta {
         RecordMeta {

@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 use std::time::SystemTime;
 
-use kirimhook::signature::SigningSecret;
+use kirimhook::receive::signature::SigningSecret;
 
 /// Test secret A of the spec (section 11).
 pub const SECRET_A: &str = "whsec_dGVzdC1vbmx5LWtpcmltLWZpeHR1cmUtc2VjcmV0";
@@ -36,7 +36,7 @@ pub fn secret(name: &str) -> SigningSecret {
 
 /// The current Unix time in seconds.
 pub fn now() -> i64 {
-    kirimhook::send::unix_now()
+    kirimhook::ops::send::unix_now()
 }
 
 /// The fixture directory.
@@ -222,7 +222,7 @@ impl Delivery {
 
 /// A fresh delivery id (`wbd_` + 26 Crockford characters).
 pub fn new_delivery_id() -> String {
-    kirimhook::send::new_delivery_id(SystemTime::now())
+    kirimhook::ops::send::new_delivery_id(SystemTime::now())
 }
 
 /// A fresh, never used event id (`evt_` + 26 Crockford characters).

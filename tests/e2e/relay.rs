@@ -11,7 +11,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use kirimhook::signature::{self, SigningSecret};
+use kirimhook::receive::signature::{self, SigningSecret};
 use kirimhook::store::{DeadLetter, QueueEntry, Store};
 use serde_json::json;
 use tokio::task::JoinSet;

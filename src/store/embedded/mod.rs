@@ -49,7 +49,7 @@ use super::model::{
 use super::record;
 use super::StoreError;
 #[cfg(test)]
-use crate::envelope::DedupeKey;
+use crate::receive::envelope::DedupeKey;
 use guard::{DiskWatch, FreeSpaceProbe, Guard};
 use writer::{AdmitCommand, Command, Maintenance, SweepReport};
 

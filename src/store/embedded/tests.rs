@@ -3,8 +3,8 @@
 use std::time::{Duration, SystemTime};
 
 use super::*;
-use crate::signature::Verified;
-use crate::signature::{self, SigningSecret};
+use crate::receive::signature::Verified;
+use crate::receive::signature::{self, SigningSecret};
 use crate::store::model::{Destination, LastError};
 
 /// A verification with its own `t`: two deliveries of the tests are never the same signed

@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::guard::{DiskWatch, Guard};
 use super::{be_u64, queue, record, Change, Keyspaces, Shared, StoreError, NEXT_SEQ};
-use crate::envelope::DedupeKey;
+use crate::receive::envelope::DedupeKey;
 use crate::store::model::{Admission, Counts, Destination, Swept};
 
 /// Most commands folded into one batch.

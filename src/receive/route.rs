@@ -12,7 +12,7 @@
 
 use std::sync::{Arc, RwLock};
 
-use crate::envelope::Source;
+use crate::receive::envelope::Source;
 use crate::store::RecordMeta;
 
 /// Every sink's name with its filter, in config order.
@@ -168,7 +168,7 @@ impl Glob {
 /// literal can only match where a character starts.
 ///
 /// ```
-/// use kirimhook::route::glob_match;
+/// use kirimhook::receive::route::glob_match;
 /// assert!(glob_match("message.*", "message.received"));
 /// assert!(!glob_match("message.*", "messages"));
 /// ```
@@ -222,7 +222,7 @@ mod routes_tests {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::envelope::Shape;
+    use crate::receive::envelope::Shape;
 
     #[test]
     fn glob_without_star_is_exact() {

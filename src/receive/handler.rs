@@ -17,11 +17,11 @@ use hyper::header::{HeaderMap, HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_TYPE,
 use hyper::{Method, Request, Response, StatusCode};
 use tracing::Instrument;
 
-use crate::envelope::{self, Classified, Hints};
 use crate::health::Health;
 use crate::metrics::{Metrics, Outcome};
-use crate::route::Routes;
-use crate::signature::{self, SigningSecret, VerifyError};
+use crate::receive::envelope::{self, Classified, Hints};
+use crate::receive::route::Routes;
+use crate::receive::signature::{self, SigningSecret, VerifyError};
 use crate::store::{self, Admission, Destination, NewDelivery, RecordMeta, Store};
 
 /// The response type of every request.
@@ -214,7 +214,7 @@ struct Routed {
     sinks: Vec<String>,
     /// Indexes into `table` of the sinks whose filter did not match.
     filtered: Vec<usize>,
-    table: crate::route::RouteTable,
+    table: crate::receive::route::RouteTable,
 }
 
 impl Routed {
@@ -222,7 +222,7 @@ impl Routed {
     fn count_filtered(
         &self,
         meta_type: Option<&str>,
-        source: Option<crate::envelope::Source>,
+        source: Option<crate::receive::envelope::Source>,
         metrics: &Metrics,
     ) {
         for &i in &self.filtered {

@@ -297,63 +297,63 @@ mod tests {
     const FIXTURES: [Fixture; 9] = [
         Fixture {
             name: "F1",
-            body: include_bytes!("../tests/fixtures/f1.json"),
+            body: include_bytes!("../../tests/fixtures/f1.json"),
             header: "t=1781061307,v1=22768e52e3a90d9a49a061d23da4707a0eede8014eabad1c01af9d0d5a07528a",
             t: 1781061307,
             len: 534,
         },
         Fixture {
             name: "F2",
-            body: include_bytes!("../tests/fixtures/f2.json"),
+            body: include_bytes!("../../tests/fixtures/f2.json"),
             header: "t=1781061421,v1=9b9b220c1cfdb53af6681844713813c2ee226fdfa3df1d174ff137b132325791",
             t: 1781061421,
             len: 641,
         },
         Fixture {
             name: "F3",
-            body: include_bytes!("../tests/fixtures/f3.json"),
+            body: include_bytes!("../../tests/fixtures/f3.json"),
             header: "t=1781061650,v1=bc8d80fd719f6cd126a34c15fc87a7d393dd26e5371bbf687eb2e0b495bdf157",
             t: 1781061650,
             len: 561,
         },
         Fixture {
             name: "F4",
-            body: include_bytes!("../tests/fixtures/f4.json"),
+            body: include_bytes!("../../tests/fixtures/f4.json"),
             header: "t=1781062012,v1=e1875565441d03380b13dc2acc5168ee89e3f6887907f15db7f88b03956ecb80",
             t: 1781062012,
             len: 718,
         },
         Fixture {
             name: "F5",
-            body: include_bytes!("../tests/fixtures/f5.json"),
+            body: include_bytes!("../../tests/fixtures/f5.json"),
             header: "t=1781062200,v1=92d780ec71a032cbcd8e196ca56a9271ded792ba49c3a0a712447edcf9aea535",
             t: 1781062200,
             len: 331,
         },
         Fixture {
             name: "F6",
-            body: include_bytes!("../tests/fixtures/f6.json"),
+            body: include_bytes!("../../tests/fixtures/f6.json"),
             header: "t=1781065811,v1=70c0a52ca97d1ce46d749bc30178dc87a9f5ec8f288dc07c8810489f93163b56",
             t: 1781065811,
             len: 281,
         },
         Fixture {
             name: "F7",
-            body: include_bytes!("../tests/fixtures/f7.json"),
+            body: include_bytes!("../../tests/fixtures/f7.json"),
             header: "t=1781061308,v1=1a39e3bdc29f19b381ce6f179e990bc73006514ce9ebb4417cf87e3fc7597460",
             t: 1781061308,
             len: 407,
         },
         Fixture {
             name: "F8",
-            body: include_bytes!("../tests/fixtures/f8.json"),
+            body: include_bytes!("../../tests/fixtures/f8.json"),
             header: "t=1781066500,v1=323c504658ae1758ae58ccf52f2f1c4d2c4202e71c92dea62a2be25c836f8351,v1=d810daaf304194e3324077b5d1128866b9b99a7841c006d8860c5d5055db2757",
             t: 1781066500,
             len: 462,
         },
         Fixture {
             name: "F9",
-            body: include_bytes!("../tests/fixtures/f9.json"),
+            body: include_bytes!("../../tests/fixtures/f9.json"),
             header: "t=1781066900,v1=0c69f3a4af217edb85442e9098cf1ff58b71aa72a9753f442f1fd74c3344f400",
             t: 1781066900,
             len: 443,
@@ -427,7 +427,7 @@ mod tests {
     #[test]
     fn manifest_matches_the_fixture_files_and_verifies() {
         let manifest: serde_json::Value =
-            serde_json::from_str(include_str!("../tests/fixtures/fixtures.json"))
+            serde_json::from_str(include_str!("../../tests/fixtures/fixtures.json"))
                 .expect("fixtures.json is JSON");
         let entries = manifest.as_array().expect("fixtures.json is an array");
         assert_eq!(entries.len(), 9);

@@ -48,7 +48,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::handler::Receiver;
+use crate::receive::handler::Receiver;
 use crate::tls::Tls;
 
 /// What answers the requests of one listener.

@@ -26,10 +26,6 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::cli::AccountsArgs;
 
-/// Where kirim.dev's REST API lives unless `--api-base` says otherwise.
-pub const DEFAULT_API_BASE: &str = "https://api.kirim.chat";
-/// The environment variable holding the API key unless `--api-key-env` says otherwise.
-pub const DEFAULT_API_KEY_ENV: &str = "KIRIM_API_KEY";
 /// How long one request (connect, TLS, headers and body) may take.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 /// The largest answer read; a larger one is an error.
@@ -220,7 +216,7 @@ impl ApiBase {
             base: base.to_owned(),
             reason,
         };
-        let trimmed = crate::client::base_url(base, |scheme| match scheme {
+        let trimmed = crate::ops::client::base_url(base, |scheme| match scheme {
             Some("https" | "http") => Ok(()),
             _ => Err("must start with https:// (or http://)"),
         })

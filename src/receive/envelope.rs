@@ -762,15 +762,15 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Lenient<T> {
 mod tests {
     use super::*;
 
-    const F1: &[u8] = include_bytes!("../tests/fixtures/f1.json");
-    const F2: &[u8] = include_bytes!("../tests/fixtures/f2.json");
-    const F3: &[u8] = include_bytes!("../tests/fixtures/f3.json");
-    const F4: &[u8] = include_bytes!("../tests/fixtures/f4.json");
-    const F5: &[u8] = include_bytes!("../tests/fixtures/f5.json");
-    const F6: &[u8] = include_bytes!("../tests/fixtures/f6.json");
-    const F7: &[u8] = include_bytes!("../tests/fixtures/f7.json");
-    const F8: &[u8] = include_bytes!("../tests/fixtures/f8.json");
-    const F9: &[u8] = include_bytes!("../tests/fixtures/f9.json");
+    const F1: &[u8] = include_bytes!("../../tests/fixtures/f1.json");
+    const F2: &[u8] = include_bytes!("../../tests/fixtures/f2.json");
+    const F3: &[u8] = include_bytes!("../../tests/fixtures/f3.json");
+    const F4: &[u8] = include_bytes!("../../tests/fixtures/f4.json");
+    const F5: &[u8] = include_bytes!("../../tests/fixtures/f5.json");
+    const F6: &[u8] = include_bytes!("../../tests/fixtures/f6.json");
+    const F7: &[u8] = include_bytes!("../../tests/fixtures/f7.json");
+    const F8: &[u8] = include_bytes!("../../tests/fixtures/f8.json");
+    const F9: &[u8] = include_bytes!("../../tests/fixtures/f9.json");
 
     const F1_WAMID: &str = "wamid.HBgNNjI4MTM5ODc2NTQzMhUCABIYFjNFQjA4QkQxNjY1NzYxRTJDRTQ1RjQzMwA=";
 

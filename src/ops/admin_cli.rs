@@ -2,11 +2,12 @@
 //! HTTP client of a running daemon's admin listener ([`crate::admin`]), and the tables it
 //! prints.
 //!
-//! Every command is one or two requests to `--admin URL` (default [`DEFAULT_ADMIN_URL`]),
-//! bounded by [`REQUEST_TIMEOUT`] and [`MAX_ANSWER_BYTES`]. With `--json` the admin API's JSON
-//! answer is printed as it came (a body embedded byte for byte); otherwise an aligned table or
-//! a short report. Text that came from the network has its control characters replaced before
-//! it reaches the terminal. The answer types are [`crate::admin`]'s, so client and server agree.
+//! Every command is one or two requests to `--admin URL` (default
+//! [`crate::cli::DEFAULT_ADMIN_URL`]), bounded by [`REQUEST_TIMEOUT`] and [`MAX_ANSWER_BYTES`].
+//! With `--json` the admin API's JSON answer is printed as it came (a body embedded byte for
+//! byte); otherwise an aligned table or a short report. Text that came from the network has its
+//! control characters replaced before it reaches the terminal. The answer types are
+//! [`crate::admin`]'s, so client and server agree.
 //!
 //! This module knows nothing of the store or the config: only the admin API.
 
@@ -23,16 +24,14 @@ use hyper_util::rt::TokioExecutor;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::accounts::{encode_query_value, error_chain, printable};
 use crate::admin::{
     self, BodyFormat, Changed, DeadLetterDetail, DeadLetterPage, ErrorBody, EventDetail,
     QuarantinePage, ReplayRequest, Selection, StatusReport,
 };
 use crate::cli::{AdminArgs, AdminCommand, DeadLettersCommand, QuarantineCommand, Selected};
+use crate::ops::accounts::{encode_query_value, error_chain, printable};
 use crate::units::human_bytes;
 
-/// Where the admin listener is unless `--admin` says otherwise (the `[admin] listen` default).
-pub const DEFAULT_ADMIN_URL: &str = "http://127.0.0.1:9090";
 /// How long one request may take (a status of a long queue counts it).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// The largest answer read.
@@ -118,7 +117,7 @@ impl AdminUrl {
             url: url.to_owned(),
             reason,
         };
-        let trimmed = crate::client::base_url(url, |scheme| match scheme {
+        let trimmed = crate::ops::client::base_url(url, |scheme| match scheme {
             Some("http") => Ok(()),
             Some("https") => Err("the admin listener speaks plain http:// (keep it on loopback)"),
             _ => Err("must start with http://, e.g. http://127.0.0.1:9090"),
@@ -814,6 +813,13 @@ pub fn indent_json(json: &str) -> String {
 mod tests {
     use super::*;
     use crate::admin::{DeadLetterSummary, ErrorReport, QuarantineSummary, SinkReport};
+
+    #[test]
+    fn cli_defaults_match_the_daemon() {
+        // `cli` imports nothing from the crate, so it spells these out; they must not drift.
+        assert_eq!(crate::cli::DEFAULT_LIMIT, admin::DEFAULT_LIMIT);
+        assert!(AdminUrl::parse(crate::cli::DEFAULT_ADMIN_URL).is_ok());
+    }
 
     #[test]
     fn admin_urls() {

@@ -21,8 +21,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::TlsConnector;
 
 use crate::cli::{SecretArg, SendArgs};
-use crate::envelope::{self, Classified, Hints, Source};
-use crate::signature::SigningSecret;
+use crate::receive::envelope::{self, Classified, Hints, Source};
+use crate::receive::signature::SigningSecret;
 
 /// Crockford base32 alphabet (no I, L, O, U).
 const CROCKFORD: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
