@@ -25,6 +25,7 @@ use serde::Deserialize;
 use crate::receive::envelope::Source;
 use crate::receive::route::Filter;
 use crate::receive::signature::SigningSecret;
+pub use crate::tls::TlsConfig;
 
 mod locate;
 mod secret;
@@ -113,17 +114,6 @@ pub struct ServerConfig {
     pub shutdown_timeout: Duration,
     /// HTTPS instead of HTTP on `listen`, `[server.tls]`. Default: none, plain HTTP.
     pub tls: Option<TlsConfig>,
-}
-
-/// The listener's certificate and key (`[server.tls]`). Both files were read and checked as a
-/// pair when the config was validated; [`crate::tls::Tls`] reads them again at start and on
-/// reload, so renewed files in place are picked up.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TlsConfig {
-    /// PEM certificate chain, server certificate first, `cert_file`. Required.
-    pub cert_file: PathBuf,
-    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of that certificate, `key_file`. Required.
-    pub key_file: PathBuf,
 }
 
 /// Signature verification settings (`[verify]`).

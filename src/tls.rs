@@ -17,7 +17,16 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::ServerConfig;
 use tokio_rustls::TlsAcceptor;
 
-use crate::config::TlsConfig;
+/// The listener's certificate and key (`[server.tls]`). Both files were read and checked as a
+/// pair when the config was validated; [`Tls`] reads them again at start and on
+/// reload, so renewed files in place are picked up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsConfig {
+    /// PEM certificate chain, server certificate first, `cert_file`. Required.
+    pub cert_file: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of that certificate, `key_file`. Required.
+    pub key_file: PathBuf,
+}
 
 /// The only application protocol offered: kirimhook serves HTTP/1.1.
 const ALPN_HTTP11: &[u8] = b"http/1.1";
