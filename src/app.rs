@@ -47,7 +47,7 @@ const SWEEP_EVERY: Duration = Duration::from_secs(60);
 /// only ends early when a dispatcher is replaced on a reload).
 const EMBEDDED_LEASE: Duration = Duration::from_secs(60);
 /// How much longer than a sink's attempt timeout a claim is leased.
-const LEASE_MARGIN: Duration = Duration::from_secs(10);
+const LEASE_MARGIN: Duration = Duration::from_secs(2);
 
 /// Runs the daemon until `shutdown` is cancelled and the drain has finished: [`build`], then
 /// [`App::run_until_stopped`]. It serves on `activated` (a socket passed by systemd, see

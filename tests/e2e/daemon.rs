@@ -49,8 +49,23 @@ pub struct Settings {
     pub stdout_closed: bool,
     /// `store.path`; `dir/store` when `None`.
     pub store_dir: Option<PathBuf>,
-    /// Lines added verbatim to the `[store]` table, such as `"min_free_bytes = 0\n"`.
+    /// Lines added verbatim to the `[store]` table, such as `"min_free_bytes = 0\n"`
+    /// (embedded engine only).
     pub extra_store: String,
+    /// The PostgreSQL engine instead of the embedded one: `engine`, `url`, `schema` and
+    /// `lease_secs` of `[store]` (then `store_dir` and `extra_store` are not used).
+    pub postgres: Option<PostgresStore>,
+}
+
+/// `[store]` on PostgreSQL.
+#[derive(Debug, Clone)]
+pub struct PostgresStore {
+    /// `url`.
+    pub url: String,
+    /// `schema`.
+    pub schema: String,
+    /// `lease_secs`.
+    pub lease_secs: u64,
 }
 
 impl Default for Settings {
@@ -71,6 +86,7 @@ impl Default for Settings {
             // A test machine's /tmp may have less than the default watermark free; the tests
             // that are about the watermark set it themselves.
             extra_store: "min_free_bytes = 0\n".into(),
+            postgres: None,
         }
     }
 }
@@ -104,12 +120,18 @@ impl Settings {
                 "\n[[verify.secrets]]\nid = \"sec_B\"\nvalue = \"{SECRET_B}\"\n"
             ));
         }
-        text.push_str(&format!(
-            "\n[store]\npath = {}\nkeep_delivered_hours = {}\n{}",
-            toml_string(&self.store_dir.clone().unwrap_or_else(|| store_path(dir))),
-            self.keep_delivered_hours,
-            self.extra_store
-        ));
+        match &self.postgres {
+            Some(pg) => text.push_str(&format!(
+                "\n[store]\nengine = \"postgres\"\nurl = \"{}\"\nschema = \"{}\"\nlease_secs = {}\nkeep_delivered_hours = {}\n",
+                pg.url, pg.schema, pg.lease_secs, self.keep_delivered_hours,
+            )),
+            None => text.push_str(&format!(
+                "\n[store]\npath = {}\nkeep_delivered_hours = {}\n{}",
+                toml_string(&self.store_dir.clone().unwrap_or_else(|| store_path(dir))),
+                self.keep_delivered_hours,
+                self.extra_store
+            )),
+        }
         text.push_str(&format!(
             "\n[admin]\nenabled = {}\nlisten = \"127.0.0.1:0\"\n",
             self.admin

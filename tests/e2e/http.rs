@@ -66,6 +66,42 @@ impl Client {
             .await
     }
 
+    /// POSTs `delivery` on a new connection; `None` when the daemon cannot be reached or drops
+    /// the connection before answering (as kirim.dev sees a dead instance: it retries).
+    pub async fn try_send(&self, delivery: &Delivery) -> Option<Reply> {
+        let exchange = async {
+            let stream = TcpStream::connect(self.addr).await.ok()?;
+            let (mut sender, connection) =
+                hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                    .await
+                    .ok()?;
+            tokio::spawn(connection);
+            let mut request = Request::builder()
+                .method(Method::POST)
+                .uri(PATH)
+                .header("host", self.addr.to_string());
+            for (name, value) in &delivery.headers {
+                request = request.header(name.as_str(), value.as_str());
+            }
+            let request = request
+                .body(Full::new(Bytes::from(delivery.body.clone())))
+                .expect("a valid request");
+            let response = sender.send_request(request).await.ok()?;
+            let status = response.status().as_u16();
+            let headers = response.headers().clone();
+            let body = response.into_body().collect().await.ok()?.to_bytes();
+            Some(Reply {
+                status,
+                headers,
+                body: String::from_utf8_lossy(&body).into_owned(),
+            })
+        };
+        tokio::time::timeout(DEADLINE, exchange)
+            .await
+            .ok()
+            .flatten()
+    }
+
     /// Any request; `Content-Length` is set from `body`.
     pub async fn request(
         &mut self,

@@ -5,13 +5,15 @@
 //! locks. Helpers: [`daemon`] (spawn, wait for lines, stop, kill), [`http`] (client and raw
 //! requests), [`fixtures`] (spec fixtures F1-F9 and signed deliveries), [`target`] (the fake
 //! service the HTTP relay posts to), [`services`] (the `KIRIMHOOK_TEST_*_URL` services of the
-//! engine and broker tests, unique names, a schema guard). Tests: [`accept`], [`admin`],
-//! [`reject`], [`durability`], [`cli`], [`first_run`], [`stdout_only`], [`relay`],
+//! engine and broker tests, unique names, a schema guard), [`proxy`] (a TCP pass-through a test
+//! can cut, to take a service away from one daemon). Tests: [`accept`], [`admin`],
+//! [`reject`], [`durability`], [`cli`], [`cluster`] (several instances on PostgreSQL), [`first_run`], [`stdout_only`], [`relay`],
 //! [`systemd`], [`tls`].
 
 mod daemon;
 mod fixtures;
 mod http;
+mod proxy;
 mod services;
 mod target;
 
@@ -19,6 +21,7 @@ mod accept;
 mod accounts;
 mod admin;
 mod cli;
+mod cluster;
 mod durability;
 mod faults;
 mod first_run;
