@@ -5,6 +5,7 @@
 
 pub mod embedded;
 pub mod model;
+pub mod postgres;
 pub mod record;
 
 pub use embedded::guard;
