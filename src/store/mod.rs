@@ -16,6 +16,7 @@
 mod conformance;
 pub mod embedded;
 pub mod model;
+pub mod postgres;
 pub mod record;
 
 use std::time::{Duration, SystemTime};
