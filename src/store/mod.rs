@@ -10,7 +10,9 @@
 //!   engine, exact [`Store::counts`], [`Store::sweep`] (retention).
 //!
 //! [`model`] holds the domain types every engine shares, [`record`] the engine-neutral
-//! encoding of one stored delivery. Engines: [`embedded`] (fjall, one machine, the default).
+//! encoding of one stored delivery. Engines: [`embedded`] (fjall, one machine, the default) and
+//! [`postgres`] (several instances sharing one database). [`conformance`] runs the same cases
+//! against both.
 
 #[cfg(test)]
 mod conformance;
@@ -77,6 +79,7 @@ pub struct Store {
 #[derive(Clone)]
 enum Engine {
     Embedded(embedded::Store),
+    Postgres(postgres::PgStore),
 }
 
 /// Waits for new work in the store; see [`Store::work`].
@@ -86,6 +89,7 @@ pub struct Work {
 
 enum WorkEngine {
     Embedded(embedded::Work),
+    Postgres(postgres::PgWork),
 }
 
 impl Work {
@@ -94,6 +98,10 @@ impl Work {
     pub async fn wait(&mut self, deadline: Option<tokio::time::Instant>) -> bool {
         match &mut self.engine {
             WorkEngine::Embedded(work) => work.wait(deadline).await,
+            WorkEngine::Postgres(work) => {
+                work.wait(deadline).await;
+                true
+            }
         }
     }
 }
@@ -108,6 +116,14 @@ impl Store {
         embedded::Store::open_with(path, sinks, options).map(Store::from)
     }
 
+    /// Connects to PostgreSQL, creating and migrating the schema; see
+    /// [`postgres::PgStore::connect`].
+    pub async fn connect_postgres(settings: &postgres::PgSettings) -> Result<Store, StoreError> {
+        postgres::PgStore::connect(settings).await.map(|s| Store {
+            engine: Engine::Postgres(s),
+        })
+    }
+
     /// [`Store::open_embedded`] with default options.
     pub fn open(path: &std::path::Path, sinks: Vec<String>) -> Result<Store, StoreError> {
         Store::open_embedded(path, sinks, StoreOptions::default())
@@ -117,6 +133,7 @@ impl Store {
     pub fn engine_name(&self) -> &'static str {
         match &self.engine {
             Engine::Embedded(_) => "embedded",
+            Engine::Postgres(_) => "postgres",
         }
     }
 
@@ -125,6 +142,7 @@ impl Store {
     pub async fn admit(&self, delivery: NewDelivery) -> Result<Admission, StoreError> {
         match &self.engine {
             Engine::Embedded(s) => s.admit(delivery).await,
+            Engine::Postgres(s) => s.admit(delivery).await,
         }
     }
 
@@ -140,6 +158,7 @@ impl Store {
     ) -> Result<Claimed, StoreError> {
         match &self.engine {
             Engine::Embedded(s) => s.claim(sink, max, lease, order).await,
+            Engine::Postgres(s) => s.claim(sink, max, lease, order).await,
         }
     }
 
@@ -153,6 +172,7 @@ impl Store {
     ) -> Result<Settled, StoreError> {
         match &self.engine {
             Engine::Embedded(s) => s.settle(sink, settlements).await,
+            Engine::Postgres(s) => s.settle(sink, settlements).await,
         }
     }
 
@@ -160,6 +180,7 @@ impl Store {
     pub fn work(&self) -> Work {
         let engine = match &self.engine {
             Engine::Embedded(s) => WorkEngine::Embedded(s.work()),
+            Engine::Postgres(s) => WorkEngine::Postgres(s.work()),
         };
         Work { engine }
     }
@@ -173,6 +194,7 @@ impl Store {
     ) -> Result<Vec<DeadLetter>, StoreError> {
         match &self.engine {
             Engine::Embedded(s) => s.dead_letters(sink, after, limit).await,
+            Engine::Postgres(s) => s.dead_letters(sink, after, limit).await,
         }
     }
 
@@ -185,6 +207,7 @@ impl Store {
     ) -> Result<usize, StoreError> {
         match &self.engine {
             Engine::Embedded(s) => s.retry_dead_letters(sink, seqs).await,
+            Engine::Postgres(s) => s.retry_dead_letters(sink, seqs).await,
         }
     }
 
@@ -196,6 +219,7 @@ impl Store {
     ) -> Result<usize, StoreError> {
         match &self.engine {
             Engine::Embedded(s) => s.drop_dead_letters(sink, seqs).await,
+            Engine::Postgres(s) => s.drop_dead_letters(sink, seqs).await,
         }
     }
 
@@ -207,6 +231,7 @@ impl Store {
     ) -> Result<Vec<StoredEvent>, StoreError> {
         match &self.engine {
             Engine::Embedded(s) => s.read_quarantine(after, limit).await,
+            Engine::Postgres(s) => s.read_quarantine(after, limit).await,
         }
     }
 
@@ -214,6 +239,7 @@ impl Store {
     pub async fn drop_quarantine(&self, seqs: Option<Vec<u64>>) -> Result<usize, StoreError> {
         match &self.engine {
             Engine::Embedded(s) => s.drop_quarantine(seqs).await,
+            Engine::Postgres(s) => s.drop_quarantine(seqs).await,
         }
     }
 
@@ -232,6 +258,7 @@ impl Store {
                 s.replay(sink, since, move |meta| filter.matches(meta))
                     .await
             }
+            Engine::Postgres(s) => s.replay(sink, since, filter).await,
         }
     }
 
@@ -239,6 +266,7 @@ impl Store {
     pub async fn events(&self, seqs: Vec<u64>) -> Result<Vec<Option<StoredEvent>>, StoreError> {
         match &self.engine {
             Engine::Embedded(s) => s.events(seqs).await,
+            Engine::Postgres(s) => s.events(seqs).await,
         }
     }
 
@@ -247,6 +275,7 @@ impl Store {
     pub async fn sink_status(&self, sink: &str) -> Result<SinkStatus, StoreError> {
         match &self.engine {
             Engine::Embedded(s) => s.sink_status(sink).await,
+            Engine::Postgres(s) => s.sink_status(sink).await,
         }
     }
 
@@ -259,6 +288,7 @@ impl Store {
     pub async fn counts(&self) -> Result<Counts, StoreError> {
         match &self.engine {
             Engine::Embedded(s) => Ok(s.counts()),
+            Engine::Postgres(s) => s.counts().await,
         }
     }
 
@@ -275,6 +305,7 @@ impl Store {
     ) -> Result<Swept, StoreError> {
         match &self.engine {
             Engine::Embedded(s) => s.sweep(now, retention, keep_signatures, keep_events).await,
+            Engine::Postgres(s) => s.sweep(now, retention, keep_signatures, keep_events).await,
         }
     }
 
@@ -282,6 +313,7 @@ impl Store {
     pub async fn ping(&self) -> Result<(), StoreError> {
         match &self.engine {
             Engine::Embedded(s) => s.barrier().await,
+            Engine::Postgres(s) => s.ping().await,
         }
     }
 
@@ -289,6 +321,7 @@ impl Store {
     pub fn failure(&self) -> Option<String> {
         match &self.engine {
             Engine::Embedded(s) => s.failure(),
+            Engine::Postgres(_) => None,
         }
     }
 
@@ -297,6 +330,7 @@ impl Store {
     pub async fn stopped(&self) {
         match &self.engine {
             Engine::Embedded(s) => s.stopped().await,
+            Engine::Postgres(_) => std::future::pending().await,
         }
     }
 
@@ -305,6 +339,7 @@ impl Store {
     pub fn low_disk(&self) -> Option<u64> {
         match &self.engine {
             Engine::Embedded(s) => s.low_disk(),
+            Engine::Postgres(_) => None,
         }
     }
 
@@ -312,6 +347,7 @@ impl Store {
     pub fn free_bytes(&self) -> u64 {
         match &self.engine {
             Engine::Embedded(s) => s.free_bytes(),
+            Engine::Postgres(_) => 0,
         }
     }
 
@@ -319,6 +355,7 @@ impl Store {
     pub fn recovery_loss(&self) -> RecoveryLoss {
         match &self.engine {
             Engine::Embedded(s) => s.recovery_loss(),
+            Engine::Postgres(_) => RecoveryLoss::default(),
         }
     }
 
@@ -331,6 +368,7 @@ impl Store {
                     .await
                     .map_err(|e| StoreError::Task(e.to_string()))?
             }
+            Engine::Postgres(s) => s.disk_space().await,
         }
     }
 
@@ -338,6 +376,10 @@ impl Store {
     pub async fn close(&self) -> Result<(), StoreError> {
         match &self.engine {
             Engine::Embedded(s) => s.close().await,
+            Engine::Postgres(s) => {
+                s.close().await;
+                Ok(())
+            }
         }
     }
 
@@ -345,6 +387,7 @@ impl Store {
     pub fn embedded(&self) -> Option<&embedded::Store> {
         match &self.engine {
             Engine::Embedded(s) => Some(s),
+            Engine::Postgres(_) => None,
         }
     }
 }

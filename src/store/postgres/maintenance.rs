@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use super::claims::attempt_state;
 use super::schema::LOCK_CLASS;
 use super::{engine, int8, timed, uint8, PgStore, StoreError, OP_TIMEOUT};
-use crate::route::Filter;
+use crate::receive::route::Filter;
 use crate::store::model::{millis, Counts, DeadLetter, SinkStatus, StoredEvent, Swept};
 use crate::store::record;
 

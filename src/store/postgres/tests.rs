@@ -6,9 +6,9 @@ use std::time::{Duration, SystemTime};
 
 use super::testing::test_settings;
 use super::*;
-use crate::envelope::{DedupeKey, Source};
-use crate::route::Filter;
-use crate::signature::{self, SigningSecret, Verified};
+use crate::receive::envelope::{DedupeKey, Source};
+use crate::receive::route::Filter;
+use crate::receive::signature::{self, SigningSecret, Verified};
 use crate::store::model::{
     millis, Admission, AttemptState, ClaimOrder, Destination, LastError, NewDelivery, Outcome,
     RecordMeta, Settled, Settlement,
@@ -728,4 +728,32 @@ async fn admission_throughput() {
         admit::WORKERS
     );
     store.close().await;
+}
+
+/// The conformance suite on PostgreSQL, each case in its own schema.
+mod conformance {
+    use crate::store::conformance::{conformance_tests, Harness};
+    use crate::store::postgres::testing::test_settings;
+    use crate::store::Store;
+
+    async fn open(case: &'static str) -> Option<Harness> {
+        let (settings, guard) = test_settings(case).await?;
+        let store = Store::connect_postgres(&settings)
+            .await
+            .expect("connect to the test database");
+        Some(Harness {
+            store,
+            reopen: Box::new(move || {
+                let settings = settings.clone();
+                Box::pin(async move {
+                    Store::connect_postgres(&settings)
+                        .await
+                        .expect("connect again")
+                })
+            }),
+            _keep: Box::new(guard),
+        })
+    }
+
+    conformance_tests!(open);
 }
