@@ -27,7 +27,9 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, Admin};
-use crate::config::{Config, ServerConfig, SinkConfig, SinkKind};
+use crate::config::{
+    Config, PostgresConfig, ServerConfig, SinkConfig, SinkKind, StoreConfig, StoreEngine,
+};
 use crate::dispatch::Plan;
 use crate::health::{Fault, Health};
 use crate::metrics::Metrics;
@@ -37,6 +39,7 @@ use crate::receive::server::{self, Limits};
 use crate::shutdown::Signals;
 use crate::sinks::http::HttpSink;
 use crate::sinks::stdout::StdoutSink;
+use crate::store::postgres::{redact_url, PgSettings};
 use crate::store::{Store, StoreOptions};
 use crate::systemd::{self, Notifier, State};
 use crate::tls::Tls;
@@ -136,17 +139,7 @@ pub async fn build(
 
     let admin_listener = bind_admin(&config).await?;
 
-    let sink_names = config.sinks.iter().map(|s| s.name.clone()).collect();
-    let store_path = config.store.path.clone();
-    let options = StoreOptions {
-        min_free_bytes: config.store.min_free_bytes,
-        ..StoreOptions::default()
-    };
-    // The error says what is wrong with the store and what to do, path included.
-    let store =
-        tokio::task::spawn_blocking(move || Store::open_embedded(&store_path, sink_names, options))
-            .await
-            .context("store open task failed")??;
+    let store = open_store(&config).await?;
 
     let secret_ids: Vec<&str> = config.verify.secrets.iter().map(|s| s.id()).collect();
     let sink_names: Vec<&str> = config.sinks.iter().map(|s| s.name.as_str()).collect();
@@ -157,7 +150,13 @@ pub async fn build(
         .map(|listener| start_admin(listener, &store, &metrics, &health, &routes, &shutdown));
 
     let stop_sinks = CancellationToken::new();
-    let sinks = SinkSet::start(&config.sinks, EMBEDDED_LEASE, &store, &metrics, &stop_sinks);
+    let sinks = SinkSet::start(
+        &config.sinks,
+        lease_of(&config.store),
+        &store,
+        &metrics,
+        &stop_sinks,
+    );
 
     let retention = Duration::from_secs(u64::from(config.store.retention_days) * 86_400);
     let (tolerance_tx, tolerance) = tokio::sync::watch::channel(config.verify.tolerance_secs);
@@ -190,7 +189,7 @@ pub async fn build(
         listener = source,
         tls = tls.is_some(),
         path = %config.server.path,
-        store = %config.store.path.display(),
+        store = %store_description(&config.store),
         secrets = config.verify.secrets.len(),
         sinks = config.sinks.len(),
         "listening"
@@ -512,7 +511,13 @@ async fn reload(
             // Not restarted: the daemon stops for its supervisor, the queue waits.
             return Some(fault);
         }
-        *sinks = SinkSet::start(&sinks_config, EMBEDDED_LEASE, store, metrics, stop);
+        *sinks = SinkSet::start(
+            &sinks_config,
+            lease_of(&running.store),
+            store,
+            metrics,
+            stop,
+        );
     }
     tracing::info!(
         secrets = new.verify.secrets.len(),
@@ -525,6 +530,78 @@ async fn reload(
         running.server.tls = new.server.tls;
     }
     None
+}
+
+/// Opens the store `[store]` names: the embedded one in `store.path` (recovering whatever a
+/// crash left), or a connection pool to PostgreSQL (creating and migrating the schema). The
+/// error says what is wrong and what to do.
+async fn open_store(config: &Config) -> anyhow::Result<Store> {
+    let sink_names: Vec<String> = config.sinks.iter().map(|s| s.name.clone()).collect();
+    match &config.store.engine {
+        StoreEngine::Embedded => {
+            let store_path = config.store.path.clone();
+            let options = StoreOptions {
+                min_free_bytes: config.store.min_free_bytes,
+                ..StoreOptions::default()
+            };
+            Ok(tokio::task::spawn_blocking(move || {
+                Store::open_embedded(&store_path, sink_names, options)
+            })
+            .await
+            .context("store open task failed")??)
+        }
+        StoreEngine::Postgres(pg) => {
+            let settings = postgres_settings(pg);
+            let store = Store::connect_postgres(&settings).await.with_context(|| {
+                format!(
+                    "store.url: cannot use PostgreSQL ({})",
+                    redact_url(pg.url.expose())
+                )
+            })?;
+            tracing::info!(
+                schema = %pg.schema,
+                instance = %settings.instance,
+                "connected to PostgreSQL; this instance shares the sinks' work with every other instance on the schema"
+            );
+            Ok(store)
+        }
+    }
+}
+
+/// The PostgreSQL engine's settings for `[store]`, with this process's lease owner id.
+pub fn postgres_settings(pg: &PostgresConfig) -> PgSettings {
+    PgSettings {
+        url: pg.url.expose().to_owned(),
+        schema: pg.schema.clone(),
+        pool_size: pg.pool_size,
+        instance: instance_id(),
+    }
+}
+
+/// This process's name among the instances sharing a database: host, pid and 32 random bits.
+fn instance_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "kirimhook".to_owned());
+    format!("{host}-{}-{:08x}", std::process::id(), fastrand::u32(..))
+}
+
+/// How long a dispatcher's claims are leased with this `[store]`.
+fn lease_of(store: &StoreConfig) -> Duration {
+    match &store.engine {
+        StoreEngine::Embedded => EMBEDDED_LEASE,
+        StoreEngine::Postgres(pg) => pg.lease,
+    }
+}
+
+/// The store in a few words, for the logs: its path, or PostgreSQL and the schema.
+fn store_description(store: &StoreConfig) -> String {
+    match &store.engine {
+        StoreEngine::Embedded => store.path.display().to_string(),
+        StoreEngine::Postgres(pg) => format!("postgres, schema {}", pg.schema),
+    }
 }
 
 /// Binds the admin listener (`[admin] listen`); `None` when `[admin] enabled = false`.

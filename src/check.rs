@@ -1,5 +1,8 @@
-//! `kirimhook check-config` beyond the file itself: whether `store.path` can be used, and the
-//! report it prints.
+//! `kirimhook check-config` beyond the file itself: whether the store can be used (the
+//! embedded store's `store.path`, or a connection to PostgreSQL), and the report it prints.
+//!
+//! PostgreSQL is checked by connecting once and reading the server version; nothing is
+//! created or migrated (that is `serve`'s job, under its advisory lock).
 //!
 //! The store check looks at the disk the way `serve` will use it, without starting anything:
 //! the directory must exist or be creatable (its nearest existing ancestor is a writable
@@ -12,9 +15,48 @@ use std::fs::OpenOptions;
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 
-use crate::config::{Checked, ConfigError};
+use crate::config::{Checked, ConfigError, StoreEngine};
 
 const STORE_KEY: &str = "store.path";
+
+/// Checks the store of `checked`: the embedded store's directory, or a connection to
+/// PostgreSQL (skipped when its `url_file` was not checked). Returns the store in a few words
+/// for the report.
+pub async fn store(checked: &Checked) -> Result<String, ConfigError> {
+    let store = &checked.config.store;
+    match &store.engine {
+        StoreEngine::Embedded => {
+            let path = store.path.clone();
+            tokio::task::spawn_blocking(move || store_path(&path))
+                .await
+                .map_err(|e| ConfigError::Invalid {
+                    key: STORE_KEY.to_owned(),
+                    message: format!("the check failed: {e}"),
+                })??;
+            Ok(store.path.display().to_string())
+        }
+        StoreEngine::Postgres(pg) => {
+            if checked
+                .not_checked
+                .iter()
+                .any(|n| n.key.starts_with("store.url"))
+            {
+                return Ok(format!(
+                    "postgres (not connected: its URL was not checked), schema {}",
+                    pg.schema
+                ));
+            }
+            let settings = crate::app::postgres_settings(pg);
+            let version = crate::store::postgres::PgStore::check(&settings)
+                .await
+                .map_err(|e| ConfigError::Invalid {
+                    key: "store.url".to_owned(),
+                    message: e.to_string(),
+                })?;
+            Ok(format!("postgres {version}, schema {}", pg.schema))
+        }
+    }
+}
 
 /// Checks that `path` is, or can become, a writable store directory. The error is on
 /// `store.path` and says which directory is at fault and why.
@@ -95,14 +137,13 @@ fn probe_writable(dir: &Path) -> std::io::Result<()> {
 
 /// What `check-config` prints on success: the files it did not check, one per line, then one
 /// summary line that says "OK" only when everything was checked.
-pub fn report(checked: &Checked) -> String {
+pub fn report(checked: &Checked, store: &str) -> String {
     let config = &checked.config;
     let summary = format!(
-        "listen {}, {} secret(s), {} sink(s), store {}",
+        "listen {}, {} secret(s), {} sink(s), store {store}",
         config.server.listen,
         config.verify.secrets.len(),
         config.sinks.len(),
-        config.store.path.display()
     );
     if checked.not_checked.is_empty() {
         return format!("config OK: {summary}\n");

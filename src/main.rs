@@ -45,8 +45,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 MissingFiles::Refuse
             };
             let checked = Config::check(&config, missing)?;
-            check::store_path(&checked.config.store.path)?;
-            telemetry::stderr_line(check::report(&checked).trim_end_matches('\n'));
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let store = runtime.block_on(check::store(&checked))?;
+            telemetry::stderr_line(check::report(&checked, &store).trim_end_matches('\n'));
             Ok(ExitCode::SUCCESS)
         }
         Command::Sign {
