@@ -30,7 +30,7 @@ use crate::admin::{self, Admin};
 use crate::config::{
     Config, PostgresConfig, ServerConfig, SinkConfig, SinkKind, StoreConfig, StoreEngine,
 };
-use crate::dispatch::Plan;
+use crate::deliver::Plan;
 use crate::health::{Fault, Health};
 use crate::metrics::Metrics;
 use crate::receive::handler::{Live, ReceiveSettings, Receiver};
@@ -380,7 +380,7 @@ impl SinkSet {
                         policy: sink.retry,
                         lease,
                     };
-                    tasks.spawn(crate::dispatch::run_until(
+                    tasks.spawn(crate::deliver::run_until(
                         store, stdout, plan, stop, halt, metrics,
                     ));
                 }
@@ -392,7 +392,7 @@ impl SinkSet {
                         policy: sink.retry,
                         lease: lease.max(http.timeout + LEASE_MARGIN),
                     };
-                    tasks.spawn(crate::dispatch::run_until(
+                    tasks.spawn(crate::deliver::run_until(
                         store, relay, plan, stop, halt, metrics,
                     ));
                 }

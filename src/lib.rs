@@ -16,8 +16,8 @@
 //!   - [`receive::route`]: which sinks an event is queued for (their filters); pure.
 //! - [`store`]: the only code that knows fjall; group-committed admissions with one queue
 //!   entry per matching sink, sink outcomes, dead letters, sweep.
-//! - [`dispatch`]: feeds each [`sinks`] `Sink` from its queue: concurrency, retries with
-//!   [`retry`]'s back-off, pausing an unreachable sink, dead letters.
+//! - [`deliver`]: feeds each [`sinks`] `Sink` from the store (claim -> deliver -> settle):
+//!   concurrency, back-off, pausing an unreachable sink, dead letters.
 //! - [`metrics`]: counters the receive path and the dispatchers bump; [`admin`] serves them
 //!   with health, readiness and the operator API on a second, loopback listener.
 //! - [`app`]: wires it all under one shutdown token and applies reloads (SIGHUP); [`config`],
@@ -34,12 +34,11 @@ pub mod app;
 pub mod check;
 pub mod cli;
 pub mod config;
-pub mod dispatch;
+pub mod deliver;
 pub mod health;
 pub mod metrics;
 pub mod ops;
 pub mod receive;
-pub mod retry;
 pub mod shutdown;
 pub mod sinks;
 pub mod store;

@@ -5,7 +5,7 @@
 //! `X-Kirimhook-Attempt` (this sink's attempt number). With a secret, every attempt is signed
 //! afresh in kirim.dev's own scheme (`X-Kirim-Signature: t=<now>,v1=<hex>`), so a service that
 //! already verifies kirim.dev keeps working with the relay's secret; without one, no signature
-//! header is sent. Only 2xx is success; what is retried is decided by [`crate::retry`]. A pooled
+//! header is sent. Only 2xx is success; what is retried is decided by [`crate::deliver::backoff`]. A pooled
 //! keep-alive client is shared by the sink's deliveries; the dispatcher bounds how many are in
 //! flight.
 
@@ -21,8 +21,8 @@ use hyper_util::rt::TokioExecutor;
 
 use super::{Attempt, Failure, Sink, SinkError};
 use crate::config::HttpSinkConfig;
+use crate::deliver::backoff::{self as retry, Verdict};
 use crate::receive::signature::SigningSecret;
-use crate::retry::{self, Verdict};
 use crate::store::model::ERROR_EXCERPT_BYTES;
 
 /// The original headers passed on to the relay target.

@@ -1,4 +1,4 @@
-//! Sinks: where stored events go. Each sink is fed from the store by [`crate::dispatch`],
+//! Sinks: where stored events go. Each sink is fed from the store by [`crate::deliver`],
 //! never from the request, so a slow or failing sink never slows the receive path or another
 //! sink.
 //!

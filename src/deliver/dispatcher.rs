@@ -21,9 +21,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
 use crate::config::RetryPolicy;
+use crate::deliver::backoff as retry;
 use crate::health::Fault;
 use crate::metrics::{Metrics, SinkCounters};
-use crate::retry;
 use crate::sinks::{Attempt, Failure, Sink, SinkError};
 use crate::store::{self, Claim, ClaimOrder, LastError, Outcome, Settlement, Store};
 
