@@ -729,3 +729,157 @@ async fn admission_throughput() {
     );
     store.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_connections_come_back() {
+    let (mut settings, _guard) = settings!("lost_connections");
+    settings.url = format!("{}?application_name={}", settings.url, settings.schema);
+    let store = PgStore::connect(&settings).await.unwrap();
+    store.admit(event(&["lc0"], &["s"])).await.unwrap();
+    store.claim("s", 1, LEASE, ClaimOrder::Any).await.unwrap();
+    let (client, connection) = tokio_postgres::connect(
+        &std::env::var("KIRIMHOOK_TEST_POSTGRES_URL").unwrap(),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    let killed = client
+        .query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+            &[&settings.schema],
+        )
+        .await
+        .unwrap();
+    assert!(killed.len() >= 2, "{}", killed.len());
+    // Each call fails at most once (its pooled connection was dead), quickly, and never as
+    // a New; then the pools have made new connections.
+    let started = std::time::Instant::now();
+    let mut admitted = None;
+    for i in 0..3 {
+        match store.admit(event(&[&format!("lc{}", i + 1)], &["s"])).await {
+            Ok(a) => {
+                admitted = Some(a);
+                break;
+            }
+            Err(e) => assert!(matches!(e, StoreError::Unavailable(_)), "{e:?}"),
+        }
+    }
+    assert!(matches!(admitted, Some(Admission::New { .. })));
+    let mut status = None;
+    for _ in 0..3 {
+        if let Ok(s) = store.sink_status("s").await {
+            status = Some(s);
+            break;
+        }
+    }
+    assert!(status.is_some());
+    assert!(started.elapsed() < Duration::from_secs(10));
+    store.ping().await.unwrap();
+    store.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sslmode_require_speaks_tls_and_verifies_the_certificate() {
+    let (mut settings, _guard) = settings!("sslmode_require");
+    settings.url = format!("{}?sslmode=require", settings.url);
+    // The test server's certificate (if it speaks TLS at all) is not signed by a public CA:
+    // the handshake is attempted and refused, never silently downgraded to plain TCP.
+    match PgStore::check(&settings).await {
+        Ok(version) => panic!("connected over an unverified TLS or plain connection: {version}"),
+        Err(e) => {
+            let why = e.to_string();
+            eprintln!("sslmode=require refused as expected: {why}");
+            assert!(
+                why.contains("certificate") || why.contains("TLS") || why.contains("SSL"),
+                "{why}"
+            );
+        }
+    }
+}
+
+/// A TCP proxy to the test server that can be cut (every connection dropped, new ones
+/// refused) and restored on the same port.
+struct Proxy {
+    addr: std::net::SocketAddr,
+    upstream: String,
+    cut: tokio_util::sync::CancellationToken,
+}
+
+impl Proxy {
+    async fn start(upstream: String, addr: std::net::SocketAddr) -> Proxy {
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let cut = tokio_util::sync::CancellationToken::new();
+        let (up, stop) = (upstream.clone(), cut.clone());
+        tokio::spawn(async move {
+            loop {
+                let (mut inbound, _) = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    accepted = listener.accept() => accepted.unwrap(),
+                };
+                let (up, stop) = (up.clone(), stop.clone());
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(&up).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = stop.cancelled() => {}
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                    }
+                });
+            }
+        });
+        Proxy {
+            addr,
+            upstream,
+            cut,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_down_means_unavailable_quickly_and_back_means_working() {
+    let (mut settings, _guard) = settings!("postgres_down");
+    let proxy = Proxy::start("127.0.0.1:5432".into(), "127.0.0.1:0".parse().unwrap()).await;
+    let direct: tokio_postgres::Config = settings.url.parse().unwrap();
+    let user = direct.get_user().unwrap_or("postgres").to_owned();
+    let db = direct.get_dbname().unwrap_or("test").to_owned();
+    settings.url = format!("postgres://{user}@{}/{db}", proxy.addr);
+    let store = PgStore::connect(&settings).await.unwrap();
+    store.admit(event(&["pd0"], &["s"])).await.unwrap();
+
+    proxy.cut.cancel();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = std::time::Instant::now();
+    let admitted = store.admit(event(&["pd1"], &["s"])).await;
+    assert!(
+        matches!(admitted, Err(StoreError::Unavailable(_))),
+        "{admitted:?}"
+    );
+    let claimed = store.claim("s", 1, LEASE, ClaimOrder::Any).await;
+    assert!(
+        matches!(claimed, Err(StoreError::Unavailable(_))),
+        "{claimed:?}"
+    );
+    assert!(store.ping().await.is_err());
+    let waited = started.elapsed();
+    assert!(waited < Duration::from_secs(8), "took {waited:?}");
+    let mut work = store.work();
+    work.wait(None).await; // polls: returns without the LISTEN connection
+
+    let back = Proxy::start(proxy.upstream.clone(), proxy.addr).await;
+    let mut ok = false;
+    for i in 0..20 {
+        if let Ok(a) = store.admit(event(&[&format!("pd_back{i}")], &["s"])).await {
+            assert!(matches!(a, Admission::New { .. }));
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(ok, "no admission after PostgreSQL came back");
+    store.ping().await.unwrap();
+    store.close().await;
+    back.cut.cancel();
+}
