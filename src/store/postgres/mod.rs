@@ -24,6 +24,8 @@ mod schema;
 pub(crate) mod testing;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_connection;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
