@@ -34,7 +34,7 @@ pub(super) const MAX_BATCH: usize = 256;
 /// Admissions waiting for a worker, at most (callers wait for room beyond it).
 pub(super) const QUEUE: usize = 4096;
 /// How long one admission transaction may take before its outcome counts as unknown.
-const BATCH_TIMEOUT: Duration = Duration::from_secs(15);
+const BATCH_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One admission waiting for its batch.
 pub(super) struct AdmitJob {
@@ -145,17 +145,23 @@ fn answer_all(batch: Vec<AdmitJob>, error: impl Fn() -> StoreError) {
 
 /// Decides and writes `batch` in one transaction, then answers every caller.
 async fn commit_batch(inner: &Inner, batch: Vec<AdmitJob>) {
-    let outcome = timed(BATCH_TIMEOUT, "an admission batch", async {
-        let mut client = get(&inner.admit_pool).await?;
-        let result = write_batch(inner, &mut client, &batch).await;
-        if result.is_err() {
-            // The connection may be mid-transaction or broken: do not hand it out again.
-            let _ = deadpool_postgres::Object::take(client);
+    let outcome = match get(&inner.admit_pool).await {
+        Ok(mut client) => {
+            let written = timed(
+                BATCH_TIMEOUT,
+                "an admission batch",
+                write_batch(inner, &mut client, &batch),
+            )
+            .await
+            .and_then(|r| r);
+            if written.is_err() {
+                // The connection may be mid-transaction or broken: never hand it out again.
+                drop(deadpool_postgres::Object::take(client));
+            }
+            written
         }
-        result
-    })
-    .await
-    .and_then(|r| r);
+        Err(e) => Err(e),
+    };
     match outcome {
         Ok(answers) => {
             let queued = batch

@@ -365,7 +365,11 @@ impl SettleColumns {
             err_message: Vec::with_capacity(n),
         };
         let none = AttemptState::default();
-        for s in settlements {
+        // In seq order, like claims lock rows: two transactions never wait on each other in
+        // a cycle.
+        let mut sorted: Vec<&Settlement> = settlements.iter().collect();
+        sorted.sort_by_key(|s| s.seq);
+        for s in sorted {
             let (kind, state) = match &s.outcome {
                 Outcome::Delivered => (DELIVERED, &none),
                 Outcome::Retry(state) => (RETRY, state),

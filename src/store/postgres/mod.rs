@@ -24,6 +24,8 @@ mod schema;
 pub(crate) mod testing;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_connection;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -45,7 +47,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long a call waits for a pooled connection (or for a new one to be made).
 const POOL_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a claim, a settle or a read may take before it is given up as unavailable.
-const OP_TIMEOUT: Duration = Duration::from_secs(15);
+const OP_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a readiness probe may take.
 const PING_TIMEOUT: Duration = Duration::from_secs(2);
 /// Oldest PostgreSQL supported (`server_version_num`).
@@ -352,7 +354,7 @@ fn pg_config(settings: &PgSettings) -> Result<tokio_postgres::Config, StoreError
         config.application_name("kirimhook");
     }
     config.keepalives_idle(Duration::from_secs(30));
-    config.tcp_user_timeout(Duration::from_secs(15));
+    config.tcp_user_timeout(Duration::from_secs(10));
     Ok(config)
 }
 

@@ -1,97 +1,19 @@
 //! Tests of the PostgreSQL engine against a real server (`KIRIMHOOK_TEST_POSTGRES_URL`), each
-//! in a schema of its own; skipped (and saying so) without the variable.
+//! in a schema of its own; skipped (and saying so) without the variable. These cover
+//! admission, claims and settlements, dead letters, replay and the sweep; `tests_connection`
+//! covers connecting, restarts, wake-ups and a server that goes away.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, SystemTime};
 
-use super::testing::test_settings;
+use super::testing::*;
 use super::*;
-use crate::receive::envelope::{DedupeKey, Source};
+use crate::receive::envelope::Source;
 use crate::receive::route::Filter;
-use crate::receive::signature::{self, SigningSecret, Verified};
 use crate::store::model::{
-    millis, Admission, AttemptState, ClaimOrder, Destination, LastError, NewDelivery, Outcome,
-    RecordMeta, Settled, Settlement,
+    Admission, AttemptState, ClaimOrder, Destination, LastError, Outcome, RecordMeta, Settled,
+    Settlement,
 };
-
-const LEASE: Duration = Duration::from_secs(30);
-
-/// A verification with its own `t`, so that no two deliveries share signed content unless
-/// a test means them to.
-fn verified() -> Verified {
-    static T: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(1000);
-    verified_at(T.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
-}
-
-fn verified_at(t: i64) -> Verified {
-    let secret = SigningSecret::new("sec_T", "whsec_test");
-    let header = secret.sign(t, b"{}");
-    signature::verify(Some(header.as_bytes()), b"{}", &[secret], t, 300).unwrap()
-}
-
-fn key(s: &str) -> DedupeKey {
-    serde_json::from_value(serde_json::Value::String(s.into())).unwrap()
-}
-
-fn meta(keys: &[&str], at_ms: u64) -> RecordMeta {
-    RecordMeta {
-        received_at_ms: at_ms,
-        secret_id: String::new(),
-        headers: vec![("x-kirim-delivery-id".into(), "wbd_1".into())],
-        keys: keys.iter().map(|k| key(k)).collect(),
-        shape: None,
-        source: Some(Source::Kirim),
-        event_type: Some("contact.created".into()),
-        event_id: None,
-        phone_number_ids: vec![],
-        quarantine_reason: None,
-    }
-}
-
-fn delivery_with(verified: Verified, meta: RecordMeta, sinks: &[&str]) -> NewDelivery {
-    NewDelivery {
-        verified,
-        destination: Destination::Events,
-        meta,
-        body: bytes::Bytes::from_static(b"{\"a\":1}"),
-        sinks: sinks.iter().map(|s| s.to_string()).collect(),
-    }
-}
-
-fn event(keys: &[&str], sinks: &[&str]) -> NewDelivery {
-    delivery_with(verified(), meta(keys, now_ms()), sinks)
-}
-
-fn now_ms() -> u64 {
-    millis(SystemTime::now())
-}
-
-fn seq_of(a: Admission) -> u64 {
-    match a {
-        Admission::New { seq } => seq,
-        Admission::Duplicate => panic!("expected New, got Duplicate"),
-    }
-}
-
-fn retry_state(next_attempt_ms: u64) -> AttemptState {
-    AttemptState {
-        attempts: 1,
-        first_attempt_ms: now_ms(),
-        last_attempt_ms: now_ms(),
-        next_attempt_ms,
-        last_error: Some(LastError::new(Some(503), "busy")),
-    }
-}
-
-/// Settings and guard, or return from the test (it was skipped).
-macro_rules! settings {
-    ($name:expr) => {
-        match test_settings($name).await {
-            Some(pair) => pair,
-            None => return,
-        }
-    };
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admits_new_and_duplicates() {
@@ -622,110 +544,6 @@ async fn sweep_forgets_old_keys_and_unreferenced_events() {
     assert_eq!(
         store.admit(event(&["w5"], &[])).await.unwrap(),
         Admission::Duplicate
-    );
-    store.close().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn restart_keeps_everything() {
-    let (settings, _guard) = settings!("restart");
-    let store = PgStore::connect(&settings).await.unwrap();
-    let seq = seq_of(store.admit(event(&["x1"], &["s"])).await.unwrap());
-    store.close().await;
-    assert!(matches!(
-        store.admit(event(&["x2"], &["s"])).await,
-        Err(StoreError::WriterGone)
-    ));
-    let store = PgStore::connect(&settings).await.unwrap();
-    assert_eq!(
-        store.admit(event(&["x1"], &["s"])).await.unwrap(),
-        Admission::Duplicate
-    );
-    let claimed = store.claim("s", 5, LEASE, ClaimOrder::Any).await.unwrap();
-    assert_eq!(claimed.claims.len(), 1);
-    assert_eq!(claimed.claims[0].seq, seq);
-    assert!(store.disk_space().await.unwrap() > 0);
-    store.ping().await.unwrap();
-    store.close().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn racing_connects_on_a_fresh_schema_both_succeed() {
-    let (settings, _guard) = settings!("racing_connects");
-    let (a, b) = tokio::join!(PgStore::connect(&settings), PgStore::connect(&settings));
-    let (a, b) = (a.unwrap(), b.unwrap());
-    assert_eq!(
-        PgStore::check(&settings).await.unwrap().split('.').next(),
-        Some("15")
-    );
-    a.close().await;
-    b.close().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_notify_wakes_the_other_instance() {
-    let (settings, _guard) = settings!("notify_wakes");
-    let a = PgStore::connect(&settings).await.unwrap();
-    let b = PgStore::connect(&settings).await.unwrap();
-    let mut work = a.work();
-    // Let the LISTEN connection come up (its first wake-up is the reconnection's).
-    work.wait(Some(tokio::time::Instant::now() + Duration::from_secs(2)))
-        .await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let mut work = a.work();
-    let started = std::time::Instant::now();
-    let admit = tokio::spawn(async move { b.admit(event(&["n1"], &["s"])).await });
-    work.wait(Some(tokio::time::Instant::now() + Duration::from_secs(5)))
-        .await;
-    let waited = started.elapsed();
-    assert!(waited < Duration::from_millis(900), "woke after {waited:?}");
-    admit.await.unwrap().unwrap();
-    a.close().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_settings_are_refused_with_words() {
-    let (mut settings, _guard) = settings!("bad_settings");
-    settings.schema = "Bad-Name".into();
-    let err = PgStore::connect(&settings).await.err().unwrap();
-    assert!(err.to_string().contains("not a valid schema name"), "{err}");
-    settings.schema = "kh_unreachable".into();
-    settings.url = "postgres://kh:pw@127.0.0.1:1/x".into();
-    let err = PgStore::check(&settings).await.err().unwrap();
-    assert!(err.to_string().contains("cannot connect"), "{err}");
-    assert!(!err.to_string().contains(":pw@"), "{err}");
-}
-
-/// Not a test of speed (nothing is asserted on it): prints admissions per second.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn admission_throughput() {
-    let (settings, _guard) = settings!("admission_throughput");
-    let store = PgStore::connect(&settings).await.unwrap();
-    let until = std::time::Instant::now() + Duration::from_secs(2);
-    let mut tasks = Vec::new();
-    for c in 0..64 {
-        let store = store.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut n = 0u64;
-            while std::time::Instant::now() < until {
-                let admitted = store.admit(event(&[&format!("tp{c}_{n}")], &["s"])).await;
-                assert!(
-                    matches!(admitted, Ok(Admission::New { .. })),
-                    "{admitted:?}"
-                );
-                n += 1;
-            }
-            n
-        }));
-    }
-    let mut total = 0;
-    for task in tasks {
-        total += task.await.unwrap();
-    }
-    eprintln!(
-        "admission throughput: {} admissions/s (64 concurrent callers, {} workers)",
-        total / 2,
-        admit::WORKERS
     );
     store.close().await;
 }
