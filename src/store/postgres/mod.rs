@@ -137,8 +137,7 @@ impl PgStore {
     /// the admission group-commit task and the LISTEN task.
     pub async fn connect(settings: &PgSettings) -> Result<PgStore, StoreError> {
         let schema = Schema::new(&settings.schema)?;
-        let config = pg_config(settings)?;
-        let tls = tls()?;
+        let (config, tls) = pg_config(settings)?;
         // Migrate over a connection of its own, before any pool hands one out.
         let (mut client, connection) = connect_once(&config, &tls, settings).await?;
         let conn_task = tokio::spawn(async move {
@@ -180,8 +179,7 @@ impl PgStore {
     /// says what is wrong (unreachable, refused, older than PostgreSQL 15, bad schema name).
     pub async fn check(settings: &PgSettings) -> Result<String, StoreError> {
         Schema::new(&settings.schema)?;
-        let config = pg_config(settings)?;
-        let tls = tls()?;
+        let (config, tls) = pg_config(settings)?;
         let (client, connection) = connect_once(&config, &tls, settings).await?;
         let conn_task = tokio::spawn(async move {
             let _ = connection.await;
@@ -337,10 +335,13 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// The parsed URL with kirimhook's timeouts. `prefer` (the default) is turned into
 /// `disable`: TLS is used only when asked for with `sslmode=require`.
-fn pg_config(settings: &PgSettings) -> Result<tokio_postgres::Config, StoreError> {
-    let mut config: tokio_postgres::Config = settings.url.parse().map_err(|e| {
+fn pg_config(
+    settings: &PgSettings,
+) -> Result<(tokio_postgres::Config, MakeRustlsConnect), StoreError> {
+    let (url, rootcert) = split_rootcert(&settings.url);
+    let mut config: tokio_postgres::Config = url.parse().map_err(|e| {
         StoreError::Open(format!(
-            "store.postgres.url {} is not a PostgreSQL URL: {e}",
+            "store.url {} is not a PostgreSQL URL: {e}",
             redact_url(&settings.url)
         ))
     })?;
@@ -355,13 +356,56 @@ fn pg_config(settings: &PgSettings) -> Result<tokio_postgres::Config, StoreError
     }
     config.keepalives_idle(Duration::from_secs(30));
     config.tcp_user_timeout(Duration::from_secs(10));
-    Ok(config)
+    Ok((config, tls(rootcert.as_deref())?))
 }
 
-/// rustls with the webpki roots (used only with `sslmode=require`).
-fn tls() -> Result<MakeRustlsConnect, StoreError> {
-    let roots = rustls::RootCertStore {
-        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+/// Takes `sslrootcert=PATH` out of a URL's query string (the client library does not know
+/// it): the PEM file of the CA certificates that a `sslmode=require` connection is verified
+/// against, instead of the public roots (a managed database's own CA, a private CA).
+fn split_rootcert(url: &str) -> (String, Option<std::path::PathBuf>) {
+    let Some((base, query)) = url.split_once('?') else {
+        return (url.to_owned(), None);
+    };
+    let mut rootcert = None;
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|pair| match pair.strip_prefix("sslrootcert=") {
+            Some(path) => {
+                rootcert = Some(std::path::PathBuf::from(path));
+                false
+            }
+            None => true,
+        })
+        .collect();
+    let url = if kept.is_empty() {
+        base.to_owned()
+    } else {
+        format!("{base}?{}", kept.join("&"))
+    };
+    (url, rootcert)
+}
+
+/// rustls for `sslmode=require`: verified against the public (webpki) roots, or only against
+/// the certificates of `rootcert`.
+fn tls(rootcert: Option<&std::path::Path>) -> Result<MakeRustlsConnect, StoreError> {
+    let roots = match rootcert {
+        None => rustls::RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        },
+        Some(path) => {
+            let mut roots = rustls::RootCertStore::empty();
+            let certs = crate::tls::read_certs(path)
+                .map_err(|e| StoreError::Open(format!("store.url sslrootcert: {e}")))?;
+            for cert in certs {
+                roots.add(cert).map_err(|e| {
+                    StoreError::Open(format!(
+                        "store.url sslrootcert {}: not a usable CA certificate: {e}",
+                        path.display()
+                    ))
+                })?;
+            }
+            roots
+        }
     };
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
@@ -385,7 +429,7 @@ async fn connect_once(
 ) -> Result<(tokio_postgres::Client, PgConnection), StoreError> {
     let open = |why: String| {
         StoreError::Open(format!(
-            "cannot connect to PostgreSQL at {}: {why}; check store.postgres.url and that \
+            "cannot connect to PostgreSQL at {}: {why}; check store.url and that \
              the server is running and accepts this user",
             redact_url(&settings.url)
         ))
@@ -469,5 +513,42 @@ mod unit_tests {
             redact_url("postgres://u:p@ss@db/a"),
             "postgres://u:***@db/a"
         );
+    }
+}
+
+#[cfg(test)]
+mod url_tests {
+    use super::*;
+
+    #[test]
+    fn sslrootcert_is_taken_out_of_the_url_and_the_rest_kept() {
+        let (url, ca) = split_rootcert(
+            "postgres://u:p@db:5432/kh?sslmode=require&sslrootcert=/etc/kh/ca.pem&application_name=x",
+        );
+        assert_eq!(
+            url,
+            "postgres://u:p@db:5432/kh?sslmode=require&application_name=x"
+        );
+        assert_eq!(ca.as_deref(), Some(std::path::Path::new("/etc/kh/ca.pem")));
+        let (url, ca) = split_rootcert("postgres://db/kh?sslrootcert=/ca.pem");
+        assert_eq!(url, "postgres://db/kh");
+        assert_eq!(ca.as_deref(), Some(std::path::Path::new("/ca.pem")));
+        let (url, ca) = split_rootcert("postgres://db/kh");
+        assert_eq!((url.as_str(), ca), ("postgres://db/kh", None));
+    }
+
+    #[test]
+    fn a_missing_rootcert_file_is_an_open_error_naming_the_key() {
+        let settings = PgSettings {
+            url: "postgres://db/kh?sslmode=require&sslrootcert=/nonexistent/ca.pem".into(),
+            schema: "kirimhook".into(),
+            pool_size: 1,
+            instance: "t".into(),
+        };
+        let Err(StoreError::Open(message)) = pg_config(&settings) else {
+            panic!("a missing CA file must fail");
+        };
+        assert!(message.contains("sslrootcert"), "{message}");
+        assert!(message.contains("/nonexistent/ca.pem"), "{message}");
     }
 }

@@ -32,7 +32,7 @@ impl Schema {
         let rest_ok = bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
         if !first_ok || !rest_ok || name.len() > 63 {
             return Err(StoreError::Open(format!(
-                "store.postgres.schema {name:?} is not a valid schema name: use 1 to 63 \
+                "store.schema {name:?} is not a valid schema name: use 1 to 63 \
                  lower-case letters, digits or underscores, not starting with a digit"
             )));
         }
