@@ -45,8 +45,8 @@ impl PgStore {
     /// Leases up to `max` due entries of `sink` to this instance for `lease`, lowest seq
     /// first. With [`ClaimOrder::Strict`], only entries before the first one that is not due
     /// or is leased (to anyone) are handed out. When fewer than `max` were claimed,
-    /// `next_due_ms` says when another of the sink's entries becomes due (its retry, or the
-    /// end of its lease); `None` when the sink has nothing else queued.
+    /// `next_due_ms` says when the sink's next retry is due (`None`: none waits); a lease
+    /// that ends is found by the waiters' one-second poll.
     pub async fn claim(
         &self,
         sink: &str,
@@ -120,7 +120,7 @@ impl PgStore {
             };
             let claims = self.claims_of(&client, sink, rows).await?;
             let next_due_ms = if claims.len() < max {
-                next_due(inner, &client, sink, order, now, &claims).await?
+                next_due(inner, &client, sink, order, now).await?
             } else {
                 None
             };
@@ -279,26 +279,27 @@ impl PgStore {
     }
 }
 
-/// When another entry of `sink` (not one of `claims`) becomes claimable.
+/// When another entry of `sink` becomes claimable: the next retry (any order), or the end of
+/// the wait of the earliest entry (strict order).
 async fn next_due(
     inner: &Inner,
     client: &deadpool_postgres::Object,
     sink: &str,
     order: ClaimOrder,
     now: u64,
-    claims: &[Claim],
 ) -> Result<Option<u64>, StoreError> {
     let row = match order {
         ClaimOrder::Any => {
-            let claimed: Vec<i64> = claims.iter().map(|c| int8(c.seq)).collect();
+            // The next retry only, found through `queue_due` without walking the queue: a
+            // lease that ends is noticed by the waiters' one-second poll.
             let stmt = client
                 .prepare_cached(&inner.sql(
-                    "SELECT min(greatest(due_ms, lease_until_ms)) FROM __SCHEMA__.queue
-                     WHERE sink = $1 AND seq <> ALL($2::int8[])",
+                    "SELECT min(due_ms) FROM __SCHEMA__.queue
+                     WHERE sink = $1 AND due_ms > $2",
                 ))
                 .await
                 .map_err(engine)?;
-            client.query_opt(&stmt, &[&sink, &claimed]).await
+            client.query_opt(&stmt, &[&sink, &int8(now)]).await
         }
         ClaimOrder::Strict => {
             let stmt = client

@@ -9,7 +9,10 @@
 use super::{describe, StoreError};
 
 /// The embedded migrations, in order: (version, SQL with `__SCHEMA__` for the quoted schema).
-const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("migrations/0001_init.sql"))];
+const MIGRATIONS: &[(i32, &str)] = &[
+    (1, include_str!("migrations/0001_init.sql")),
+    (2, include_str!("migrations/0002_queue_due.sql")),
+];
 
 /// First key of every advisory lock kirimhook takes ("kh").
 pub(super) const LOCK_CLASS: i32 = 0x6b68;
