@@ -40,10 +40,8 @@ impl Admin {
         }
         // A round trip through the engine (the embedded writer's empty batch, or a query).
         match tokio::time::timeout(READY_TIMEOUT, self.store.ping()).await {
-            Err(_) => not_ready(format!(
-                "the store did not answer a write within {READY_TIMEOUT:?}"
-            )),
-            Ok(Err(e)) => not_ready(format!("the store refused a write: {e}")),
+            Err(_) => not_ready(format!("the store did not answer within {READY_TIMEOUT:?}")),
+            Ok(Err(e)) => not_ready(format!("the store is not usable: {e}")),
             Ok(Ok(())) if self.shutdown.is_cancelled() => not_ready("shutting down".into()),
             Ok(Ok(())) => json(
                 StatusCode::OK,
