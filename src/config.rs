@@ -1,8 +1,11 @@
 //! Configuration: turns the TOML file into a validated [`Config`] in two steps. Serde reads
 //! the text into private `Raw*` structs that reject unknown keys, then `validate` checks every
 //! value, fills in defaults and resolves signing secrets (inline, from an environment variable
-//! or from a file), both the receiver's and the HTTP sinks', and the PostgreSQL URL of
-//! `[store]` the same way (the `[store]` section lives in `store`). Every
+//! or from a file), and the PostgreSQL URL of `[store]` the same way (the `[store]` section
+//! lives in `store`). Of a `[[sinks]]` table this module reads the keys every kind takes
+//! (`name`, `kind`, the filters, `retry`); the keys of one kind (http's `url`, `secret_file`,
+//! ...) are declared, read and validated by that kind's `config.rs` under [`crate::sinks`],
+//! through [`crate::sinks::config`], with the same error rules. Every
 //! [`ConfigError::Invalid`] names the failing key by its full dotted path, such as
 //! `verify.secrets[1].value_env` or `sinks[0].retry.max_attempts`. Indexes count from 0 in file
 //! order. Secret values never appear in an error or in `Debug` output (the store URL is a
