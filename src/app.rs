@@ -27,9 +27,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, Admin};
-use crate::config::{
-    Config, PostgresConfig, ServerConfig, SinkConfig, SinkKind, StoreConfig, StoreEngine,
-};
+use crate::config::{Config, PostgresConfig, ServerConfig, SinkConfig, StoreConfig, StoreEngine};
 use crate::deliver::Plan;
 use crate::health::{Fault, Health};
 use crate::metrics::Metrics;
@@ -37,8 +35,6 @@ use crate::receive::handler::{Live, ReceiveSettings, Receiver};
 use crate::receive::route::{RouteTable, Routes};
 use crate::receive::server::{self, Limits};
 use crate::shutdown::Signals;
-use crate::sinks::http::HttpSink;
-use crate::sinks::stdout::StdoutSink;
 use crate::store::postgres::{redact_url, PgSettings};
 use crate::store::{Store, StoreOptions};
 use crate::systemd::{self, Notifier, State};
@@ -373,30 +369,19 @@ impl SinkSet {
         for sink in sinks {
             let (store, stop, halt) = (store.clone(), stop.clone(), halt.clone());
             let metrics = metrics.clone();
-            match &sink.kind {
-                SinkKind::Stdout => {
-                    let stdout = StdoutSink::new(sink.name.clone());
-                    let plan = Plan {
-                        policy: sink.retry,
-                        lease,
-                    };
-                    tasks.spawn(crate::deliver::run_until(
-                        store, stdout, plan, stop, halt, metrics,
-                    ));
-                }
-                SinkKind::Http(http) => {
-                    let relay = HttpSink::new(sink.name.clone(), http);
-                    // A claim outlives the longest attempt, so that no other dispatcher takes
-                    // over a delivery that is still running.
-                    let plan = Plan {
-                        policy: sink.retry,
-                        lease: lease.max(http.timeout + LEASE_MARGIN),
-                    };
-                    tasks.spawn(crate::deliver::run_until(
-                        store, relay, plan, stop, halt, metrics,
-                    ));
-                }
-            }
+            // A claim outlives the longest attempt, so that no other dispatcher takes over a
+            // delivery that is still running.
+            let plan = Plan {
+                policy: sink.retry,
+                lease: match sink.kind.attempt_timeout() {
+                    Some(timeout) => lease.max(timeout + LEASE_MARGIN),
+                    None => lease,
+                },
+            };
+            let sink = crate::sinks::build(sink);
+            tasks.spawn(crate::deliver::run_until(
+                store, sink, plan, stop, halt, metrics,
+            ));
         }
         SinkSet { tasks, halt }
     }

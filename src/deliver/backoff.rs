@@ -1,34 +1,14 @@
-//! Back-off and retry classification for sink deliveries; pure (randomness passed in).
+//! Back-off for sink deliveries; pure (randomness passed in).
 //!
 //! Exponential back-off with full jitter: before attempt n+1 wait a uniformly random time in
-//! `[0, min(max_backoff, initial_backoff * 2^(n-1))]`. A `Retry-After` from the sink replaces
-//! the random wait (capped at `max_backoff`). Which answers are worth retrying is decided here
-//! too, so the HTTP sink and the tests agree on one table.
+//! `[0, min(max_backoff, initial_backoff * 2^(n-1))]`. A wait the sink asked for (HTTP's
+//! `Retry-After`) replaces the random wait (capped at `max_backoff`). Which answers are worth
+//! retrying is not decided here: each sink kind says so in its [`crate::sinks::SinkError`]
+//! (the HTTP table is [`crate::sinks::http::classify`]).
 
 use std::time::Duration;
 
 use crate::config::RetryPolicy;
-
-/// How a sink's answer is treated.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
-    /// Delivered.
-    Success,
-    /// Try again later.
-    Retry,
-    /// Trying again cannot help: dead-letter at once.
-    Permanent,
-}
-
-/// Classifies an HTTP status: 2xx success; 408, 429 and 5xx retried; 3xx and other 4xx (and
-/// anything else) permanent.
-pub fn classify_status(status: u16) -> Verdict {
-    match status {
-        200..=299 => Verdict::Success,
-        408 | 429 | 500..=599 => Verdict::Retry,
-        _ => Verdict::Permanent,
-    }
-}
 
 /// The wait before the attempt after `attempts` failed ones (`attempts >= 1`). `unit` is a
 /// uniform random number in `[0, 1)`.
@@ -50,12 +30,6 @@ pub fn backoff(
     ceiling.mul_f64(unit.clamp(0.0, 1.0))
 }
 
-/// Parses a `Retry-After` value given in seconds (HTTP dates are rare from services and are
-/// ignored, falling back to the normal back-off).
-pub fn parse_retry_after(value: &str) -> Option<Duration> {
-    value.trim().parse::<u64>().ok().map(Duration::from_secs)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -65,19 +39,6 @@ mod tests {
             initial_backoff: Duration::from_millis(1000),
             max_backoff: Duration::from_secs(600),
             max_attempts: 20,
-        }
-    }
-
-    #[test]
-    fn statuses_are_classified_like_kirim_does() {
-        for s in [200, 201, 204, 299] {
-            assert_eq!(classify_status(s), Verdict::Success, "{s}");
-        }
-        for s in [408, 429, 500, 502, 503, 504, 599] {
-            assert_eq!(classify_status(s), Verdict::Retry, "{s}");
-        }
-        for s in [100, 301, 302, 304, 400, 401, 403, 404, 409, 413, 422] {
-            assert_eq!(classify_status(s), Verdict::Permanent, "{s}");
         }
     }
 
@@ -105,7 +66,5 @@ mod tests {
             backoff(&p, 1, Some(Duration::from_secs(7200)), 0.0),
             Duration::from_secs(600)
         );
-        assert_eq!(parse_retry_after(" 3 "), Some(Duration::from_secs(3)));
-        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), None);
     }
 }

@@ -263,9 +263,13 @@ impl<S: Sink> Dispatcher<S> {
     /// Works out the outcomes of a finished delivery of `batch`.
     fn finish(&mut self, batch: Vec<Claim>, done: Done) {
         let Done { started_ms, result } = done;
-        let (delivered, failure) = match result {
-            Ok(()) => (batch.len(), None),
-            Err(Failure { delivered, error }) => (delivered.min(batch.len()), Some(error)),
+        let (delivered, failure, code) = match result {
+            Ok(()) => (batch.len(), None, None),
+            Err(Failure {
+                delivered,
+                error,
+                code,
+            }) => (delivered.min(batch.len()), Some(error), code),
         };
         let mut batch = batch.into_iter();
         for claim in batch.by_ref().take(delivered) {
@@ -292,7 +296,7 @@ impl<S: Sink> Dispatcher<S> {
             }
             Some(error) => {
                 if let Some(claim) = batch.next() {
-                    let outcome = self.failed(&claim, started_ms, error);
+                    let outcome = self.failed(&claim, started_ms, error, code);
                     self.outcomes.push(Settlement::of(&claim, outcome));
                 }
             }
@@ -331,8 +335,15 @@ impl<S: Sink> Dispatcher<S> {
         self.pause_failures = 0;
     }
 
-    /// The outcome of one failed attempt: retry later, or dead letter.
-    fn failed(&mut self, claim: &Claim, started_ms: u64, error: SinkError) -> Outcome {
+    /// The outcome of one failed attempt: retry later, or dead letter. `code` is the sink's
+    /// own status code for the attempt ([`Failure::code`]), kept in the last error.
+    fn failed(
+        &mut self,
+        claim: &Claim,
+        started_ms: u64,
+        error: SinkError,
+        code: Option<u16>,
+    ) -> Outcome {
         self.counters.failed_attempt();
         let mut state = claim.state.clone();
         state.attempts += 1;
@@ -340,7 +351,7 @@ impl<S: Sink> Dispatcher<S> {
             state.first_attempt_ms = started_ms;
         }
         state.last_attempt_ms = started_ms;
-        state.last_error = Some(LastError::new(error.status(), &error.to_string()));
+        state.last_error = Some(LastError::new(code, &error.to_string()));
         let seq = claim.seq;
         match error {
             SinkError::Retryable { retry_after, .. }
@@ -382,6 +393,7 @@ impl<S: Sink> Dispatcher<S> {
                 &claim,
                 now,
                 SinkError::retryable("the delivery task panicked"),
+                None,
             );
             self.outcomes.push(Settlement::of(&claim, outcome));
         }
@@ -448,10 +460,7 @@ mod tests {
             let a = &batch[0];
             if self.fail_every > 0 && a.event.seq.is_multiple_of(self.fail_every) && a.attempt == 1
             {
-                return Err(Failure {
-                    delivered: 0,
-                    error: SinkError::retryable("first attempt fails"),
-                });
+                return Err(Failure::new(SinkError::retryable("first attempt fails")));
             }
             self.got.lock().unwrap().push((a.event.seq, a.attempt));
             Ok(())

@@ -3,8 +3,18 @@
 //! sink.
 //!
 //! A sink only delivers and says how it went; queueing, retries, back-off and dead letters
-//! belong to the dispatcher.
+//! belong to the dispatcher. This module holds what every kind shares: the [`Sink`] trait,
+//! [`SinkError`] (retryable, unreachable, gone or permanent, and nothing kind-specific),
+//! [`SinkKind`] (one variant per kind, with its validated settings) and [`build`]. Each kind
+//! lives in its own folder (`stdout/`, `http/`) and owns its config keys (`<kind>/config.rs`,
+//! registered in [`config::KINDS`]) and the way its own failures map onto [`SinkError`] (an
+//! HTTP status is classified in [`http::classify`], not here).
+//!
+//! Adding a kind: a folder with `mod.rs` (the `Sink`) and `config.rs` (its keys, a
+//! [`config::Kind`] and its validated settings), one line in [`config::KINDS`], a
+//! [`SinkKind`] variant and an [`AnySink`] variant.
 
+pub mod config;
 pub mod http;
 pub mod stdout;
 
@@ -12,6 +22,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::config::SinkConfig;
 use crate::store::StoredEvent;
 
 /// One event to deliver, with this sink's attempt number for it (1 for the first try).
@@ -23,17 +34,18 @@ pub struct Attempt {
     pub attempt: u32,
 }
 
-/// Why a delivery to a sink failed.
+/// Why a delivery to a sink failed, in the dispatcher's terms: whether trying again may help.
+/// What the kind's own protocol said (an HTTP status, say) is not part of it; see
+/// [`Failure::code`].
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum SinkError {
-    /// Trying again later may succeed (I/O error, timeout, 408, 429, 5xx, ...).
+    /// Trying again later may succeed (I/O error, timeout, an answer the kind counts as
+    /// temporary, ...).
     #[error("{message}")]
     Retryable {
-        /// HTTP status, when the sink answered.
-        status: Option<u16>,
         /// What happened (bounded).
         message: String,
-        /// How long the sink asked us to wait (`Retry-After`).
+        /// How long the sink asked us to wait (HTTP's `Retry-After`, for one).
         retry_after: Option<Duration>,
     },
     /// The sink could not be reached at all (connection refused, no route): nothing was
@@ -52,31 +64,28 @@ pub enum SinkError {
         /// What happened.
         message: String,
     },
-    /// Trying again cannot succeed (3xx, most 4xx): dead-letter at once.
+    /// Trying again cannot succeed (the kind says so: most HTTP 4xx, a request that cannot
+    /// be built): dead-letter at once.
     #[error("{message}")]
     Permanent {
-        /// HTTP status, when the sink answered.
-        status: Option<u16>,
         /// What happened (bounded).
         message: String,
     },
 }
 
 impl SinkError {
-    /// A retryable error without a status.
+    /// A retryable error with no wait asked for.
     pub fn retryable(message: impl Into<String>) -> Self {
         SinkError::Retryable {
-            status: None,
             message: message.into(),
             retry_after: None,
         }
     }
 
-    /// The HTTP status, when the sink answered.
-    pub fn status(&self) -> Option<u16> {
-        match self {
-            SinkError::Retryable { status, .. } | SinkError::Permanent { status, .. } => *status,
-            SinkError::Unreachable { .. } | SinkError::Gone { .. } => None,
+    /// A permanent error.
+    pub fn permanent(message: impl Into<String>) -> Self {
+        SinkError::Permanent {
+            message: message.into(),
         }
     }
 }
@@ -89,6 +98,35 @@ pub struct Failure {
     pub delivered: usize,
     /// Why the next one failed.
     pub error: SinkError,
+    /// The sink's own status code for that failed attempt, when its protocol has one: the
+    /// HTTP status for http (set by [`http`]), none for stdout. Recorded with the attempt
+    /// (a dead letter's `last_error.status`) and never used to decide a retry: the kind has
+    /// already done that in [`Failure::error`].
+    pub code: Option<u16>,
+}
+
+impl Failure {
+    /// A failure of the first attempt of the batch, without a code.
+    pub fn new(error: SinkError) -> Self {
+        Failure {
+            delivered: 0,
+            error,
+            code: None,
+        }
+    }
+
+    /// The same failure with the sink's status code for the attempt.
+    pub fn with_code(self, code: u16) -> Self {
+        Failure {
+            code: Some(code),
+            ..self
+        }
+    }
+
+    /// The same failure after `delivered` attempts of the batch went through.
+    pub fn after(self, delivered: usize) -> Self {
+        Failure { delivered, ..self }
+    }
 }
 
 /// A destination for events.
@@ -108,4 +146,80 @@ pub trait Sink: Send + Sync + 'static {
 
     /// Delivers `batch` (never empty, in store order, at most [`Sink::max_batch`] long).
     fn deliver(&self, batch: &[Attempt]) -> impl Future<Output = Result<(), Failure>> + Send;
+}
+
+/// The kind of a sink, from its `kind` key, with the settings of its kind-specific keys.
+#[derive(Debug, Clone)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "built once at startup; boxing would only make matching clumsier"
+)]
+pub enum SinkKind {
+    /// `kind = "stdout"`: writes one JSON event per line to standard output.
+    Stdout,
+    /// `kind = "http"`: POSTs each event to a URL (a relay target).
+    Http(http::HttpSinkConfig),
+}
+
+impl SinkKind {
+    /// The longest one delivery attempt can take, when the kind bounds it (http's
+    /// `timeout_secs`): a claim must outlive it.
+    pub fn attempt_timeout(&self) -> Option<Duration> {
+        match self {
+            SinkKind::Stdout => None,
+            SinkKind::Http(http) => Some(http.timeout),
+        }
+    }
+}
+
+/// A sink of any kind: what [`build`] makes of a [`SinkConfig`]. Implements [`Sink`] by
+/// handing every call to the sink inside.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one per sink, built at startup and moved once into its dispatcher"
+)]
+pub enum AnySink {
+    /// A stdout sink.
+    Stdout(stdout::StdoutSink),
+    /// An HTTP relay sink.
+    Http(http::HttpSink),
+}
+
+/// The sink `config` describes, ready to be fed by a dispatcher. Opens nothing yet: an HTTP
+/// sink connects on its first delivery.
+pub fn build(config: &SinkConfig) -> AnySink {
+    match &config.kind {
+        SinkKind::Stdout => AnySink::Stdout(stdout::StdoutSink::new(config.name.clone())),
+        SinkKind::Http(http) => AnySink::Http(http::HttpSink::new(config.name.clone(), http)),
+    }
+}
+
+impl Sink for AnySink {
+    fn name(&self) -> &str {
+        match self {
+            AnySink::Stdout(sink) => sink.name(),
+            AnySink::Http(sink) => sink.name(),
+        }
+    }
+
+    fn concurrency(&self) -> usize {
+        match self {
+            AnySink::Stdout(sink) => sink.concurrency(),
+            AnySink::Http(sink) => sink.concurrency(),
+        }
+    }
+
+    fn max_batch(&self) -> usize {
+        match self {
+            AnySink::Stdout(sink) => sink.max_batch(),
+            AnySink::Http(sink) => sink.max_batch(),
+        }
+    }
+
+    async fn deliver(&self, batch: &[Attempt]) -> Result<(), Failure> {
+        match self {
+            AnySink::Stdout(sink) => sink.deliver(batch).await,
+            AnySink::Http(sink) => sink.deliver(batch).await,
+        }
+    }
 }

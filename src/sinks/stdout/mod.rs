@@ -4,7 +4,11 @@
 //! byte-for-byte (never re-serialised). The only change ever made to the body: CR and LF bytes,
 //! which in valid JSON can only be insignificant whitespace between tokens, become spaces, so that
 //! one event is always exactly one line. Lines are written and flushed as soon as they are read
-//! from the store; nothing waits in a buffer. Logs never come here (they go to stderr).
+//! from the store; nothing waits in a buffer. Logs never come here (they go to stderr). A broken
+//! pipe is [`SinkError::Gone`] (the reader cannot come back); any other write error is
+//! retryable. The sink takes no keys of its own ([`config`]).
+
+pub mod config;
 
 use serde::Serialize;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
@@ -77,14 +81,13 @@ impl<W: AsyncWrite + Unpin + Send + 'static> Sink for StdoutSink<W> {
         // consumer can see a line twice after a write error (at least once, never lost). A
         // broken pipe cannot heal: the reader has exited, and only a restart of the pipeline
         // brings a new one.
-        written.await.map_err(|e| Failure {
-            delivered: 0,
-            error: match e.kind() {
+        written.await.map_err(|e| {
+            Failure::new(match e.kind() {
                 std::io::ErrorKind::BrokenPipe => SinkError::Gone {
                     message: format!("stdout consumer has gone ({e})"),
                 },
                 _ => SinkError::retryable(format!("writing to stdout: {e}")),
-            },
+            })
         })
     }
 }

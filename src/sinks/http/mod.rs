@@ -5,9 +5,15 @@
 //! `X-Kirimhook-Attempt` (this sink's attempt number). With a secret, every attempt is signed
 //! afresh in kirim.dev's own scheme (`X-Kirim-Signature: t=<now>,v1=<hex>`), so a service that
 //! already verifies kirim.dev keeps working with the relay's secret; without one, no signature
-//! header is sent. Only 2xx is success; what is retried is decided by [`crate::deliver::backoff`]. A pooled
-//! keep-alive client is shared by the sink's deliveries; the dispatcher bounds how many are in
-//! flight.
+//! header is sent. Only 2xx is success; what is retried is decided by [`classify`], and the
+//! status of a failed attempt goes with its [`Failure`] as the attempt's code (a dead letter's
+//! `last_error.status`). The sink's keys are read by [`config`]. A pooled keep-alive client is
+//! shared by the sink's deliveries; the dispatcher bounds how many are in flight.
+
+pub mod classify;
+pub mod config;
+
+pub use config::HttpSinkConfig;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -19,9 +25,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
+use self::classify::{classify_status, parse_retry_after, Verdict};
 use super::{Attempt, Failure, Sink, SinkError};
-use crate::config::HttpSinkConfig;
-use crate::deliver::backoff::{self as retry, Verdict};
 use crate::receive::signature::SigningSecret;
 use crate::store::model::ERROR_EXCERPT_BYTES;
 
@@ -65,22 +70,23 @@ impl HttpSink {
         }
     }
 
-    async fn post(&self, attempt: &Attempt) -> Result<(), SinkError> {
-        let request = self.request(attempt)?;
+    /// POSTs one event; a failure is of the first attempt of a batch of one.
+    async fn post(&self, attempt: &Attempt) -> Result<(), Failure> {
+        let request = self.request(attempt).map_err(Failure::new)?;
         let deadline = tokio::time::Instant::now() + self.timeout;
         let response = match tokio::time::timeout_at(deadline, self.client.request(request)).await {
             Err(_) => {
-                return Err(SinkError::retryable(format!(
+                return Err(Failure::new(SinkError::retryable(format!(
                     "no answer within {} s",
                     self.timeout.as_secs()
-                )))
+                ))))
             }
             Ok(Err(e)) if e.is_connect() => {
-                return Err(SinkError::Unreachable {
+                return Err(Failure::new(SinkError::Unreachable {
                     message: error_chain(&e),
-                })
+                }))
             }
-            Ok(Err(e)) => return Err(SinkError::retryable(error_chain(&e))),
+            Ok(Err(e)) => return Err(Failure::new(SinkError::retryable(error_chain(&e)))),
             Ok(Ok(response)) => response,
         };
         let status = response.status().as_u16();
@@ -88,7 +94,7 @@ impl HttpSink {
             .headers()
             .get(RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
-            .and_then(retry::parse_retry_after);
+            .and_then(parse_retry_after);
         // The status decides. The body is read (bounded, within the same deadline) so the
         // connection can be reused and an error can quote it; a slow or broken body after a 2xx
         // does not turn a delivery into a failure.
@@ -105,22 +111,19 @@ impl HttpSink {
             let excerpt = &body[..body.len().min(ERROR_EXCERPT_BYTES)];
             format!("HTTP {status}: {}", String::from_utf8_lossy(excerpt))
         };
-        match retry::classify_status(status) {
-            Verdict::Success => Ok(()),
-            Verdict::Retry => Err(SinkError::Retryable {
-                status: Some(status),
+        let error = match classify_status(status) {
+            Verdict::Success => return Ok(()),
+            Verdict::Retry => SinkError::Retryable {
                 message: message(),
                 retry_after: if status == 429 || status == 503 {
                     retry_after
                 } else {
                     None
                 },
-            }),
-            Verdict::Permanent => Err(SinkError::Permanent {
-                status: Some(status),
-                message: message(),
-            }),
-        }
+            },
+            Verdict::Permanent => SinkError::permanent(message()),
+        };
+        Err(Failure::new(error).with_code(status))
     }
 
     fn request(&self, attempt: &Attempt) -> Result<Request<Full<Bytes>>, SinkError> {
@@ -147,10 +150,7 @@ impl HttpSink {
         }
         request
             .body(Full::new(Bytes::copy_from_slice(&event.body)))
-            .map_err(|e| SinkError::Permanent {
-                status: None,
-                message: format!("cannot build the request: {e}"),
-            })
+            .map_err(|e| SinkError::permanent(format!("cannot build the request: {e}")))
     }
 }
 
@@ -167,7 +167,7 @@ impl Sink for HttpSink {
         for (delivered, attempt) in batch.iter().enumerate() {
             self.post(attempt)
                 .await
-                .map_err(|error| Failure { delivered, error })?;
+                .map_err(|failure| failure.after(delivered))?;
         }
         Ok(())
     }
