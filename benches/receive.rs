@@ -1,28 +1,31 @@
 //! Throughput and latency of kirimhook's full receive path, compared with a minimal hyper server
 //! measured in the same run on the same machine.
 //!
-//! Each round starts three servers as separate processes on `127.0.0.1:0`, one after the other:
+//! Each round starts its servers as separate processes on `127.0.0.1:0`, one after the other:
 //! "minimal" (this binary re-executed with `KIRIMHOOK_BENCH_ROLE=minimal`: a hyper 1.x HTTP/1.1
 //! server on a multi-threaded tokio runtime that reads the body and answers 200), "kirimhook"
-//! (the real daemon, `kirimhook serve`, on a fresh temporary store, stdout sink) and
+//! (the real daemon, `kirimhook serve`, on a fresh temporary store, stdout sink),
 //! "kirimhook+relay" (the same daemon with an `http` relay sink as well, pointed at a 2xx target
-//! served inside this process). A load generator in this process drives each with the same
-//! pre-signed, unique Kirim deliveries over N keep-alive connections, one request in flight per
-//! connection, and reports the rate of 200 answers and the latency from send to the end of the
-//! response body. For the relay variant it also reports the rate at which events reached the
-//! target and the delivery lag (target arrival - the load generator's 200), and checks that
-//! every accepted event arrives. The store alone ("durable path only") is measured by
-//! `benches/store.rs`.
+//! served inside this process) and, when a PostgreSQL URL is given
+//! (`KIRIMHOOK_BENCH_POSTGRES_URL`, else `KIRIMHOOK_TEST_POSTGRES_URL`), "kirimhook-pg" (the
+//! daemon on the PostgreSQL engine in a fresh schema, stdout sink) and "kirimhook-pg x2" (two
+//! such daemons sharing one fresh schema, the connections split evenly between them). A load
+//! generator in this process drives each with the same pre-signed, unique Kirim deliveries over
+//! N keep-alive connections, one request in flight per connection, and reports the rate of 200
+//! answers and the latency from send to the end of the response body. For the relay variant it
+//! also reports the rate at which events reached the target and the delivery lag (target
+//! arrival - the load generator's 200), and checks that every accepted event arrives. For the
+//! PostgreSQL variants it counts the admitted deliveries in the schema and the sink work left.
+//! The store alone ("durable path only") is measured by `benches/store.rs`.
 //!
 //! It does not fix or tune anything, does not talk to kirim.dev, and proves nothing about another
 //! machine: the load generator shares the CPUs with the server, so only figures from one run are
 //! comparable with each other. See `bench/README.md` for the settings and how to read the output.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
@@ -38,6 +41,11 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 
 use kirimhook::receive::signature::SigningSecret;
+
+#[path = "receive/daemon.rs"]
+mod daemon;
+
+use daemon::{Daemon, Engine, KillOnDrop, PgSchema};
 
 /// Selects what this process is: unset for the benchmark, `minimal` for the minimal server.
 const ROLE_ENV: &str = "KIRIMHOOK_BENCH_ROLE";
@@ -62,6 +70,15 @@ const RELAY_TARGET_LAG_P99_MS: f64 = 50.0;
 const RELAY_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// The relay target's path.
 const RELAY_PATH: &str = "/hooks";
+/// Where the PostgreSQL rows find their database, in this order.
+const POSTGRES_URL_VARS: [&str; 2] = [
+    "KIRIMHOOK_BENCH_POSTGRES_URL",
+    "KIRIMHOOK_TEST_POSTGRES_URL",
+];
+/// PostgreSQL target: two daemons on one schema reach at least this many accepted/s ...
+const PG_TARGET_RATE: f64 = 5000.0;
+/// ... with a p99 below this.
+const PG_TARGET_P99_MS: f64 = 20.0;
 
 fn main() -> anyhow::Result<()> {
     if std::env::var(ROLE_ENV).as_deref() == Ok("minimal") {
@@ -83,6 +100,9 @@ struct Settings {
     relay_concurrency: usize,
     /// `RUST_LOG` for the daemon; `None` keeps its default filter.
     rust_log: Option<String>,
+    /// The PostgreSQL database of the kirimhook-pg rows and the variable that named it; `None`:
+    /// those rows are skipped.
+    postgres: Option<(String, &'static str)>,
     /// Not run by `cargo bench` (no `--bench` argument): a short smoke run.
     smoke: bool,
 }
@@ -98,6 +118,12 @@ impl Settings {
             connections: env_parse("BENCH_CONNS", 32)?,
             relay_concurrency: env_parse("BENCH_RELAY_CONCURRENCY", 8)?,
             rust_log: std::env::var("BENCH_RUST_LOG").ok(),
+            postgres: POSTGRES_URL_VARS.into_iter().find_map(|var| {
+                std::env::var(var)
+                    .ok()
+                    .filter(|url| !url.trim().is_empty())
+                    .map(|url| (url, var))
+            }),
             smoke,
         })
         .and_then(|s: Settings| {
@@ -136,6 +162,11 @@ enum Server {
     Kirimhook,
     /// kirimhook with the stdout sink and an HTTP relay sink to [`RelayTarget`].
     KirimhookRelay,
+    /// kirimhook on PostgreSQL (a fresh schema), stdout sink.
+    KirimhookPg,
+    /// Two kirimhook daemons on one fresh PostgreSQL schema, stdout sink on both; half the
+    /// connections go to each.
+    KirimhookPg2,
 }
 
 impl Server {
@@ -144,7 +175,22 @@ impl Server {
             Server::Minimal => "minimal",
             Server::Kirimhook => "kirimhook",
             Server::KirimhookRelay => "kirimhook+relay",
+            Server::KirimhookPg => "kirimhook-pg",
+            Server::KirimhookPg2 => "kirimhook-pg x2",
         }
+    }
+
+    /// How many daemons serve this variant (0 for the minimal server).
+    fn daemons(self) -> usize {
+        match self {
+            Server::Minimal => 0,
+            Server::Kirimhook | Server::KirimhookRelay | Server::KirimhookPg => 1,
+            Server::KirimhookPg2 => 2,
+        }
+    }
+
+    fn on_postgres(self) -> bool {
+        matches!(self, Server::KirimhookPg | Server::KirimhookPg2)
     }
 }
 
@@ -192,6 +238,8 @@ struct Row {
     round: usize,
     what: &'static str,
     rate: f64,
+    /// OK answers other than `duplicate` in the window, per second.
+    accepted: f64,
     p50_ms: f64,
     p99_ms: f64,
     max_ms: f64,
@@ -199,6 +247,8 @@ struct Row {
     errors: u64,
     /// The kirimhook+relay variant's relay figures.
     relay: Option<RelayFigures>,
+    /// The PostgreSQL variants' schema figures.
+    pg: Option<PgFigures>,
 }
 
 impl Row {
@@ -209,12 +259,14 @@ impl Row {
             round,
             what,
             rate: m.rate(),
+            accepted: (m.ok - m.duplicates) as f64 / m.window.as_secs_f64(),
             p50_ms: q(0.50),
             p99_ms: q(0.99),
             max_ms: q(1.0),
             duplicates: m.duplicates,
             errors: m.errors,
             relay: None,
+            pg: None,
         }
     }
 
@@ -256,7 +308,33 @@ impl Row {
                 },
             );
         }
+        if let Some(pg) = &self.pg {
+            let count = |n: Option<i64>| n.map_or_else(|| "?".to_owned(), |n| n.to_string());
+            println!(
+                "{:<6} pg: {} daemon(s) on schema {}: {} deliveries answered 200 (warm-up \
+                 included), {} admitted in the schema, {} left for the stdout sink(s) right \
+                 after the window",
+                "",
+                pg.daemons,
+                pg.schema,
+                pg.acknowledged,
+                count(pg.stored),
+                count(pg.backlog),
+            );
+        }
     }
+}
+
+/// What the schema of a PostgreSQL run held right after its window.
+struct PgFigures {
+    daemons: usize,
+    schema: String,
+    /// Deliveries answered 200 (warm-up and late answers included).
+    acknowledged: usize,
+    /// Admitted deliveries in the schema (rows of `signatures`); `None`: could not count.
+    stored: Option<i64>,
+    /// Sink work not yet done (rows of `queue`); `None`: could not count.
+    backlog: Option<i64>,
 }
 
 /// What the relay target saw for one kirimhook+relay run.
@@ -332,6 +410,26 @@ fn bench(settings: &Settings) -> anyhow::Result<()> {
          concurrency {} (BENCH_RELAY_CONCURRENCY)",
         settings.relay_concurrency
     );
+    let mut servers = vec![Server::Minimal, Server::Kirimhook, Server::KirimhookRelay];
+    match &settings.postgres {
+        Some((url, var)) => {
+            let version = runtime
+                .block_on(daemon::pg_version(url))
+                .with_context(|| format!("{var} is set, but PostgreSQL does not answer"))?;
+            println!(
+                "kirimhook-pg, kirimhook-pg x2: PostgreSQL {version} from {var}, a fresh schema \
+                 per run (dropped after it), stdout sink, pool_size 16, lease_secs 60; x2: two \
+                 daemons on one schema, {} connections to each",
+                settings.connections.div_ceil(2)
+            );
+            servers.extend([Server::KirimhookPg, Server::KirimhookPg2]);
+        }
+        None => println!(
+            "kirimhook-pg, kirimhook-pg x2: skipped, because neither {} nor {} is set (set one \
+             to a PostgreSQL URL such as postgres://postgres@127.0.0.1:5432/test)",
+            POSTGRES_URL_VARS[0], POSTGRES_URL_VARS[1]
+        ),
+    }
     println!();
     println!(
         "{:<6} {:<15} {:>8} {:>7} {:>7} {:>7} {:>8} {:>7}",
@@ -342,7 +440,7 @@ fn bench(settings: &Settings) -> anyhow::Result<()> {
     let mut best_rate = FIRST_RATE_GUESS;
     let mut run_number = 0u64;
     for round in 1..=settings.rounds {
-        for server in [Server::Minimal, Server::Kirimhook, Server::KirimhookRelay] {
+        for &server in &servers {
             run_number += 1;
             let pool = Pool::build(
                 pool_size(best_rate, settings),
@@ -350,51 +448,20 @@ fn bench(settings: &Settings) -> anyhow::Result<()> {
                 &secret,
                 unix_now(),
             );
-            let mut relay = None;
-            let measured = match server {
+            let run = Run {
+                runtime: &runtime,
+                settings,
+                round,
+                number: run_number,
+                server,
+            };
+            let (measured, relay, pg) = match server {
                 Server::Minimal => {
                     let child = MinimalChild::start()?;
-                    runtime.block_on(drive(child.addr, pool, settings))?
+                    let measured = runtime.block_on(drive(&[child.addr], pool, settings))?;
+                    (measured, None, None)
                 }
-                Server::Kirimhook | Server::KirimhookRelay => {
-                    let target = match server {
-                        Server::KirimhookRelay => Some(runtime.block_on(RelayTarget::start())?),
-                        _ => None,
-                    };
-                    let sink = target
-                        .as_ref()
-                        .map(|t| (t.addr, settings.relay_concurrency));
-                    let daemon = Daemon::start(settings.rust_log.as_deref(), sink)?;
-                    let measured = runtime.block_on(drive(daemon.addr, pool.clone(), settings))?;
-                    if let Some(target) = &target {
-                        let figures = runtime.block_on(relay_figures(&pool, &measured, target));
-                        if figures.repeats + figures.retries > 0 || figures.unknown > 0 {
-                            notes.push(format!(
-                                "round {round} {}: the target got {} repeated event(s), {} \
-                                 retry attempt(s) and {} arrival(s) of unknown events",
-                                server.name(),
-                                figures.repeats,
-                                figures.retries,
-                                figures.unknown
-                            ));
-                        }
-                        relay = Some(figures);
-                    }
-                    let (total, warn, error) = daemon.log.counts();
-                    if warn + error > 0 {
-                        let mut note = format!(
-                            "round {round}: {} logged {error} ERROR and {warn} WARN \
-                             line(s) ({total} lines in all); the first ones:",
-                            server.name()
-                        );
-                        for line in daemon.log.alerts() {
-                            note.push_str("\n      ");
-                            note.push_str(&line);
-                        }
-                        notes.push(note);
-                    }
-                    measured
-                }
+                _ => run.daemons(pool, &mut notes)?,
             };
             if measured.exhausted {
                 notes.push(format!(
@@ -409,6 +476,7 @@ fn bench(settings: &Settings) -> anyhow::Result<()> {
             best_rate = best_rate.max(measured.rate());
             let mut row = Row::new(round, server.name(), measured);
             row.relay = relay;
+            row.pg = pg;
             row.print();
             rows.push(row);
         }
@@ -497,22 +565,186 @@ fn bench(settings: &Settings) -> anyhow::Result<()> {
             (false, false, _) => "MISSED",
         }
     );
+    if settings.postgres.is_some() {
+        pg_summary(&rows, settings, kh_rate, kh_p99);
+    }
     let duplicates: u64 = rows
         .iter()
         .filter(|r| r.what.starts_with("kirimhook"))
         .map(|r| r.duplicates)
         .sum();
     if duplicates > 0 {
+        let mut which: Vec<&str> = rows
+            .iter()
+            .filter(|r| r.duplicates > 0)
+            .map(|r| r.what)
+            .collect();
+        which.dedup();
         println!(
-            "WARNING: kirimhook answered {duplicates} unique deliveries as duplicates: those \
-             wrote nothing and waited for no fsync, so the kirimhook rows do not measure the \
-             durable path (do distinct events get the same dedupe key from envelope::classify?)"
+            "WARNING: kirimhook answered {duplicates} unique deliveries as duplicates ({}): \
+             those wrote nothing and waited for no fsync, so those rows do not measure the \
+             durable path (do distinct events get the same dedupe key from envelope::classify?)",
+            which.join(", ")
         );
     }
     for note in notes {
         println!("note: {note}");
     }
     Ok(())
+}
+
+/// One run of one variant in one round: what starting its daemons and reporting on them needs.
+struct Run<'a> {
+    runtime: &'a tokio::runtime::Runtime,
+    settings: &'a Settings,
+    round: usize,
+    /// Numbers the runs of the whole bench (unique delivery ids, schema names).
+    number: u64,
+    server: Server,
+}
+
+impl Run<'_> {
+    /// Starts the variant's daemons (on a fresh store or schema), drives them with `pool`, and
+    /// returns what was measured; adds the run's notes (daemon WARN and ERROR lines, relay and
+    /// schema anomalies) to `notes`.
+    fn daemons(
+        &self,
+        pool: Arc<Pool>,
+        notes: &mut Vec<String>,
+    ) -> anyhow::Result<(Measured, Option<RelayFigures>, Option<PgFigures>)> {
+        let (runtime, settings, round, server) =
+            (self.runtime, self.settings, self.round, self.server);
+        // Declared before the daemons, so dropped (the schema with it) after they are killed.
+        let schema = match &settings.postgres {
+            Some((url, _)) if server.on_postgres() => Some(PgSchema::unique(url, self.number)),
+            _ => None,
+        };
+        let engine = match &schema {
+            Some(schema) => Engine::Postgres {
+                url: schema.url(),
+                schema: schema.name(),
+            },
+            None => Engine::Embedded,
+        };
+        let target = match server {
+            Server::KirimhookRelay => Some(runtime.block_on(RelayTarget::start())?),
+            _ => None,
+        };
+        let sink = target
+            .as_ref()
+            .map(|t| (t.addr, settings.relay_concurrency));
+        let daemons = (0..server.daemons())
+            .map(|_| Daemon::start(settings.rust_log.as_deref(), engine, sink))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let addrs: Vec<SocketAddr> = daemons.iter().map(|d| d.addr).collect();
+        let measured = runtime.block_on(drive(&addrs, pool.clone(), settings))?;
+
+        let relay = target.as_ref().map(|target| {
+            let figures = runtime.block_on(relay_figures(&pool, &measured, target));
+            if figures.repeats + figures.retries > 0 || figures.unknown > 0 {
+                notes.push(format!(
+                    "round {round} {}: the target got {} repeated event(s), {} retry \
+                     attempt(s) and {} arrival(s) of unknown events",
+                    server.name(),
+                    figures.repeats,
+                    figures.retries,
+                    figures.unknown
+                ));
+            }
+            figures
+        });
+        let pg = schema
+            .as_ref()
+            .map(|schema| self.pg_figures(schema, &measured, notes));
+        for (i, daemon) in daemons.iter().enumerate() {
+            let (total, warn, error) = daemon.log.counts();
+            if warn + error == 0 {
+                continue;
+            }
+            let who = match daemons.len() {
+                1 => server.name().to_owned(),
+                _ => format!("{} (daemon {})", server.name(), i + 1),
+            };
+            let mut note = format!(
+                "round {round}: {who} logged {error} ERROR and {warn} WARN line(s) ({total} \
+                 lines in all); the first ones:"
+            );
+            for line in daemon.log.alerts() {
+                note.push_str("\n      ");
+                note.push_str(&line);
+            }
+            notes.push(note);
+        }
+        Ok((measured, relay, pg))
+    }
+
+    /// Counts what `schema` holds right after the window (the daemons still run).
+    fn pg_figures(&self, schema: &PgSchema, m: &Measured, notes: &mut Vec<String>) -> PgFigures {
+        let name = self.server.name();
+        let round = self.round;
+        let (stored, backlog) = match self.runtime.block_on(schema.counts()) {
+            Ok((stored, backlog)) => (Some(stored), Some(backlog)),
+            Err(e) => {
+                notes.push(format!("round {round} {name}: {e:#}"));
+                (None, None)
+            }
+        };
+        let acknowledged = m.acks.len();
+        if let Some(stored) = stored.filter(|&n| usize::try_from(n).unwrap_or(0) < acknowledged) {
+            notes.push(format!(
+                "round {round} {name}: {acknowledged} deliveries were answered 200 but schema \
+                 {} holds only {stored} admitted ones",
+                schema.name()
+            ));
+        }
+        PgFigures {
+            daemons: self.server.daemons(),
+            schema: schema.name().to_owned(),
+            acknowledged,
+            stored,
+            backlog,
+        }
+    }
+}
+
+/// The PostgreSQL lines of the summary: the medians of the kirimhook-pg rows next to those of
+/// the embedded kirimhook rows of the same rounds, and the PostgreSQL target.
+fn pg_summary(rows: &[Row], settings: &Settings, kh_rate: f64, kh_p99: f64) {
+    let med = |server: Server, f: fn(&Row) -> f64| {
+        let mut v: Vec<f64> = rows
+            .iter()
+            .filter(|r| r.what == server.name())
+            .map(f)
+            .collect();
+        median(&mut v)
+    };
+    let share = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
+    let (one_rate, one_p99) = (
+        med(Server::KirimhookPg, |r| r.accepted),
+        med(Server::KirimhookPg, |r| r.p99_ms),
+    );
+    let (two_rate, two_p99) = (
+        med(Server::KirimhookPg2, |r| r.accepted),
+        med(Server::KirimhookPg2, |r| r.p99_ms),
+    );
+    println!(
+        "median kirimhook (embedded) {kh_rate:.0} req/s p99 {kh_p99:.2} ms | kirimhook-pg \
+         {one_rate:.0} accepted/s p99 {one_p99:.2} ms ({:.2} x embedded) | kirimhook-pg x2 \
+         {two_rate:.0} accepted/s p99 {two_p99:.2} ms ({:.2} x embedded, {:.2} x one instance) | {} connections",
+        share(one_rate, kh_rate),
+        share(two_rate, kh_rate),
+        share(two_rate, one_rate),
+        settings.connections,
+    );
+    let met = two_rate >= PG_TARGET_RATE && two_p99 < PG_TARGET_P99_MS;
+    println!(
+        "PostgreSQL x2 >= {PG_TARGET_RATE:.0} accepted/s and p99 < {PG_TARGET_P99_MS:.0} ms: {}",
+        match (settings.smoke, met) {
+            (true, _) => "not judged in a smoke run",
+            (false, true) => "MET",
+            (false, false) => "MISSED",
+        }
+    );
 }
 
 fn pool_size(rate: f64, settings: &Settings) -> usize {
@@ -633,30 +865,39 @@ fn ulid_like(run: u64, i: u64, kind: u8) -> String {
 // ---------------------------------------------------------------------------------------------
 // Load generator
 
-/// Drives `addr` with one task per connection for warm-up + window, then returns the figures.
-async fn drive(addr: SocketAddr, pool: Arc<Pool>, settings: &Settings) -> anyhow::Result<Measured> {
+/// Drives `addrs` with one task per connection for warm-up + window, then returns the figures
+/// of all connections together. Connection `i` goes to `addrs[i % addrs.len()]`, so the
+/// connections are split evenly over the addresses; all of them share `pool`.
+async fn drive(
+    addrs: &[SocketAddr],
+    pool: Arc<Pool>,
+    settings: &Settings,
+) -> anyhow::Result<Measured> {
+    if addrs.is_empty() {
+        bail!("no server to drive");
+    }
     // Connect everything before the clock starts.
     let mut senders = Vec::with_capacity(settings.connections);
-    for _ in 0..settings.connections {
-        senders.push(
-            connect(addr)
-                .await
-                .with_context(|| format!("cannot connect to {addr}"))?,
-        );
+    for i in 0..settings.connections {
+        let addr = addrs[i % addrs.len()];
+        let sender = connect(addr)
+            .await
+            .with_context(|| format!("cannot connect to {addr}"))?;
+        let host = HeaderValue::try_from(addr.to_string()).context("an address is a valid Host")?;
+        senders.push((addr, host, sender));
     }
     let start = Instant::now();
     let window_start = start + settings.warmup;
     let window_end = window_start + settings.window;
     let uri: Uri = PATH.parse().context("the request path is a valid URI")?;
-    let host = HeaderValue::try_from(addr.to_string()).context("an address is a valid Host")?;
     let tasks: Vec<_> = senders
         .into_iter()
-        .map(|sender| {
+        .map(|(addr, host, sender)| {
             let ctx = ConnCtx {
                 addr,
                 pool: pool.clone(),
                 uri: uri.clone(),
-                host: host.clone(),
+                host,
                 window_start,
                 window_end,
             };
@@ -873,237 +1114,6 @@ impl Drop for MinimalChild {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// Kills a child that has not been handed over yet.
-struct KillOnDrop(Option<Child>);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        if let Some(child) = &mut self.0 {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-/// The real daemon on a fresh store in a temporary directory. Killed when dropped (before the
-/// directory is removed).
-struct Daemon {
-    child: Child,
-    addr: SocketAddr,
-    log: Arc<LogTail>,
-    _dir: tempfile::TempDir,
-}
-
-/// What the daemon wrote on stderr: counts and the last lines, read by a thread that keeps the
-/// pipe drained so the daemon never blocks on logging.
-#[derive(Default)]
-struct LogTail {
-    lines: Mutex<VecDeque<String>>,
-    /// The first WARN and ERROR lines.
-    alerts: Mutex<Vec<String>>,
-    total: AtomicUsize,
-    warn: AtomicUsize,
-    error: AtomicUsize,
-}
-
-impl LogTail {
-    const KEEP: usize = 40;
-    const KEEP_ALERTS: usize = 5;
-
-    fn push(&self, line: String) {
-        self.total.fetch_add(1, Ordering::Relaxed);
-        let alert = if line.contains(r#""level":"ERROR""#) {
-            Some(&self.error)
-        } else if line.contains(r#""level":"WARN""#) {
-            Some(&self.warn)
-        } else {
-            None
-        };
-        if let Some(counter) = alert {
-            counter.fetch_add(1, Ordering::Relaxed);
-            if let Ok(mut alerts) = self.alerts.lock() {
-                if alerts.len() < Self::KEEP_ALERTS {
-                    alerts.push(line.clone());
-                }
-            }
-        }
-        if let Ok(mut lines) = self.lines.lock() {
-            if lines.len() == Self::KEEP {
-                lines.pop_front();
-            }
-            lines.push_back(line);
-        }
-    }
-
-    /// Lines in all, WARN lines and ERROR lines so far.
-    fn counts(&self) -> (usize, usize, usize) {
-        (
-            self.total.load(Ordering::Relaxed),
-            self.warn.load(Ordering::Relaxed),
-            self.error.load(Ordering::Relaxed),
-        )
-    }
-
-    fn alerts(&self) -> Vec<String> {
-        self.alerts.lock().map(|a| a.clone()).unwrap_or_default()
-    }
-
-    fn dump(&self) -> String {
-        self.lines
-            .lock()
-            .map(|l| l.iter().cloned().collect::<Vec<_>>().join("\n"))
-            .unwrap_or_default()
-    }
-}
-
-impl Daemon {
-    /// `relay`: also an `http` sink to this address with this concurrency.
-    fn start(rust_log: Option<&str>, relay: Option<(SocketAddr, usize)>) -> anyhow::Result<Daemon> {
-        let dir = tempfile::tempdir().context("cannot create a temporary directory")?;
-        let store = dir.path().join("store");
-        let config = dir.path().join("kirimhook.toml");
-        std::fs::write(&config, daemon_config(&store, relay)).context("cannot write the config")?;
-        let exe = PathBuf::from(env!("CARGO_BIN_EXE_kirimhook"));
-        let mut command = Command::new(&exe);
-        // Unset, the daemon uses its production default filter.
-        match rust_log {
-            Some(filter) => command.env("RUST_LOG", filter),
-            None => command.env_remove("RUST_LOG"),
-        };
-        let mut child = command
-            .args(["--log-format", "json", "serve", "--config"])
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .with_context(|| format!("cannot start {}", exe.display()))?;
-        let stderr = child.stderr.take().context("the daemon has no stderr")?;
-        let mut guard = KillOnDrop(Some(child));
-
-        let log = Arc::new(LogTail::default());
-        let (tx, rx) = mpsc::channel();
-        {
-            let log = log.clone();
-            std::thread::spawn(move || {
-                let mut reader = BufReader::new(stderr);
-                let mut buf = Vec::new();
-                let mut tx = Some(tx);
-                while matches!(reader.read_until(b'\n', &mut buf), Ok(n) if n > 0) {
-                    let line = String::from_utf8_lossy(&buf).trim_end().to_owned();
-                    buf.clear();
-                    if let Some(addr) = tx.as_ref().and_then(|_| listening_addr(&line)) {
-                        if let Some(tx) = tx.take() {
-                            let _ = tx.send(addr);
-                        }
-                    }
-                    log.push(line);
-                }
-                // Drain anything left (not UTF-8 lines, say) so the daemon never blocks.
-                let _ = std::io::copy(&mut reader.into_inner(), &mut std::io::sink());
-            });
-        }
-
-        let deadline = Instant::now() + START_TIMEOUT;
-        let addr = loop {
-            match rx.recv_timeout(Duration::from_millis(50)) {
-                Ok(addr) => break addr,
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    // Give the reader a moment to record the last lines before reporting.
-                    std::thread::sleep(Duration::from_millis(100));
-                    bail!(
-                        "kirimhook exited or closed stderr before logging `listening` \
-                         ({}); its stderr:\n{}",
-                        guard
-                            .0
-                            .as_mut()
-                            .and_then(|c| c.try_wait().ok().flatten())
-                            .map_or_else(|| "still running".to_owned(), |s| s.to_string()),
-                        log.dump()
-                    );
-                }
-                Err(mpsc::RecvTimeoutError::Timeout) => {}
-            }
-            if let Some(status) = guard.0.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                std::thread::sleep(Duration::from_millis(100));
-                bail!(
-                    "kirimhook exited with {status} before listening; its stderr:\n{}",
-                    log.dump()
-                );
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "kirimhook did not log `listening` within {:?} (BENCH_RUST_LOG must keep \
-                     kirimhook::app at info); its stderr:\n{}",
-                    START_TIMEOUT,
-                    log.dump()
-                );
-            }
-        };
-        let child = guard.0.take().context("the guard holds the child")?;
-        Ok(Daemon {
-            child,
-            addr,
-            log,
-            _dir: dir,
-        })
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn daemon_config(store: &std::path::Path, relay: Option<(SocketAddr, usize)>) -> String {
-    let store = serde_json::Value::String(store.display().to_string());
-    let relay = relay.map_or_else(String::new, |(addr, concurrency)| {
-        format!(
-            r#"
-[[sinks]]
-name = "app"
-kind = "http"
-url = "http://{addr}{RELAY_PATH}"
-concurrency = {concurrency}
-"#
-        )
-    });
-    format!(
-        r#"[server]
-listen = "127.0.0.1:0"
-path = "{PATH}"
-
-[[verify.secrets]]
-id = "{SECRET_ID}"
-value = "{SECRET_VALUE}"
-
-[store]
-path = {store}
-
-[admin]
-listen = "127.0.0.1:0"
-
-[[sinks]]
-name = "stdout"
-kind = "stdout"
-{relay}"#
-    )
-}
-
-/// The `addr` of the JSON log line whose message is `listening`.
-fn listening_addr(line: &str) -> Option<SocketAddr> {
-    let value: serde_json::Value = serde_json::from_str(line).ok()?;
-    if value.get("message")?.as_str()? != "listening" {
-        return None;
-    }
-    let addr = value
-        .get("addr")
-        .or_else(|| value.get("fields")?.get("addr"))?;
-    addr.as_str()?.parse().ok()
 }
 
 // ---------------------------------------------------------------------------------------------
