@@ -173,6 +173,10 @@ async fn commit_batch(inner: &Inner, batch: Vec<AdmitJob>) {
             }
             if queued {
                 inner.wake();
+                // Outside the admission's transaction: a notifying transaction's commit
+                // takes a database-wide lock until its WAL is flushed, which would serialise
+                // every instance's durable admissions behind one another.
+                inner.announce.notify_one();
             }
         }
         Err(e) => {
@@ -286,7 +290,7 @@ async fn write_batch(
         .collect();
     seqs.sort_unstable();
 
-    // 6. Events, quarantined deliveries and queue rows in one statement; NOTIFY if queued.
+    // 6. Events, quarantined deliveries and queue rows in one statement.
     let mut rows = Rows::default();
     let mut answers = Vec::with_capacity(batch.len());
     let mut next = seqs.into_iter();
@@ -373,15 +377,12 @@ impl<'a> Rows<'a> {
                    INSERT INTO __SCHEMA__.queue (sink, seq)
                    SELECT * FROM unnest($10::text[], $11::int8[])
                    RETURNING 1
-                 ), n AS (
-                   SELECT pg_notify($12, '') WHERE cardinality($10::text[]) > 0
                  )
                  SELECT (SELECT count(*) FROM ev), (SELECT count(*) FROM qu),
-                        (SELECT count(*) FROM qr), (SELECT count(*) FROM n)",
+                        (SELECT count(*) FROM qr)",
             ))
             .await
             .map_err(unavailable)?;
-        let channel = inner.schema.channel();
         tx.query_one(
             &stmt,
             &[
@@ -396,7 +397,6 @@ impl<'a> Rows<'a> {
                 &self.qu_record,
                 &self.q_sink,
                 &self.q_seq,
-                &channel,
             ],
         )
         .await

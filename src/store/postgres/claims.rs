@@ -6,7 +6,8 @@
 //! rows come back joined with their events in one round trip. A settlement applies only while
 //! the row is still leased to this instance under the same generation: once a lease expired
 //! and another instance claimed the row, the late settlement is fenced. Strict order is kept
-//! across instances by a per-sink advisory lock around the claim.
+//! across instances by a per-sink advisory lock around the claim; a strict claim reads at most
+//! `max` rows from the head of the sink's queue, so its cost does not grow with a backlog.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -95,14 +96,17 @@ impl PgStore {
                     .map_err(engine)?;
                     let stmt = tx
                         .prepare_cached(&inner.sql(&format!(
-                            "WITH barrier AS (
-                               SELECT coalesce(min(seq), 9223372036854775807) AS seq
+                            "WITH head AS (
+                               SELECT seq, (due_ms > $2 OR lease_until_ms > $2) AS blocked
                                FROM __SCHEMA__.queue
-                               WHERE sink = $1 AND (due_ms > $2 OR lease_until_ms > $2)
+                               WHERE sink = $1 ORDER BY seq LIMIT $3
                              ), picked AS (
-                               SELECT seq FROM __SCHEMA__.queue
-                               WHERE sink = $1 AND seq < (SELECT seq FROM barrier)
-                               ORDER BY seq LIMIT $3 FOR UPDATE
+                               SELECT q.seq FROM __SCHEMA__.queue q
+                               WHERE q.sink = $1 AND q.seq IN (
+                                 SELECT seq FROM head WHERE seq < coalesce(
+                                   (SELECT min(seq) FROM head WHERE blocked),
+                                   9223372036854775807))
+                               ORDER BY q.seq FOR UPDATE
                              ), {LEASE_AND_RETURN}"
                         )))
                         .await

@@ -127,6 +127,9 @@ struct Inner {
     admit_tx: mpsc::Sender<admit::AdmitJob>,
     /// Bumped whenever new work may exist (a NOTIFY arrived, or this instance made some).
     work: watch::Sender<u64>,
+    /// Asks the announcer task to tell the other instances about new queue rows (one
+    /// `NOTIFY` for however many admissions asked meanwhile).
+    announce: Arc<tokio::sync::Notify>,
     cancel: CancellationToken,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -160,10 +163,16 @@ impl PgStore {
             admit_pool,
             admit_tx,
             work,
+            announce: Arc::new(tokio::sync::Notify::new()),
             cancel: cancel.clone(),
             tasks: Mutex::new(Vec::new()),
         });
         let mut tasks = admit::spawn_workers(&inner, admit_rx);
+        tasks.push(tokio::spawn(announce(
+            inner.announce.clone(),
+            Arc::downgrade(&inner),
+            cancel.clone(),
+        )));
         tasks.push(tokio::spawn(listen::run(
             config,
             tls,
@@ -278,6 +287,38 @@ impl Inner {
     /// Tells this instance's waiters that work may exist (other instances learn it by NOTIFY).
     fn wake(&self) {
         self.work.send_modify(|n| *n = n.wrapping_add(1));
+    }
+}
+
+/// Sends one `NOTIFY` on the schema's channel each time admissions asked for it, on a pooled
+/// connection with asynchronous commit (a lost notification only costs the others' one-second
+/// poll). Ends when the store is cancelled or dropped.
+async fn announce(
+    asked: Arc<tokio::sync::Notify>,
+    store: std::sync::Weak<Inner>,
+    cancel: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = asked.notified() => {}
+            _ = cancel.cancelled() => return,
+        }
+        let Some(inner) = store.upgrade() else {
+            return;
+        };
+        let sent = async {
+            let client = inner.client().await?;
+            client
+                .execute("SELECT pg_notify($1, '')", &[&inner.schema.channel()])
+                .await
+                .map_err(engine)
+        };
+        if let Err(e) = timed(PING_TIMEOUT, "a notification", sent)
+            .await
+            .and_then(|r| r)
+        {
+            tracing::debug!(error = %e, "cannot notify the other instances; they find the work by polling");
+        }
     }
 }
 
