@@ -50,6 +50,8 @@ const POOL_TIMEOUT: Duration = Duration::from_secs(5);
 const OP_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a readiness probe may take.
 const PING_TIMEOUT: Duration = Duration::from_secs(2);
+/// Shortest time between two notifications of new work to the other instances.
+const ANNOUNCE_EVERY: Duration = Duration::from_millis(10);
 /// Oldest PostgreSQL supported (`server_version_num`).
 const MIN_SERVER_VERSION: i32 = 150_000;
 
@@ -292,7 +294,9 @@ impl Inner {
 
 /// Sends one `NOTIFY` on the schema's channel each time admissions asked for it, on a pooled
 /// connection with asynchronous commit (a lost notification only costs the others' one-second
-/// poll). Ends when the store is cancelled or dropped.
+/// poll), at most one per [`ANNOUNCE_EVERY`]: under load, every notification wakes every
+/// other instance's dispatchers, and one per admission batch would keep them claiming for
+/// nothing. Ends when the store is cancelled or dropped.
 async fn announce(
     asked: Arc<tokio::sync::Notify>,
     store: std::sync::Weak<Inner>,
@@ -318,6 +322,11 @@ async fn announce(
             .and_then(|r| r)
         {
             tracing::debug!(error = %e, "cannot notify the other instances; they find the work by polling");
+        }
+        drop(inner);
+        tokio::select! {
+            _ = tokio::time::sleep(ANNOUNCE_EVERY) => {}
+            _ = cancel.cancelled() => return,
         }
     }
 }
