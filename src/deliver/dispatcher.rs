@@ -67,6 +67,9 @@ struct Dispatcher<S> {
     counters: SinkCounters,
     /// Set when the sink can never deliver again in this process ([`SinkError::Gone`]).
     gone: Option<String>,
+    /// When a claim last came back empty: the next one waits [`Store::idle_claim_gap`]
+    /// after it, however often new work is announced meanwhile.
+    empty_claim_at: Option<tokio::time::Instant>,
 }
 
 /// Runs `sink` until `stop` is cancelled and nothing more can be delivered right now
@@ -113,6 +116,7 @@ pub async fn run_until<S: Sink>(
         outcomes: Vec::new(),
         counters: metrics.sink(&name),
         gone: None,
+        empty_claim_at: None,
     };
     tracing::info!(sink = %name, "sink started");
     dispatcher.run(stop, halt).await
@@ -179,7 +183,12 @@ impl<S: Sink> Dispatcher<S> {
                         self.joined(joined);
                     }
                 }
-                alive = work.wait(deadline), if !store_gone => if !alive {
+                alive = async {
+                    if let Some(at) = self.empty_claim_at {
+                        tokio::time::sleep_until(at + self.store.idle_claim_gap()).await;
+                    }
+                    work.wait(deadline).await
+                }, if !store_gone => if !alive {
                     store_gone = true;
                 },
                 _ = stop.cancelled(), if !stop.is_cancelled() => {}
@@ -212,8 +221,10 @@ impl<S: Sink> Dispatcher<S> {
             .await?;
         self.next_due_ms = claimed.next_due_ms;
         if claimed.claims.is_empty() {
+            self.empty_claim_at = Some(tokio::time::Instant::now());
             return Ok(false);
         }
+        self.empty_claim_at = None;
         let mut claims = claimed.claims.into_iter().peekable();
         while claims.peek().is_some() {
             let batch: Vec<Claim> = claims.by_ref().take(batch_size).collect();

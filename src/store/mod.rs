@@ -176,6 +176,17 @@ impl Store {
         }
     }
 
+    /// How long a dispatcher whose last claim came back empty waits before it claims again,
+    /// however often new work is announced meanwhile: nothing on the embedded engine (a
+    /// claim is a look at memory), a few milliseconds on PostgreSQL, where every claim is a
+    /// transaction and every instance hears of every other instance's admissions.
+    pub fn idle_claim_gap(&self) -> Duration {
+        match &self.engine {
+            Engine::Embedded(_) => Duration::ZERO,
+            Engine::Postgres(_) => Duration::from_millis(10),
+        }
+    }
+
     /// A handle that waits for new work.
     pub fn work(&self) -> Work {
         let engine = match &self.engine {
