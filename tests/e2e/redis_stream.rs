@@ -3,7 +3,8 @@
 //! the stream byte-exact with its metadata fields, a sender's retry is not published again
 //! (neither by the daemon that accepted it nor by a second daemon with a store of its own that
 //! publishes into the same stream: Redis' dedupe marker drops it), and filters apply. Each test
-//! uses a stream key of its own ([`unique_name`]) and deletes its keys at the end.
+//! uses a stream key of its own ([`unique_name`]), deleted with its markers when the test ends
+//! ([`StreamGuard`]).
 
 use std::time::Duration;
 
@@ -34,11 +35,6 @@ fn sink_toml(name: &str, url: &str, stream: &str, filters: &str) -> String {
 const DELIVERED: &str = "kirimhook_sink_delivered_total{sink=\"bus\"}";
 /// The sink's dead letters, as `/metrics` renders them.
 const DEAD_LETTERED: &str = "kirimhook_sink_dead_lettered_total{sink=\"bus\"}";
-
-/// A stream key of the test's own, `kirimhook:<unique name>`.
-fn stream_key(prefix: &str) -> String {
-    format!("kirimhook:{}", unique_name(prefix))
-}
 
 async fn connect(url: &str) -> MultiplexedConnection {
     redis::Client::open(url)
@@ -90,18 +86,40 @@ async fn wait_for_entries(
     }
 }
 
-/// Deletes `stream` and its dedupe markers (`<stream>:dedupe:*`), best effort.
-async fn clean_up(conn: &mut MultiplexedConnection, stream: &str) {
-    let markers: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{stream}:dedupe:*"))
-        .query_async(conn)
-        .await
-        .unwrap_or_default();
-    let _: redis::RedisResult<i64> = redis::cmd("DEL")
-        .arg(stream)
-        .arg(markers)
-        .query_async(conn)
-        .await;
+/// A test's own stream key; the stream and its dedupe markers (`<stream>:dedupe:*`) are deleted
+/// when the guard is dropped, also when the test panics. Best effort: a key left behind costs
+/// memory, not a wrong result, since every name is unique.
+struct StreamGuard {
+    url: String,
+    key: String,
+}
+
+impl StreamGuard {
+    /// A guard for a new stream key `kirimhook:<unique name>` in the Redis at `url`.
+    fn unique(url: &str, prefix: &str) -> StreamGuard {
+        StreamGuard {
+            url: url.to_owned(),
+            key: format!("kirimhook:{}", unique_name(prefix)),
+        }
+    }
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        // A blocking connection: this may run while a runtime unwinds.
+        let Ok(mut conn) = redis::Client::open(self.url.as_str()).and_then(|c| c.get_connection())
+        else {
+            return;
+        };
+        let markers: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{}:dedupe:*", self.key))
+            .query(&mut conn)
+            .unwrap_or_default();
+        let _: redis::RedisResult<i64> = redis::cmd("DEL")
+            .arg(&self.key)
+            .arg(markers)
+            .query(&mut conn);
+    }
 }
 
 /// The value of `field` in `entry` as text.
@@ -128,7 +146,8 @@ async fn every_fixture_lands_byte_exact_with_its_fields_and_a_retry_is_not_publi
     let Some(url) = service_url(test, REDIS_URL_VAR) else {
         return;
     };
-    let stream = stream_key("e2e_fixtures");
+    let guard = StreamGuard::unique(&url, "e2e_fixtures");
+    let stream = guard.key.clone();
     let mut conn = connect(&url).await;
     // The stdout sink runs beside it: its lines say what the daemon knew of each event.
     let settings = Settings {
@@ -179,7 +198,7 @@ async fn every_fixture_lands_byte_exact_with_its_fields_and_a_retry_is_not_publi
     other.stop_gracefully().await;
     daemon.stop_gracefully().await;
     let last = entries(&mut conn, &stream).await;
-    clean_up(&mut conn, &stream).await;
+    drop(guard);
 
     assert_eq!(
         first.len(),
@@ -255,7 +274,8 @@ async fn filters_choose_which_events_the_stream_gets() {
     let Some(url) = service_url(test, REDIS_URL_VAR) else {
         return;
     };
-    let stream = stream_key("e2e_filters");
+    let guard = StreamGuard::unique(&url, "e2e_filters");
+    let stream = guard.key.clone();
     let mut conn = connect(&url).await;
     let settings = Settings {
         extra_sinks: sink_toml("bus", &url, &stream, "sources = [\"kirim\"]"),
@@ -279,7 +299,7 @@ async fn filters_choose_which_events_the_stream_gets() {
     let found = wait_for_entries(&mut conn, &stream, kirim.len()).await;
     daemon.stop_gracefully().await;
     let last = entries(&mut conn, &stream).await;
-    clean_up(&mut conn, &stream).await;
+    drop(guard);
 
     assert!(kirim.len() < all.len(), "the fixtures hold Meta events too");
     let ids: Vec<&str> = found

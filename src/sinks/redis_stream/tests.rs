@@ -1,7 +1,7 @@
 //! Tests of the redis_stream sink: its entry fields (pure), and publishing against a real
 //! Redis from `KIRIMHOOK_TEST_REDIS_URL` (skipped, saying so, without it; a failure with
 //! `KIRIMHOOK_REQUIRE_SERVICES=1`). Each test writes under a stream key of its own and deletes
-//! its keys at the end, best effort.
+//! its keys when it ends (also on a panic), best effort.
 
 #![allow(clippy::unwrap_used)]
 
@@ -111,18 +111,27 @@ async fn entries(conn: &mut MultiplexedConnection, stream: &str) -> Vec<Vec<(Str
         .collect()
 }
 
-/// Deletes `stream` and every key under `<stream>:`, best effort.
-async fn clean_up(conn: &mut MultiplexedConnection, stream: &str) {
-    let markers: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{stream}:*"))
-        .query_async(conn)
-        .await
-        .unwrap_or_default();
-    let _: RedisResult<i64> = redis::cmd("DEL")
-        .arg(stream)
-        .arg(markers)
-        .query_async(conn)
-        .await;
+/// Deletes the stream and every key under `<stream>:` when dropped, also when the test
+/// panics; best effort.
+struct Cleanup<'a> {
+    url: &'a str,
+    stream: &'a str,
+}
+
+impl Drop for Cleanup<'_> {
+    fn drop(&mut self) {
+        let Ok(mut conn) = redis::Client::open(self.url).and_then(|c| c.get_connection()) else {
+            return;
+        };
+        let markers: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{}:*", self.stream))
+            .query(&mut conn)
+            .unwrap_or_default();
+        let _: RedisResult<i64> = redis::cmd("DEL")
+            .arg(self.stream)
+            .arg(markers)
+            .query(&mut conn);
+    }
 }
 
 #[test]
@@ -160,6 +169,10 @@ async fn a_republish_inside_the_ttl_is_dropped() {
         return;
     };
     let stream = unique_stream("republish");
+    let _cleanup = Cleanup {
+        url: &url,
+        stream: &stream,
+    };
     let mut conn = connect(&url).await;
     let binary: &[u8] = b"{\"x\":\"\xff\x00\r\n\"}";
     let batch = [
@@ -185,7 +198,6 @@ async fn a_republish_inside_the_ttl_is_dropped() {
         .query_async(&mut conn)
         .await
         .unwrap();
-    clean_up(&mut conn, &stream).await;
 
     assert_eq!(first, Ok(()));
     assert_eq!(second, Ok(()));
@@ -217,6 +229,10 @@ async fn wrongtype_is_permanent_and_sets_no_marker() {
         return;
     };
     let stream = unique_stream("wrongtype");
+    let _cleanup = Cleanup {
+        url: &url,
+        stream: &stream,
+    };
     let mut conn = connect(&url).await;
     let _: () = redis::cmd("SET")
         .arg(&stream)
@@ -234,7 +250,6 @@ async fn wrongtype_is_permanent_and_sets_no_marker() {
         .unwrap();
     let retried = sink.deliver(&batch).await;
     let found = entries(&mut conn, &stream).await;
-    clean_up(&mut conn, &stream).await;
 
     let failure = failed.unwrap_err();
     assert_eq!(failure.delivered, 0);
