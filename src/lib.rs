@@ -19,9 +19,10 @@
 //! - [`deliver`]: feeds each [`sinks`] `Sink` from the store (claim -> deliver -> settle):
 //!   concurrency, back-off, pausing an unreachable sink, dead letters.
 //! - [`sinks`]: the `Sink` trait, `SinkError` and `sinks::build`; one folder per kind
-//!   ([`sinks::stdout`], [`sinks::http`]), each owning its config keys (`<kind>/config.rs`,
-//!   listed in [`sinks::config`]) and the classification of its own failures
-//!   ([`sinks::http::classify`] for HTTP statuses).
+//!   ([`sinks::stdout`], [`sinks::http`], [`sinks::redis_stream`]), each owning its config
+//!   keys (`<kind>/config.rs`, listed in [`sinks::config`]) and the classification of its own
+//!   failures ([`sinks::http::classify`] for HTTP statuses, [`sinks::redis_stream::classify`]
+//!   for Redis errors).
 //! - [`metrics`]: counters the receive path and the dispatchers bump; [`admin`] serves them
 //!   with health, readiness and the operator API on a second, loopback listener.
 //! - [`app`]: wires it all under one shutdown token and applies reloads (SIGHUP); [`config`],

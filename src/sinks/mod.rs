@@ -6,7 +6,7 @@
 //! belong to the dispatcher. This module holds what every kind shares: the [`Sink`] trait,
 //! [`SinkError`] (retryable, unreachable, gone or permanent, and nothing kind-specific),
 //! [`SinkKind`] (one variant per kind, with its validated settings) and [`build`]. Each kind
-//! lives in its own folder (`stdout/`, `http/`) and owns its config keys (`<kind>/config.rs`,
+//! lives in its own folder (`stdout/`, `http/`, `redis_stream/`) and owns its config keys (`<kind>/config.rs`,
 //! registered in [`config::KINDS`]) and the way its own failures map onto [`SinkError`] (an
 //! HTTP status is classified in [`http::classify`], not here).
 //!
@@ -16,6 +16,7 @@
 
 pub mod config;
 pub mod http;
+pub mod redis_stream;
 pub mod stdout;
 
 use std::future::Future;
@@ -159,6 +160,8 @@ pub enum SinkKind {
     Stdout,
     /// `kind = "http"`: POSTs each event to a URL (a relay target).
     Http(http::HttpSinkConfig),
+    /// `kind = "redis_stream"`: appends each event to a Redis stream.
+    RedisStream(redis_stream::RedisStreamConfig),
 }
 
 impl SinkKind {
@@ -168,6 +171,7 @@ impl SinkKind {
         match self {
             SinkKind::Stdout => None,
             SinkKind::Http(http) => Some(http.timeout),
+            SinkKind::RedisStream(_) => Some(redis_stream::ATTEMPT_TIMEOUT),
         }
     }
 }
@@ -183,6 +187,8 @@ pub enum AnySink {
     Stdout(stdout::StdoutSink),
     /// An HTTP relay sink.
     Http(http::HttpSink),
+    /// A Redis Streams sink.
+    RedisStream(redis_stream::RedisStreamSink),
 }
 
 /// The sink `config` describes, ready to be fed by a dispatcher. Opens nothing yet: an HTTP
@@ -191,6 +197,10 @@ pub fn build(config: &SinkConfig) -> AnySink {
     match &config.kind {
         SinkKind::Stdout => AnySink::Stdout(stdout::StdoutSink::new(config.name.clone())),
         SinkKind::Http(http) => AnySink::Http(http::HttpSink::new(config.name.clone(), http)),
+        SinkKind::RedisStream(redis) => AnySink::RedisStream(redis_stream::RedisStreamSink::new(
+            config.name.clone(),
+            redis,
+        )),
     }
 }
 
@@ -199,6 +209,7 @@ impl Sink for AnySink {
         match self {
             AnySink::Stdout(sink) => sink.name(),
             AnySink::Http(sink) => sink.name(),
+            AnySink::RedisStream(sink) => sink.name(),
         }
     }
 
@@ -206,6 +217,7 @@ impl Sink for AnySink {
         match self {
             AnySink::Stdout(sink) => sink.concurrency(),
             AnySink::Http(sink) => sink.concurrency(),
+            AnySink::RedisStream(sink) => sink.concurrency(),
         }
     }
 
@@ -213,6 +225,7 @@ impl Sink for AnySink {
         match self {
             AnySink::Stdout(sink) => sink.max_batch(),
             AnySink::Http(sink) => sink.max_batch(),
+            AnySink::RedisStream(sink) => sink.max_batch(),
         }
     }
 
@@ -220,6 +233,7 @@ impl Sink for AnySink {
         match self {
             AnySink::Stdout(sink) => sink.deliver(batch).await,
             AnySink::Http(sink) => sink.deliver(batch).await,
+            AnySink::RedisStream(sink) => sink.deliver(batch).await,
         }
     }
 }

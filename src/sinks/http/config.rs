@@ -217,7 +217,11 @@ mod tests {
         let start = example
             .find("\n# [[sinks]]\n")
             .expect("the example has a commented-out [[sinks]] table");
-        let uncommented: String = example[start + 1..]
+        // The Redis Streams example after it has a test of its own (in sinks/redis_stream).
+        let end = example
+            .find(crate::sinks::redis_stream::config::EXAMPLE_START)
+            .unwrap_or(example.len());
+        let uncommented: String = example[start + 1..end]
             .lines()
             .map(|line| {
                 let line = line.strip_prefix('#').unwrap_or_else(|| {
@@ -572,8 +576,8 @@ mod tests {
             &err,
             "sinks[0].urls",
             "unknown key; expected one of `name`, `kind`, `url`, `timeout_secs`, `concurrency`, \
-             `secret`, `secret_env`, `secret_file`, `events`, `sources`, `phone_number_ids`, \
-             `retry` (line 9, column 1)",
+             `secret`, `secret_env`, `secret_file`, `url_env`, `url_file`, `stream`, `max_len`, \
+             `dedupe_ttl_secs`, `events`, `sources`, `phone_number_ids`, `retry` (line 9, column 1)",
         );
     }
 }
