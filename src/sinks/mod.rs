@@ -6,7 +6,7 @@
 //! belong to the dispatcher. This module holds what every kind shares: the [`Sink`] trait,
 //! [`SinkError`] (retryable, unreachable, gone or permanent, and nothing kind-specific),
 //! [`SinkKind`] (one variant per kind, with its validated settings) and [`build`]. Each kind
-//! lives in its own folder (`stdout/`, `http/`) and owns its config keys (`<kind>/config.rs`,
+//! lives in its own folder (`stdout/`, `http/`, `nats/`) and owns its config keys (`<kind>/config.rs`,
 //! registered in [`config::KINDS`]) and the way its own failures map onto [`SinkError`] (an
 //! HTTP status is classified in [`http::classify`], not here).
 //!
@@ -16,6 +16,7 @@
 
 pub mod config;
 pub mod http;
+pub mod nats;
 pub mod stdout;
 
 use std::future::Future;
@@ -159,6 +160,8 @@ pub enum SinkKind {
     Stdout,
     /// `kind = "http"`: POSTs each event to a URL (a relay target).
     Http(http::HttpSinkConfig),
+    /// `kind = "nats"`: publishes each event to NATS JetStream.
+    Nats(nats::NatsSinkConfig),
 }
 
 impl SinkKind {
@@ -168,6 +171,7 @@ impl SinkKind {
         match self {
             SinkKind::Stdout => None,
             SinkKind::Http(http) => Some(http.timeout),
+            SinkKind::Nats(nats) => Some(nats.timeout),
         }
     }
 }
@@ -183,14 +187,17 @@ pub enum AnySink {
     Stdout(stdout::StdoutSink),
     /// An HTTP relay sink.
     Http(http::HttpSink),
+    /// A NATS JetStream sink.
+    Nats(nats::NatsSink),
 }
 
 /// The sink `config` describes, ready to be fed by a dispatcher. Opens nothing yet: an HTTP
-/// sink connects on its first delivery.
+/// or NATS sink connects on its first delivery.
 pub fn build(config: &SinkConfig) -> AnySink {
     match &config.kind {
         SinkKind::Stdout => AnySink::Stdout(stdout::StdoutSink::new(config.name.clone())),
         SinkKind::Http(http) => AnySink::Http(http::HttpSink::new(config.name.clone(), http)),
+        SinkKind::Nats(nats) => AnySink::Nats(nats::NatsSink::new(config.name.clone(), nats)),
     }
 }
 
@@ -199,6 +206,7 @@ impl Sink for AnySink {
         match self {
             AnySink::Stdout(sink) => sink.name(),
             AnySink::Http(sink) => sink.name(),
+            AnySink::Nats(sink) => sink.name(),
         }
     }
 
@@ -206,6 +214,7 @@ impl Sink for AnySink {
         match self {
             AnySink::Stdout(sink) => sink.concurrency(),
             AnySink::Http(sink) => sink.concurrency(),
+            AnySink::Nats(sink) => sink.concurrency(),
         }
     }
 
@@ -213,6 +222,7 @@ impl Sink for AnySink {
         match self {
             AnySink::Stdout(sink) => sink.max_batch(),
             AnySink::Http(sink) => sink.max_batch(),
+            AnySink::Nats(sink) => sink.max_batch(),
         }
     }
 
@@ -220,6 +230,7 @@ impl Sink for AnySink {
         match self {
             AnySink::Stdout(sink) => sink.deliver(batch).await,
             AnySink::Http(sink) => sink.deliver(batch).await,
+            AnySink::Nats(sink) => sink.deliver(batch).await,
         }
     }
 }

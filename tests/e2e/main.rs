@@ -7,7 +7,7 @@
 //! service the HTTP relay posts to), [`services`] (the `KIRIMHOOK_TEST_*_URL` services of the
 //! engine and broker tests, unique names, a schema guard), [`proxy`] (a TCP pass-through a test
 //! can cut, to take a service away from one daemon). Tests: [`accept`], [`admin`],
-//! [`reject`], [`durability`], [`cli`], [`cluster`] (several instances on PostgreSQL), [`first_run`], [`stdout_only`], [`relay`],
+//! [`reject`], [`durability`], [`cli`], [`cluster`] (several instances on PostgreSQL), [`first_run`], [`stdout_only`], [`relay`], [`nats`] (the NATS JetStream sink),
 //! [`systemd`], [`tls`].
 
 mod daemon;
@@ -25,6 +25,7 @@ mod cluster;
 mod durability;
 mod faults;
 mod first_run;
+mod nats;
 mod reject;
 mod relay;
 mod reload;
