@@ -14,7 +14,7 @@ use serde::de::value::MapDeserializer;
 use serde::de::{DeserializeOwned, DeserializeSeed, Deserializer, Error as _};
 use serde::Deserialize;
 
-use super::{http, redis_stream, stdout, SinkKind};
+use super::{http, nats, redis_stream, stdout, SinkKind};
 use crate::config::{invalid, ConfigError, NotChecked, SinkConfig};
 
 /// Every sink kind, in the order `known kinds:` lists them.
@@ -22,6 +22,7 @@ pub const KINDS: &[Kind] = &[
     stdout::config::KIND,
     http::config::KIND,
     redis_stream::config::KIND,
+    nats::config::KIND,
 ];
 
 /// A sink kind as the config file sees it.
@@ -202,6 +203,45 @@ impl KindKeys {
     }
 }
 
+/// The commented-out `[[sinks]]` table of `kind` in `config.example.toml`, uncommented (the
+/// first `#` of each line and the space after it removed): from the `# [[sinks]]` line before
+/// its `# kind = "..."` line up to the next blank line or commented-out table. Each kind's
+/// tests parse their example with it.
+#[cfg(test)]
+pub(crate) fn example_block(kind: &str) -> String {
+    let example = include_str!("../../config.example.toml");
+    let lines: Vec<&str> = example.lines().collect();
+    let kind_line = format!("# kind = \"{kind}\"");
+    let at = lines
+        .iter()
+        .position(|line| *line == kind_line)
+        .unwrap_or_else(|| panic!("config.example.toml has no commented-out sink of kind {kind}"));
+    let start = (0..at)
+        .rev()
+        .find(|&i| lines[i] == "# [[sinks]]")
+        .unwrap_or_else(|| panic!("the {kind} example has no `# [[sinks]]` line"));
+    let mut block = String::new();
+    for (i, line) in lines.iter().enumerate().skip(start) {
+        if !line.starts_with('#') || (i > start && *line == "# [[sinks]]") {
+            break;
+        }
+        let line = &line[1..];
+        block.push_str(line.strip_prefix(' ').unwrap_or(line));
+        block.push('\n');
+    }
+    block
+}
+
+/// `config.example.toml` up to its first commented-out sink: a whole config on its own.
+#[cfg(test)]
+pub(crate) fn example_head() -> &'static str {
+    let example = include_str!("../../config.example.toml");
+    let end = example
+        .find("\n# [[sinks]]\n")
+        .expect("the example has commented-out sinks");
+    &example[..end + 1]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -209,7 +249,7 @@ mod tests {
     #[test]
     fn kind_names_and_keys_are_unique_and_listed_once() {
         let names: Vec<&str> = KINDS.iter().map(|k| k.name).collect();
-        assert_eq!(names, ["stdout", "http", "redis_stream"]);
+        assert_eq!(names, ["stdout", "http", "redis_stream", "nats"]);
         let keys: Vec<&str> = kind_keys().map(|k| k.name).collect();
         assert_eq!(
             keys,
@@ -224,7 +264,10 @@ mod tests {
                 "url_file",
                 "stream",
                 "max_len",
-                "dedupe_ttl_secs"
+                "dedupe_ttl_secs",
+                "subject",
+                "token_env",
+                "creds_file"
             ]
         );
         for common in [

@@ -6,7 +6,7 @@
 //! belong to the dispatcher. This module holds what every kind shares: the [`Sink`] trait,
 //! [`SinkError`] (retryable, unreachable, gone or permanent, and nothing kind-specific),
 //! [`SinkKind`] (one variant per kind, with its validated settings) and [`build`]. Each kind
-//! lives in its own folder (`stdout/`, `http/`, `redis_stream/`) and owns its config keys (`<kind>/config.rs`,
+//! lives in its own folder (`stdout/`, `http/`, `redis_stream/`, `nats/`) and owns its config keys (`<kind>/config.rs`,
 //! registered in [`config::KINDS`]) and the way its own failures map onto [`SinkError`] (an
 //! HTTP status is classified in [`http::classify`], not here).
 //!
@@ -16,6 +16,7 @@
 
 pub mod config;
 pub mod http;
+pub mod nats;
 pub mod redis_stream;
 pub mod stdout;
 
@@ -162,6 +163,8 @@ pub enum SinkKind {
     Http(http::HttpSinkConfig),
     /// `kind = "redis_stream"`: appends each event to a Redis stream.
     RedisStream(redis_stream::RedisStreamConfig),
+    /// `kind = "nats"`: publishes each event to NATS JetStream.
+    Nats(nats::NatsSinkConfig),
 }
 
 impl SinkKind {
@@ -172,6 +175,7 @@ impl SinkKind {
             SinkKind::Stdout => None,
             SinkKind::Http(http) => Some(http.timeout),
             SinkKind::RedisStream(_) => Some(redis_stream::ATTEMPT_TIMEOUT),
+            SinkKind::Nats(nats) => Some(nats.timeout),
         }
     }
 }
@@ -189,10 +193,12 @@ pub enum AnySink {
     Http(http::HttpSink),
     /// A Redis Streams sink.
     RedisStream(redis_stream::RedisStreamSink),
+    /// A NATS JetStream sink.
+    Nats(nats::NatsSink),
 }
 
 /// The sink `config` describes, ready to be fed by a dispatcher. Opens nothing yet: an HTTP
-/// sink connects on its first delivery.
+/// or NATS sink connects on its first delivery.
 pub fn build(config: &SinkConfig) -> AnySink {
     match &config.kind {
         SinkKind::Stdout => AnySink::Stdout(stdout::StdoutSink::new(config.name.clone())),
@@ -201,6 +207,7 @@ pub fn build(config: &SinkConfig) -> AnySink {
             config.name.clone(),
             redis,
         )),
+        SinkKind::Nats(nats) => AnySink::Nats(nats::NatsSink::new(config.name.clone(), nats)),
     }
 }
 
@@ -210,6 +217,7 @@ impl Sink for AnySink {
             AnySink::Stdout(sink) => sink.name(),
             AnySink::Http(sink) => sink.name(),
             AnySink::RedisStream(sink) => sink.name(),
+            AnySink::Nats(sink) => sink.name(),
         }
     }
 
@@ -218,6 +226,7 @@ impl Sink for AnySink {
             AnySink::Stdout(sink) => sink.concurrency(),
             AnySink::Http(sink) => sink.concurrency(),
             AnySink::RedisStream(sink) => sink.concurrency(),
+            AnySink::Nats(sink) => sink.concurrency(),
         }
     }
 
@@ -226,6 +235,7 @@ impl Sink for AnySink {
             AnySink::Stdout(sink) => sink.max_batch(),
             AnySink::Http(sink) => sink.max_batch(),
             AnySink::RedisStream(sink) => sink.max_batch(),
+            AnySink::Nats(sink) => sink.max_batch(),
         }
     }
 
@@ -234,6 +244,7 @@ impl Sink for AnySink {
             AnySink::Stdout(sink) => sink.deliver(batch).await,
             AnySink::Http(sink) => sink.deliver(batch).await,
             AnySink::RedisStream(sink) => sink.deliver(batch).await,
+            AnySink::Nats(sink) => sink.deliver(batch).await,
         }
     }
 }

@@ -8,7 +8,8 @@
 //! engine and broker tests, unique names, a schema guard), [`proxy`] (a TCP pass-through a test
 //! can cut, to take a service away from one daemon). Tests: [`accept`], [`admin`],
 //! [`reject`], [`durability`], [`cli`], [`cluster`] (several instances on PostgreSQL), [`first_run`], [`stdout_only`], [`relay`],
-//! [`redis_stream`] (the Redis Streams sink on a real Redis), [`systemd`], [`tls`].
+//! [`redis_stream`] (the Redis Streams sink on a real Redis), [`nats`] (the NATS JetStream
+//! sink), [`systemd`], [`tls`].
 
 mod daemon;
 mod fixtures;
@@ -25,6 +26,7 @@ mod cluster;
 mod durability;
 mod faults;
 mod first_run;
+mod nats;
 mod redis_stream;
 mod reject;
 mod relay;

@@ -13,6 +13,8 @@ use std::process::{Command, Stdio};
 
 /// The variable naming the PostgreSQL database of the store engine's tests.
 pub const POSTGRES_URL_VAR: &str = "KIRIMHOOK_TEST_POSTGRES_URL";
+/// The variable naming the NATS server (with JetStream) of the `nats` sink's tests.
+pub const NATS_URL_VAR: &str = "KIRIMHOOK_TEST_NATS_URL";
 /// Set to `1` (by `.ci/run`): a missing service fails the test instead of skipping it.
 pub const REQUIRE_SERVICES_VAR: &str = "KIRIMHOOK_REQUIRE_SERVICES";
 /// PostgreSQL's identifier limit (NAMEDATALEN - 1), also fine for queues, streams and keys.
@@ -21,6 +23,11 @@ const MAX_NAME_CHARS: usize = 63;
 /// The PostgreSQL URL for `test`, from `KIRIMHOOK_TEST_POSTGRES_URL`; see [`service_url`].
 pub fn postgres_url(test: &str) -> Option<String> {
     service_url(test, POSTGRES_URL_VAR)
+}
+
+/// The NATS URL for `test`, from `KIRIMHOOK_TEST_NATS_URL`; see [`service_url`].
+pub fn nats_url(test: &str) -> Option<String> {
+    service_url(test, NATS_URL_VAR)
 }
 
 /// The value of `var` (a `KIRIMHOOK_TEST_*_URL`) for the test named `test`. Unset or empty:

@@ -213,28 +213,16 @@ mod tests {
     /// first `#` (and the space after it) of each line, parses with the values it documents.
     #[test]
     fn example_http_sink_parses_when_uncommented() {
-        let example = include_str!("../../../config.example.toml");
-        let start = example
-            .find("\n# [[sinks]]\n")
-            .expect("the example has a commented-out [[sinks]] table");
-        // The Redis Streams example after it has a test of its own (in sinks/redis_stream).
-        let end = example
-            .find(crate::sinks::redis_stream::config::EXAMPLE_START)
-            .unwrap_or(example.len());
-        let uncommented: String = example[start + 1..end]
-            .lines()
-            .map(|line| {
-                let line = line.strip_prefix('#').unwrap_or_else(|| {
-                    panic!("line {line:?} of the example block is not commented out")
-                });
-                format!("{}\n", line.strip_prefix(' ').unwrap_or(line))
-            })
-            .collect();
-        let text = format!("{}\n{uncommented}", &example[..start]);
+        let text = format!(
+            "{}\n{}",
+            crate::sinks::config::example_head(),
+            crate::sinks::config::example_block("http")
+        );
         let env = |name: &str| {
             (name == "KIRIMHOOK_APP_SECRET").then(|| "whsec_app_secret_from_env".to_owned())
         };
         let config = Config::from_toml_str_with(&text, &env).unwrap();
+        // The stdout sink, then the commented-out http one.
         assert_eq!(config.sinks.len(), 2);
         let sink = &config.sinks[1];
         assert_eq!(sink.name, "app");
@@ -577,7 +565,7 @@ mod tests {
             "sinks[0].urls",
             "unknown key; expected one of `name`, `kind`, `url`, `timeout_secs`, `concurrency`, \
              `secret`, `secret_env`, `secret_file`, `url_env`, `url_file`, `stream`, `max_len`, \
-             `dedupe_ttl_secs`, `events`, `sources`, `phone_number_ids`, `retry` (line 9, column 1)",
+             `dedupe_ttl_secs`, `subject`, `token_env`, `creds_file`, `events`, `sources`, `phone_number_ids`, `retry` (line 9, column 1)",
         );
     }
 }

@@ -35,11 +35,6 @@ const URL_EXAMPLE: &str = "redis://127.0.0.1:6379/0";
 /// with, so that the rest of the config can be checked; never connected to.
 const UNCHECKED_REDIS_URL: &str = "redis://not-checked.invalid/0";
 
-/// Where the commented-out Redis Streams sink of `config.example.toml` starts (its tests find
-/// it there).
-#[cfg(test)]
-pub(crate) const EXAMPLE_START: &str = "\n#\n# # Redis Streams sink";
-
 /// `kind = "redis_stream"` and its keys.
 pub const KIND: Kind = Kind {
     name: "redis_stream",
@@ -254,21 +249,11 @@ mod tests {
     /// the first `#` (and the space after it) of each line, parses with the values it documents.
     #[test]
     fn example_redis_sink_parses_when_uncommented() {
-        let example = include_str!("../../../config.example.toml");
-        let start = example
-            .find(super::EXAMPLE_START)
-            .expect("the example has a commented-out redis_stream sink");
-        let sinks = example.find("\n# [[sinks]]\n").unwrap();
-        let uncommented: String = example[start + 1..]
-            .lines()
-            .map(|line| {
-                let line = line.strip_prefix('#').unwrap_or_else(|| {
-                    panic!("line {line:?} of the example block is not commented out")
-                });
-                format!("{}\n", line.strip_prefix(' ').unwrap_or(line))
-            })
-            .collect();
-        let text = format!("{}\n{uncommented}", &example[..sinks]);
+        let text = format!(
+            "{}\n{}",
+            crate::sinks::config::example_head(),
+            crate::sinks::config::example_block("redis_stream")
+        );
         let env = |name: &str| {
             (name == "KIRIMHOOK_REDIS_URL").then(|| "redis://127.0.0.1:6379/0".to_owned())
         };
