@@ -14,11 +14,15 @@ use serde::de::value::MapDeserializer;
 use serde::de::{DeserializeOwned, DeserializeSeed, Deserializer, Error as _};
 use serde::Deserialize;
 
-use super::{http, stdout, SinkKind};
+use super::{http, rabbitmq, stdout, SinkKind};
 use crate::config::{invalid, ConfigError, NotChecked, SinkConfig};
 
 /// Every sink kind, in the order `known kinds:` lists them.
-pub const KINDS: &[Kind] = &[stdout::config::KIND, http::config::KIND];
+pub const KINDS: &[Kind] = &[
+    stdout::config::KIND,
+    http::config::KIND,
+    rabbitmq::config::KIND,
+];
 
 /// A sink kind as the config file sees it.
 pub struct Kind {
@@ -205,7 +209,7 @@ mod tests {
     #[test]
     fn kind_names_and_keys_are_unique_and_listed_once() {
         let names: Vec<&str> = KINDS.iter().map(|k| k.name).collect();
-        assert_eq!(names, ["stdout", "http"]);
+        assert_eq!(names, ["stdout", "http", "rabbitmq"]);
         let keys: Vec<&str> = kind_keys().map(|k| k.name).collect();
         assert_eq!(
             keys,
@@ -215,7 +219,12 @@ mod tests {
                 "concurrency",
                 "secret",
                 "secret_env",
-                "secret_file"
+                "secret_file",
+                "url_env",
+                "url_file",
+                "exchange",
+                "declare",
+                "routing_key"
             ]
         );
         for common in [

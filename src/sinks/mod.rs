@@ -6,7 +6,7 @@
 //! belong to the dispatcher. This module holds what every kind shares: the [`Sink`] trait,
 //! [`SinkError`] (retryable, unreachable, gone or permanent, and nothing kind-specific),
 //! [`SinkKind`] (one variant per kind, with its validated settings) and [`build`]. Each kind
-//! lives in its own folder (`stdout/`, `http/`) and owns its config keys (`<kind>/config.rs`,
+//! lives in its own folder (`stdout/`, `http/`, `rabbitmq/`) and owns its config keys (`<kind>/config.rs`,
 //! registered in [`config::KINDS`]) and the way its own failures map onto [`SinkError`] (an
 //! HTTP status is classified in [`http::classify`], not here).
 //!
@@ -16,6 +16,7 @@
 
 pub mod config;
 pub mod http;
+pub mod rabbitmq;
 pub mod stdout;
 
 use std::future::Future;
@@ -159,6 +160,8 @@ pub enum SinkKind {
     Stdout,
     /// `kind = "http"`: POSTs each event to a URL (a relay target).
     Http(http::HttpSinkConfig),
+    /// `kind = "rabbitmq"`: publishes each event to a RabbitMQ exchange, with confirms.
+    RabbitMq(rabbitmq::RabbitMqSinkConfig),
 }
 
 impl SinkKind {
@@ -168,6 +171,9 @@ impl SinkKind {
         match self {
             SinkKind::Stdout => None,
             SinkKind::Http(http) => Some(http.timeout),
+            // Waiting for a turn, connecting and the confirm are bounded by `timeout_secs`
+            // each.
+            SinkKind::RabbitMq(rabbit) => Some(rabbit.timeout * 3),
         }
     }
 }
@@ -183,14 +189,19 @@ pub enum AnySink {
     Stdout(stdout::StdoutSink),
     /// An HTTP relay sink.
     Http(http::HttpSink),
+    /// A RabbitMQ sink.
+    RabbitMq(rabbitmq::RabbitMqSink),
 }
 
 /// The sink `config` describes, ready to be fed by a dispatcher. Opens nothing yet: an HTTP
-/// sink connects on its first delivery.
+/// or RabbitMQ sink connects on its first delivery.
 pub fn build(config: &SinkConfig) -> AnySink {
     match &config.kind {
         SinkKind::Stdout => AnySink::Stdout(stdout::StdoutSink::new(config.name.clone())),
         SinkKind::Http(http) => AnySink::Http(http::HttpSink::new(config.name.clone(), http)),
+        SinkKind::RabbitMq(rabbit) => {
+            AnySink::RabbitMq(rabbitmq::RabbitMqSink::new(config.name.clone(), rabbit))
+        }
     }
 }
 
@@ -199,6 +210,7 @@ impl Sink for AnySink {
         match self {
             AnySink::Stdout(sink) => sink.name(),
             AnySink::Http(sink) => sink.name(),
+            AnySink::RabbitMq(sink) => sink.name(),
         }
     }
 
@@ -206,6 +218,7 @@ impl Sink for AnySink {
         match self {
             AnySink::Stdout(sink) => sink.concurrency(),
             AnySink::Http(sink) => sink.concurrency(),
+            AnySink::RabbitMq(sink) => sink.concurrency(),
         }
     }
 
@@ -213,6 +226,7 @@ impl Sink for AnySink {
         match self {
             AnySink::Stdout(sink) => sink.max_batch(),
             AnySink::Http(sink) => sink.max_batch(),
+            AnySink::RabbitMq(sink) => sink.max_batch(),
         }
     }
 
@@ -220,6 +234,7 @@ impl Sink for AnySink {
         match self {
             AnySink::Stdout(sink) => sink.deliver(batch).await,
             AnySink::Http(sink) => sink.deliver(batch).await,
+            AnySink::RabbitMq(sink) => sink.deliver(batch).await,
         }
     }
 }

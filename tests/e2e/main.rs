@@ -8,7 +8,7 @@
 //! engine and broker tests, unique names, a schema guard), [`proxy`] (a TCP pass-through a test
 //! can cut, to take a service away from one daemon). Tests: [`accept`], [`admin`],
 //! [`reject`], [`durability`], [`cli`], [`cluster`] (several instances on PostgreSQL), [`first_run`], [`stdout_only`], [`relay`],
-//! [`systemd`], [`tls`].
+//! [`rabbitmq`] (the RabbitMQ sink on a real broker), [`systemd`], [`tls`].
 
 mod daemon;
 mod fixtures;
@@ -25,6 +25,7 @@ mod cluster;
 mod durability;
 mod faults;
 mod first_run;
+mod rabbitmq;
 mod reject;
 mod relay;
 mod reload;

@@ -217,7 +217,10 @@ mod tests {
         let start = example
             .find("\n# [[sinks]]\n")
             .expect("the example has a commented-out [[sinks]] table");
-        let uncommented: String = example[start + 1..]
+        // The block ends at the first blank line (other kinds' examples follow).
+        let block = &example[start + 1..];
+        let block = &block[..block.find("\n\n").map_or(block.len(), |end| end + 1)];
+        let uncommented: String = block
             .lines()
             .map(|line| {
                 let line = line.strip_prefix('#').unwrap_or_else(|| {
@@ -572,8 +575,9 @@ mod tests {
             &err,
             "sinks[0].urls",
             "unknown key; expected one of `name`, `kind`, `url`, `timeout_secs`, `concurrency`, \
-             `secret`, `secret_env`, `secret_file`, `events`, `sources`, `phone_number_ids`, \
-             `retry` (line 9, column 1)",
+             `secret`, `secret_env`, `secret_file`, `url_env`, `url_file`, `exchange`, \
+             `declare`, `routing_key`, `events`, `sources`, `phone_number_ids`, `retry` \
+             (line 9, column 1)",
         );
     }
 }
