@@ -8,7 +8,7 @@
 //! engine and broker tests, unique names, a schema guard), [`proxy`] (a TCP pass-through a test
 //! can cut, to take a service away from one daemon). Tests: [`accept`], [`admin`],
 //! [`reject`], [`durability`], [`cli`], [`cluster`] (several instances on PostgreSQL), [`first_run`], [`stdout_only`], [`relay`],
-//! [`rabbitmq`] (the RabbitMQ sink on a real broker), [`systemd`], [`tls`].
+//! [`rabbitmq`] (the RabbitMQ sink on a real broker, cut off by a proxy), [`systemd`], [`tls`].
 
 mod daemon;
 mod fixtures;

@@ -20,8 +20,11 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
 use serde_json::json;
 
+use kirimhook::store::Store;
+
 use crate::daemon::{temp_dir, Daemon, Settings};
-use crate::fixtures::{self, Fixture, PHONE_NUMBER_ID};
+use crate::fixtures::{self, kirim_event, new_event_id, Fixture, PHONE_NUMBER_ID};
+use crate::proxy::{via, Proxy};
 use crate::services::{service_url, unique_name};
 
 /// The variable naming the broker.
@@ -338,4 +341,109 @@ async fn filters_choose_what_a_rabbitmq_sink_publishes() {
     assert_eq!(names(meta.drain().await), ["f1", "f2", "f3", "f4"]);
     contacts.delete().await;
     meta.delete().await;
+}
+
+/// The log message of a sink that was found unreachable.
+const UNREACHABLE: &str = "sink unreachable; pausing deliveries and probing with back-off";
+
+/// The broker's host:port, from its URL.
+fn amqp_addr(url: &str) -> std::net::SocketAddr {
+    let uri: lapin::uri::AMQPUri = url.parse().expect("an AMQP URL");
+    let host = uri.authority.host.replace("localhost", "127.0.0.1");
+    format!("{host}:{}", uri.authority.port)
+        .parse()
+        .expect("the broker's host:port")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_cut_off_for_a_while_loses_nothing_and_dead_letters_nothing() {
+    let test = "rabbitmq::a_broker_cut_off_for_a_while_loses_nothing_and_dead_letters_nothing";
+    let Some(url) = service_url(test, AMQP_URL_VAR) else {
+        return;
+    };
+    let bus = Bus::new(&url, "e2e_cut").await;
+    let proxy = Proxy::start(amqp_addr(&url)).await;
+    let dir = temp_dir();
+    let sink = bus.sink(&via(&url, proxy.addr), "bus", "");
+    let mut daemon = Daemon::start(dir.path(), &settings(sink)).await;
+    let mut client = daemon.client();
+    let mut ids = Vec::new();
+    let send = async |client: &mut crate::http::Client, ids: &mut Vec<String>| {
+        let delivery = kirim_event(&new_event_id());
+        client
+            .send(&delivery)
+            .await
+            .expect(200, json!({"status": "accepted"}), "an event");
+        ids.push(
+            delivery
+                .header("X-Kirim-Event-Id")
+                .expect("an id")
+                .to_owned(),
+        );
+    };
+    for _ in 0..5 {
+        send(&mut client, &mut ids).await;
+    }
+    bus.wait_for(5).await;
+
+    proxy.cut();
+    for _ in 0..20 {
+        send(&mut client, &mut ids).await;
+    }
+    let paused = daemon
+        .stderr
+        .wait_for(|lines, _| {
+            lines
+                .iter()
+                .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+                .any(|log| log["message"] == UNREACHABLE && log["sink"] == "bus")
+                .then_some(())
+        })
+        .await;
+    assert!(
+        paused.is_some(),
+        "the sink was not paused as unreachable; stderr:\n{}",
+        daemon.stderr_text()
+    );
+    proxy.restore();
+    bus.wait_for(ids.len() as u32).await;
+    daemon.stop_gracefully().await;
+
+    // Every event is there; one whose confirm was lost in the cut may be there twice, with the
+    // same message_id.
+    let mut seen: HashMap<String, String> = HashMap::new();
+    for message in bus.drain().await {
+        let id = header(&message, "kirim-event-id").expect("kirim-event-id");
+        let message_id = message
+            .delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|m| m.as_str().to_owned())
+            .expect("a message_id");
+        if let Some(earlier) = seen.insert(id.clone(), message_id.clone()) {
+            assert_eq!(earlier, message_id, "{id}: a copy has the same message_id");
+        }
+    }
+    for id in &ids {
+        assert!(seen.contains_key(id), "{id} was not published");
+    }
+    assert_eq!(seen.len(), ids.len(), "only the events sent were published");
+
+    let store = Store::open(&daemon.store_path(), vec!["bus".to_owned()])
+        .expect("open the stopped daemon's store");
+    let dead = store
+        .dead_letters("bus", 0, 100)
+        .await
+        .expect("dead letters");
+    assert!(dead.is_empty(), "nothing is dead-lettered: {dead:?}");
+    let queued = store
+        .embedded()
+        .expect("an embedded store")
+        .queue("bus", 0, 100)
+        .await
+        .expect("the sink's queue");
+    assert!(queued.is_empty(), "nothing is left queued: {queued:?}");
+    store.close().await.expect("close the store");
+    bus.delete().await;
 }
