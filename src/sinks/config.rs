@@ -14,7 +14,7 @@ use serde::de::value::MapDeserializer;
 use serde::de::{DeserializeOwned, DeserializeSeed, Deserializer, Error as _};
 use serde::Deserialize;
 
-use super::{http, nats, redis_stream, stdout, SinkKind};
+use super::{http, nats, rabbitmq, redis_stream, stdout, SinkKind};
 use crate::config::{invalid, ConfigError, NotChecked, SinkConfig};
 
 /// Every sink kind, in the order `known kinds:` lists them.
@@ -23,6 +23,7 @@ pub const KINDS: &[Kind] = &[
     http::config::KIND,
     redis_stream::config::KIND,
     nats::config::KIND,
+    rabbitmq::config::KIND,
 ];
 
 /// A sink kind as the config file sees it.
@@ -249,7 +250,10 @@ mod tests {
     #[test]
     fn kind_names_and_keys_are_unique_and_listed_once() {
         let names: Vec<&str> = KINDS.iter().map(|k| k.name).collect();
-        assert_eq!(names, ["stdout", "http", "redis_stream", "nats"]);
+        assert_eq!(
+            names,
+            ["stdout", "http", "redis_stream", "nats", "rabbitmq"]
+        );
         let keys: Vec<&str> = kind_keys().map(|k| k.name).collect();
         assert_eq!(
             keys,
@@ -267,7 +271,10 @@ mod tests {
                 "dedupe_ttl_secs",
                 "subject",
                 "token_env",
-                "creds_file"
+                "creds_file",
+                "exchange",
+                "declare",
+                "routing_key"
             ]
         );
         for common in [

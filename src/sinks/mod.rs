@@ -6,7 +6,7 @@
 //! belong to the dispatcher. This module holds what every kind shares: the [`Sink`] trait,
 //! [`SinkError`] (retryable, unreachable, gone or permanent, and nothing kind-specific),
 //! [`SinkKind`] (one variant per kind, with its validated settings) and [`build`]. Each kind
-//! lives in its own folder (`stdout/`, `http/`, `redis_stream/`, `nats/`) and owns its config keys (`<kind>/config.rs`,
+//! lives in its own folder (`stdout/`, `http/`, `redis_stream/`, `nats/`, `rabbitmq/`) and owns its config keys (`<kind>/config.rs`,
 //! registered in [`config::KINDS`]) and the way its own failures map onto [`SinkError`] (an
 //! HTTP status is classified in [`http::classify`], not here).
 //!
@@ -17,6 +17,7 @@
 pub mod config;
 pub mod http;
 pub mod nats;
+pub mod rabbitmq;
 pub mod redis_stream;
 pub mod stdout;
 
@@ -165,6 +166,8 @@ pub enum SinkKind {
     RedisStream(redis_stream::RedisStreamConfig),
     /// `kind = "nats"`: publishes each event to NATS JetStream.
     Nats(nats::NatsSinkConfig),
+    /// `kind = "rabbitmq"`: publishes each event to a RabbitMQ exchange, with confirms.
+    RabbitMq(rabbitmq::RabbitMqSinkConfig),
 }
 
 impl SinkKind {
@@ -176,6 +179,9 @@ impl SinkKind {
             SinkKind::Http(http) => Some(http.timeout),
             SinkKind::RedisStream(_) => Some(redis_stream::ATTEMPT_TIMEOUT),
             SinkKind::Nats(nats) => Some(nats.timeout),
+            // Waiting for a turn, connecting and the confirm are bounded by `timeout_secs`
+            // each.
+            SinkKind::RabbitMq(rabbit) => Some(rabbit.timeout * 3),
         }
     }
 }
@@ -195,10 +201,12 @@ pub enum AnySink {
     RedisStream(redis_stream::RedisStreamSink),
     /// A NATS JetStream sink.
     Nats(nats::NatsSink),
+    /// A RabbitMQ sink.
+    RabbitMq(rabbitmq::RabbitMqSink),
 }
 
 /// The sink `config` describes, ready to be fed by a dispatcher. Opens nothing yet: an HTTP
-/// or NATS sink connects on its first delivery.
+/// NATS or RabbitMQ sink connects on its first delivery.
 pub fn build(config: &SinkConfig) -> AnySink {
     match &config.kind {
         SinkKind::Stdout => AnySink::Stdout(stdout::StdoutSink::new(config.name.clone())),
@@ -208,6 +216,9 @@ pub fn build(config: &SinkConfig) -> AnySink {
             redis,
         )),
         SinkKind::Nats(nats) => AnySink::Nats(nats::NatsSink::new(config.name.clone(), nats)),
+        SinkKind::RabbitMq(rabbit) => {
+            AnySink::RabbitMq(rabbitmq::RabbitMqSink::new(config.name.clone(), rabbit))
+        }
     }
 }
 
@@ -218,6 +229,7 @@ impl Sink for AnySink {
             AnySink::Http(sink) => sink.name(),
             AnySink::RedisStream(sink) => sink.name(),
             AnySink::Nats(sink) => sink.name(),
+            AnySink::RabbitMq(sink) => sink.name(),
         }
     }
 
@@ -227,6 +239,7 @@ impl Sink for AnySink {
             AnySink::Http(sink) => sink.concurrency(),
             AnySink::RedisStream(sink) => sink.concurrency(),
             AnySink::Nats(sink) => sink.concurrency(),
+            AnySink::RabbitMq(sink) => sink.concurrency(),
         }
     }
 
@@ -236,6 +249,7 @@ impl Sink for AnySink {
             AnySink::Http(sink) => sink.max_batch(),
             AnySink::RedisStream(sink) => sink.max_batch(),
             AnySink::Nats(sink) => sink.max_batch(),
+            AnySink::RabbitMq(sink) => sink.max_batch(),
         }
     }
 
@@ -245,6 +259,7 @@ impl Sink for AnySink {
             AnySink::Http(sink) => sink.deliver(batch).await,
             AnySink::RedisStream(sink) => sink.deliver(batch).await,
             AnySink::Nats(sink) => sink.deliver(batch).await,
+            AnySink::RabbitMq(sink) => sink.deliver(batch).await,
         }
     }
 }

@@ -9,7 +9,8 @@
 //! can cut, to take a service away from one daemon). Tests: [`accept`], [`admin`],
 //! [`reject`], [`durability`], [`cli`], [`cluster`] (several instances on PostgreSQL), [`first_run`], [`stdout_only`], [`relay`],
 //! [`redis_stream`] (the Redis Streams sink on a real Redis), [`nats`] (the NATS JetStream
-//! sink), [`systemd`], [`tls`].
+//! sink), [`rabbitmq`] (the RabbitMQ sink on a real broker, cut off by a proxy), [`systemd`],
+//! [`tls`].
 
 mod daemon;
 mod fixtures;
@@ -27,6 +28,7 @@ mod durability;
 mod faults;
 mod first_run;
 mod nats;
+mod rabbitmq;
 mod redis_stream;
 mod reject;
 mod relay;
