@@ -186,12 +186,16 @@ async fn health_readiness_and_metrics_after_real_deliveries() {
         .expect(401, json!({"error": "missing_signature"}), "no signature");
     daemon.wait_for_event(by_b.event_id()).await;
 
-    let metrics = wait_for_sample(
+    wait_for_sample(
         &daemon,
         "kirimhook_sink_delivered_total{sink=\"stdout\"}",
         2.0,
     )
     .await;
+    // A delivery is counted when the sink took it; the queue gauge follows once its outcome
+    // is committed (and the scrape cache has expired): wait for that too.
+    let metrics =
+        wait_for_sample(&daemon, "kirimhook_sink_queue_depth{sink=\"stdout\"}", 0.0).await;
     let reply = get(&daemon, "/metrics").await;
     assert_eq!(
         reply

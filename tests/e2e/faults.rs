@@ -445,10 +445,21 @@ async fn a_nearly_full_disk_refuses_early_and_recovers_in_place() {
     );
     let refused = sample(&metrics, "kirimhook_requests_total{outcome=\"low_disk\"}");
     assert!(refused.is_some_and(|n| n >= 1.0), "{metrics}");
-    let log = daemon.stderr_text();
+    // The log line is written before the refusals, but read from the pipe by another thread:
+    // wait for it rather than look once.
+    let warned = daemon
+        .stderr
+        .wait_for(|lines, _| {
+            lines
+                .iter()
+                .any(|line| line.contains("disk nearly full"))
+                .then_some(())
+        })
+        .await;
     assert!(
-        log.contains("disk nearly full"),
-        "a warn line; stderr:\n{log}"
+        warned.is_some(),
+        "a warn line; stderr:\n{}",
+        daemon.stderr_text()
     );
 
     std::fs::remove_file(&filler).expect("free the space");
