@@ -54,14 +54,28 @@ async fn a_notify_wakes_the_other_instance() {
     work.wait(Some(tokio::time::Instant::now() + Duration::from_secs(2)))
         .await;
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let mut work = a.work();
-    let started = std::time::Instant::now();
-    let admit = tokio::spawn(async move { b.admit(event(&["n1"], &["s"])).await });
-    work.wait(Some(tokio::time::Instant::now() + Duration::from_secs(5)))
-        .await;
-    let waited = started.elapsed();
-    assert!(waited < Duration::from_millis(900), "woke after {waited:?}");
-    admit.await.unwrap().unwrap();
+    // On a loaded machine the LISTEN connection may still be coming up (a notification sent
+    // before it listens is lost): up to three tries, each well under the 1 s poll.
+    let mut waits = Vec::new();
+    for i in 0..3 {
+        let mut work = a.work();
+        let started = std::time::Instant::now();
+        let b = b.clone();
+        let key = format!("n{i}");
+        let admit = tokio::spawn(async move { b.admit(event(&[&key], &["s"])).await });
+        work.wait(Some(tokio::time::Instant::now() + Duration::from_secs(5)))
+            .await;
+        let waited = started.elapsed();
+        admit.await.unwrap().unwrap();
+        waits.push(waited);
+        if waited < Duration::from_millis(900) {
+            break;
+        }
+    }
+    assert!(
+        waits.iter().any(|w| *w < Duration::from_millis(900)),
+        "never woke before the poll: {waits:?}"
+    );
     a.close().await;
 }
 
