@@ -204,6 +204,44 @@ impl KindKeys {
     }
 }
 
+/// The URL of a broker sink from exactly one of its `url`, `url_env` and `url_file` keys (the
+/// rules of `verify.secrets`), checked by `check` (value, key it came from); the error for
+/// none names `<base>.url`, the `kind` and an `example`. Kept as a [`SecretString`]: it may
+/// hold a password.
+pub(crate) fn secret_url(
+    keys: &mut KindKeys,
+    table: &SinkTable<'_>,
+    kind: &str,
+    example: &str,
+    check: fn(&str, &str) -> Result<(), ConfigError>,
+) -> Result<crate::config::SecretString, ConfigError> {
+    let base = table.base;
+    let url_keys = crate::config::SecretKeys {
+        inline: "url",
+        env_var: "url_env",
+        file: "url_file",
+        required: true,
+    };
+    let sources = crate::config::SecretSources {
+        inline: keys.take(base, "url")?,
+        env_var: keys.take(base, "url_env")?,
+        file: keys.take(base, "url_file")?,
+    };
+    match crate::config::resolve_secret_value(base, &url_keys, sources, table.env)? {
+        Some((value, key)) => {
+            check(&value, &key)?;
+            Ok(crate::config::SecretString::new(value))
+        }
+        None => Err(invalid(
+            format!("{base}.url"),
+            format!(
+                "is required for kind = \"{kind}\": set exactly one of url, url_env, url_file \
+                 (a URL such as `{example}`)"
+            ),
+        )),
+    }
+}
+
 /// The commented-out `[[sinks]]` table of `kind` in `config.example.toml`, uncommented (the
 /// first `#` of each line and the space after it removed): from the `# [[sinks]]` line before
 /// its `# kind = "..."` line up to the next blank line or commented-out table. Each kind's

@@ -13,8 +13,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::config::{
-    check_range, file_absent, invalid, resolve_secret_value, ConfigError, NotChecked, SecretKeys,
-    SecretSources, SecretString, NOT_PRESENT,
+    check_range, file_absent, invalid, ConfigError, NotChecked, SecretString, NOT_PRESENT,
 };
 use crate::sinks::config::{Kind, KindKey, KindKeys, SinkTable};
 use crate::sinks::SinkKind;
@@ -51,14 +50,6 @@ pub const KIND: Kind = Kind {
     skip_missing_files,
 };
 
-/// `sinks[i]`: exactly one of `url`, `url_env`, `url_file`.
-const URL_KEYS: SecretKeys = SecretKeys {
-    inline: "url",
-    env_var: "url_env",
-    file: "url_file",
-    required: true,
-};
-
 /// The settings of a `redis_stream` sink. `Debug` never shows the URL.
 #[derive(Debug, Clone)]
 pub struct RedisStreamConfig {
@@ -81,26 +72,13 @@ pub struct RedisStreamConfig {
 /// dedupe_ttl_secs, concurrency.
 fn validate(keys: &mut KindKeys, table: &SinkTable<'_>) -> Result<RedisStreamConfig, ConfigError> {
     let base = table.base;
-    let sources = SecretSources {
-        inline: keys.take(base, "url")?,
-        env_var: keys.take(base, "url_env")?,
-        file: keys.take(base, "url_file")?,
-    };
-    let url = match resolve_secret_value(base, &URL_KEYS, sources, table.env)? {
-        Some((value, key)) => {
-            check_redis_url(&value, &key)?;
-            SecretString::new(value)
-        }
-        None => {
-            return Err(invalid(
-                format!("{base}.url"),
-                format!(
-                    "is required for kind = \"redis_stream\": set exactly one of url, url_env, \
-                     url_file (a URL such as `{URL_EXAMPLE}`)"
-                ),
-            ))
-        }
-    };
+    let url = crate::sinks::config::secret_url(
+        keys,
+        table,
+        "redis_stream",
+        URL_EXAMPLE,
+        check_redis_url,
+    )?;
     let stream_key = format!("{base}.stream");
     let stream = match keys.take::<String>(base, "stream")? {
         Some(stream) => check_stream(&stream_key, stream)?,
