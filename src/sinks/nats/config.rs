@@ -1,5 +1,5 @@
 //! The keys of a `nats` sink (`url`, `subject`, `stream`, `concurrency`, `timeout_secs`,
-//! `token_env`, `creds_file`) and their validation into a [`NatsSinkConfig`], with the subject
+//! `token_env`, `creds_file`, `user` + `password_env`) and their validation into a [`NatsSinkConfig`], with the subject
 //! template ([`SubjectTemplate`]) the sink renders for every event.
 //!
 //! The keys every kind takes are checked by [`crate::config`]; errors name the full key
@@ -40,6 +40,8 @@ pub const KIND: Kind = Kind {
         KindKey::of::<u64>("timeout_secs"),
         KindKey::of::<String>("token_env"),
         KindKey::of::<PathBuf>("creds_file"),
+        KindKey::of::<String>("user"),
+        KindKey::of::<String>("password_env"),
     ],
     validate_keys: |keys, table| validate(keys, table).map(SinkKind::Nats),
     skip_missing_files,
@@ -49,7 +51,8 @@ pub const KIND: Kind = Kind {
 #[derive(Debug, Clone)]
 pub struct NatsSinkConfig {
     /// The server, `url`: `nats://host[:port]` or `tls://host[:port]` (TLS with the system's
-    /// roots). Required; no user name or password in it (use `token_env` or `creds_file`).
+    /// roots). Required; no user name or password in it (use `token_env`, `creds_file` or
+    /// `user` + `password_env`).
     pub url: String,
     /// Where each event is published, `subject` (a template). Required.
     pub subject: SubjectTemplate,
@@ -74,6 +77,14 @@ pub enum NatsAuth {
     Token(SecretString),
     /// `creds_file`: a NATS `.creds` file (JWT and NKey seed), read when the sink connects.
     CredsFile(PathBuf),
+    /// `user` and `password_env`: a user name, and its password in this environment variable
+    /// (read when the config is read).
+    UserPassword {
+        /// The user name.
+        user: String,
+        /// The password.
+        password: SecretString,
+    },
 }
 
 /// One field of an event a subject template may name.
@@ -243,7 +254,7 @@ fn is_token_char(c: char) -> bool {
 }
 
 /// Validates the keys of a nats sink, in the order url, subject, stream, concurrency,
-/// timeout_secs, token_env / creds_file.
+/// timeout_secs, then the credentials.
 fn validate(keys: &mut KindKeys, table: &SinkTable<'_>) -> Result<NatsSinkConfig, ConfigError> {
     let base = table.base;
     let key = |name: &str| format!("{base}.{name}");
@@ -294,35 +305,7 @@ fn validate(keys: &mut KindKeys, table: &SinkTable<'_>) -> Result<NatsSinkConfig
         TIMEOUT_SECS_RANGE,
         " seconds",
     )?;
-    let token_env = keys.take::<String>(base, "token_env")?;
-    let creds_file = keys.take::<PathBuf>(base, "creds_file")?;
-    let auth = match (token_env, creds_file) {
-        (Some(_), Some(_)) => {
-            return Err(invalid(
-                base,
-                "at most one of token_env, creds_file may be set",
-            ))
-        }
-        (Some(var), None) => {
-            if var.is_empty() {
-                return Err(invalid(
-                    key("token_env"),
-                    "must name an environment variable",
-                ));
-            }
-            match (table.env)(&var) {
-                Some(token) if !token.is_empty() => NatsAuth::Token(SecretString::new(token)),
-                _ => {
-                    return Err(invalid(
-                        key("token_env"),
-                        format!("`{}` is unset or empty", var.escape_debug()),
-                    ))
-                }
-            }
-        }
-        (None, Some(path)) => NatsAuth::CredsFile(path),
-        (None, None) => NatsAuth::None,
-    };
+    let auth = validate_auth(keys, table)?;
     Ok(NatsSinkConfig {
         url,
         subject,
@@ -330,6 +313,69 @@ fn validate(keys: &mut KindKeys, table: &SinkTable<'_>) -> Result<NatsSinkConfig
         concurrency,
         timeout: Duration::from_secs(timeout),
         auth,
+    })
+}
+
+/// Validates `token_env`, `creds_file` and `user` + `password_env`: at most one way to
+/// authenticate, and a named environment variable that is set and not empty.
+fn validate_auth(keys: &mut KindKeys, table: &SinkTable<'_>) -> Result<NatsAuth, ConfigError> {
+    let base = table.base;
+    let token_env = keys.take::<String>(base, "token_env")?;
+    let creds_file = keys.take::<PathBuf>(base, "creds_file")?;
+    let user = keys.take::<String>(base, "user")?;
+    let password_env = keys.take::<String>(base, "password_env")?;
+    let ways = [
+        token_env.is_some(),
+        creds_file.is_some(),
+        user.is_some() || password_env.is_some(),
+    ];
+    if ways.iter().filter(|&&set| set).count() > 1 {
+        return Err(invalid(
+            base,
+            "at most one of token_env, creds_file, user + password_env may be set",
+        ));
+    }
+    let secret = |name: &str, var: String| {
+        let key = format!("{base}.{name}");
+        if var.is_empty() {
+            return Err(invalid(key, "must name an environment variable"));
+        }
+        match (table.env)(&var) {
+            Some(value) if !value.is_empty() => Ok(SecretString::new(value)),
+            _ => Err(invalid(
+                key,
+                format!("`{}` is unset or empty", var.escape_debug()),
+            )),
+        }
+    };
+    Ok(match (token_env, creds_file, user, password_env) {
+        (Some(var), ..) => NatsAuth::Token(secret("token_env", var)?),
+        (_, Some(path), ..) => NatsAuth::CredsFile(path),
+        (_, _, Some(user), Some(var)) => {
+            if user.is_empty() || user.contains(char::is_control) {
+                return Err(invalid(
+                    format!("{base}.user"),
+                    "must be a user name (not empty, no control characters)",
+                ));
+            }
+            NatsAuth::UserPassword {
+                user,
+                password: secret("password_env", var)?,
+            }
+        }
+        (_, _, Some(_), None) => {
+            return Err(invalid(
+                format!("{base}.password_env"),
+                "is required with `user` (the environment variable holding the password)",
+            ))
+        }
+        (_, _, None, Some(_)) => {
+            return Err(invalid(
+                format!("{base}.user"),
+                "is required with `password_env`",
+            ))
+        }
+        (None, None, None, None) => NatsAuth::None,
     })
 }
 
@@ -380,7 +426,7 @@ fn validate_url(key: &str, text: &str) -> Result<String, ConfigError> {
         return Err(invalid(
             key,
             "must not contain a user name, password or token (the value is not shown); use \
-             `token_env` or `creds_file`",
+             `token_env`, `creds_file` or `user` + `password_env`",
         ));
     }
     if authority.contains(['/', '?', '#', ',']) || authority.contains(char::is_whitespace) {
@@ -636,6 +682,26 @@ mod tests {
                 "sinks[0]",
                 "at most one of token_env, creds_file",
             ),
+            (
+                "creds_file = \"/x.creds\"\nuser = \"u\"\npassword_env = \"P\"",
+                "sinks[0]",
+                "at most one of token_env, creds_file, user + password_env",
+            ),
+            (
+                "user = \"kirimhook\"",
+                "sinks[0].password_env",
+                "is required with `user`",
+            ),
+            (
+                "password_env = \"NATS_PASSWORD\"",
+                "sinks[0].user",
+                "is required with `password_env`",
+            ),
+            (
+                "user = \"kirimhook\"\npassword_env = \"NATS_PASSWORD\"",
+                "sinks[0].password_env",
+                "`NATS_PASSWORD` is unset or empty",
+            ),
         ] {
             let err = parse_err(&nats_sink(&format!("{line}\n")));
             assert_invalid(&err, key, fragment);
@@ -645,6 +711,25 @@ mod tests {
             only_nats(&config).auth,
             NatsAuth::CredsFile(PathBuf::from("/etc/kirimhook/nats.creds"))
         );
+
+        let env = |name: &str| (name == "NATS_PASSWORD").then(|| "hunter2-secret".to_owned());
+        let text = nats_sink("user = \"kirimhook\"\npassword_env = \"NATS_PASSWORD\"\n");
+        let config = Config::from_toml_str_with(&text, &env).unwrap();
+        let auth = &only_nats(&config).auth;
+        assert_eq!(
+            auth,
+            &NatsAuth::UserPassword {
+                user: "kirimhook".to_owned(),
+                password: SecretString::new("hunter2-secret".to_owned()),
+            }
+        );
+        assert!(!format!("{auth:?}").contains("hunter2"), "{auth:?}");
+        let err = Config::from_toml_str_with(
+            &nats_sink("user = \"\"\npassword_env = \"NATS_PASSWORD\"\n"),
+            &env,
+        )
+        .unwrap_err();
+        assert_invalid(&err, "sinks[0].user", "must be a user name");
     }
 
     #[test]
@@ -654,6 +739,7 @@ mod tests {
             ("stream = \"S\"", "sinks[0].stream"),
             ("token_env = \"T\"", "sinks[0].token_env"),
             ("creds_file = \"/x\"", "sinks[0].creds_file"),
+            ("password_env = \"P\"", "sinks[0].password_env"),
         ] {
             let err = parse_err(&with_sinks(&format!(
                 "[[sinks]]\nname = \"app\"\nkind = \"http\"\nurl = \"http://127.0.0.1:9/\"\n{line}\n"

@@ -84,6 +84,9 @@ impl NatsSink {
         match &self.config.auth {
             NatsAuth::None => {}
             NatsAuth::Token(token) => options = options.token(token.expose().to_owned()),
+            NatsAuth::UserPassword { user, password } => {
+                options = options.user_and_password(user.clone(), password.expose().to_owned())
+            }
             NatsAuth::CredsFile(path) => {
                 options = options.credentials_file(path).await.map_err(|e| {
                     unreachable(format!("cannot read creds_file {}: {e}", path.display()))
