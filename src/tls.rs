@@ -200,6 +200,13 @@ pub(crate) fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, Tl
     Ok(certs)
 }
 
+/// The bytes of a PEM file of CA certificates that a client trusts instead of the public
+/// roots (a sink's `ca_file`), checked to hold at least one readable certificate.
+pub(crate) fn read_ca_pem(path: &Path) -> Result<Vec<u8>, TlsError> {
+    read_certs(path)?;
+    read(TlsFile::Cert, path)
+}
+
 /// The first private key section of `path` (other sections, such as a certificate, are
 /// skipped).
 fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {

@@ -307,9 +307,12 @@ mod tests {
                 "stream",
                 "max_len",
                 "dedupe_ttl_secs",
+                "ca_file",
                 "subject",
                 "token_env",
                 "creds_file",
+                "user",
+                "password_env",
                 "exchange",
                 "declare",
                 "routing_key"

@@ -20,6 +20,8 @@ pub mod nats;
 pub mod rabbitmq;
 pub mod redis_stream;
 pub mod stdout;
+#[cfg(test)]
+pub(crate) mod testing;
 
 use std::future::Future;
 use std::sync::Arc;

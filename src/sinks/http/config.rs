@@ -565,7 +565,9 @@ mod tests {
             "sinks[0].urls",
             "unknown key; expected one of `name`, `kind`, `url`, `timeout_secs`, `concurrency`, \
              `secret`, `secret_env`, `secret_file`, `url_env`, `url_file`, `stream`, `max_len`, \
-             `dedupe_ttl_secs`, `subject`, `token_env`, `creds_file`, `exchange`, `declare`, `routing_key`, `events`, `sources`, `phone_number_ids`, `retry` (line 9, column 1)",
+             `dedupe_ttl_secs`, `ca_file`, `subject`, `token_env`, `creds_file`, `user`, \
+             `password_env`, `exchange`, `declare`, `routing_key`, `events`, `sources`, \
+             `phone_number_ids`, `retry` (line 9, column 1)",
         );
     }
 }

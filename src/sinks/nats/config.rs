@@ -1,5 +1,5 @@
 //! The keys of a `nats` sink (`url`, `subject`, `stream`, `concurrency`, `timeout_secs`,
-//! `token_env`, `creds_file`, `user` + `password_env`) and their validation into a [`NatsSinkConfig`], with the subject
+//! `token_env`, `creds_file`, `user` + `password_env`, `ca_file`) and their validation into a [`NatsSinkConfig`], with the subject
 //! template ([`SubjectTemplate`]) the sink renders for every event.
 //!
 //! The keys every kind takes are checked by [`crate::config`]; errors name the full key
@@ -42,6 +42,7 @@ pub const KIND: Kind = Kind {
         KindKey::of::<PathBuf>("creds_file"),
         KindKey::of::<String>("user"),
         KindKey::of::<String>("password_env"),
+        KindKey::of::<PathBuf>("ca_file"),
     ],
     validate_keys: |keys, table| validate(keys, table).map(SinkKind::Nats),
     skip_missing_files,
@@ -66,6 +67,9 @@ pub struct NatsSinkConfig {
     pub timeout: Duration,
     /// How the sink authenticates.
     pub auth: NatsAuth,
+    /// `ca_file`: PEM CA certificates trusted instead of the system's roots (a private CA);
+    /// needs a `tls://` URL. Read when the sink connects.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// How a `nats` sink authenticates to the server.
@@ -306,6 +310,13 @@ fn validate(keys: &mut KindKeys, table: &SinkTable<'_>) -> Result<NatsSinkConfig
         " seconds",
     )?;
     let auth = validate_auth(keys, table)?;
+    let ca_file = keys.take::<PathBuf>(base, "ca_file")?;
+    if ca_file.is_some() && !url.starts_with("tls://") {
+        return Err(invalid(
+            key("ca_file"),
+            "is for TLS: the URL must start with `tls://`",
+        ));
+    }
     Ok(NatsSinkConfig {
         url,
         subject,
@@ -313,6 +324,7 @@ fn validate(keys: &mut KindKeys, table: &SinkTable<'_>) -> Result<NatsSinkConfig
         concurrency,
         timeout: Duration::from_secs(timeout),
         auth,
+        ca_file,
     })
 }
 
@@ -730,6 +742,18 @@ mod tests {
         )
         .unwrap_err();
         assert_invalid(&err, "sinks[0].user", "must be a user name");
+
+        let config = parse(&with_sinks(
+            "[[sinks]]\nname = \"bus\"\nkind = \"nats\"\nurl = \"tls://nats.internal\"\n\
+             subject = \"kirim.{type}\"\nca_file = \"/etc/kirimhook/nats-ca.pem\"\n",
+        ))
+        .unwrap();
+        assert_eq!(
+            only_nats(&config).ca_file.as_deref(),
+            Some(std::path::Path::new("/etc/kirimhook/nats-ca.pem"))
+        );
+        let err = parse_err(&nats_sink("ca_file = \"/etc/kirimhook/nats-ca.pem\"\n"));
+        assert_invalid(&err, "sinks[0].ca_file", "the URL must start with `tls://`");
     }
 
     #[test]

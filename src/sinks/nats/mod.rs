@@ -93,6 +93,10 @@ impl NatsSink {
                 })?
             }
         }
+        if let Some(path) = &self.config.ca_file {
+            crate::tls::read_ca_pem(path).map_err(|e| unreachable(format!("ca_file: {e}")))?;
+            options = options.add_root_certificates(path.clone());
+        }
         let client = options
             .connect(self.config.url.as_str())
             .await
@@ -273,6 +277,7 @@ fn covers(pattern: &str, filter: &str) -> bool {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
+    use std::path::PathBuf;
     use std::sync::Arc;
 
     use super::config::{NatsAuth, SubjectTemplate};
@@ -310,6 +315,7 @@ mod tests {
             concurrency,
             timeout: Duration::from_secs(5),
             auth: NatsAuth::None,
+            ca_file: None,
         };
         NatsSink::new("bus", &config)
     }
@@ -442,6 +448,81 @@ mod tests {
             matches!(failure.error, SinkError::Unreachable { .. }),
             "{failure:?}"
         );
+    }
+
+    /// A NATS server of this test's own that requires TLS (a private CA) and a user name and
+    /// password: the sink connects with `ca_file` and `user` + `password_env` and its publish
+    /// is acknowledged; a wrong password or the system's roots (which do not know the CA) are
+    /// unreachable, and no error shows the password.
+    #[tokio::test]
+    async fn tls_with_a_private_ca_and_a_password() {
+        use crate::config::SecretString;
+        use crate::sinks::testing::{server_binary, PrivateServer, TestCert};
+
+        let test = "sinks::nats::tls_with_a_private_ca_and_a_password";
+        let Some(binary) = server_binary(test, "nats-server") else {
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let cert = TestCert::generate(dir.path());
+        let port = PrivateServer::free_port();
+        let args: Vec<String> = [
+            "-a",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-js",
+            "-sd",
+            "js",
+            "--user",
+            "kirimhook",
+            "--pass",
+            "s3cret-pass",
+            "--tls",
+            "--tlscert",
+            cert.cert.to_str().unwrap(),
+            "--tlskey",
+            cert.key.to_str().unwrap(),
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        let _server = PrivateServer::start(&binary, &args, port, dir);
+
+        let url = format!("tls://localhost:{port}");
+        let with = |password: &str, ca_file: Option<PathBuf>| {
+            let mut sink = sink(&url, "kirim", Some("KIRIM_TLS"), 4);
+            sink.config.auth = NatsAuth::UserPassword {
+                user: "kirimhook".to_owned(),
+                password: SecretString::new(password),
+            };
+            sink.config.ca_file = ca_file;
+            sink
+        };
+        let good = with("s3cret-pass", Some(cert.cert.clone()));
+        good.deliver(&[attempt(1, b"{}".to_vec())]).await.unwrap();
+
+        for (sink, what) in [
+            (
+                with("wrong-pass", Some(cert.cert.clone())),
+                "a wrong password",
+            ),
+            (with("s3cret-pass", None), "the system's roots"),
+        ] {
+            let failure = sink
+                .deliver(&[attempt(2, b"{}".to_vec())])
+                .await
+                .unwrap_err();
+            assert_eq!(failure.delivered, 0, "{what}: {failure:?}");
+            assert!(
+                matches!(failure.error, SinkError::Unreachable { .. }),
+                "{what}: {failure:?}"
+            );
+            let text = format!("{failure:?}");
+            assert!(
+                !text.contains("s3cret") && !text.contains("wrong-pass"),
+                "{text}"
+            );
+        }
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! The keys of a `redis_stream` sink (`url` / `url_env` / `url_file`, `stream`, `max_len`,
-//! `dedupe_ttl_secs`, `concurrency`) and their validation into a [`RedisStreamConfig`].
+//! `dedupe_ttl_secs`, `concurrency`, `ca_file`) and their validation into a [`RedisStreamConfig`].
 //!
 //! The keys every kind takes are checked by [`crate::config`]; errors name the full key
 //! (`sinks[0].stream`). The URL comes from exactly one of `url`, `url_env`, `url_file` (the
@@ -45,6 +45,7 @@ pub const KIND: Kind = Kind {
         KindKey::of::<u64>("max_len"),
         KindKey::of::<u64>("dedupe_ttl_secs"),
         KindKey::of::<usize>("concurrency"),
+        KindKey::of::<PathBuf>("ca_file"),
     ],
     validate_keys: |keys, table| validate(keys, table).map(SinkKind::RedisStream),
     skip_missing_files,
@@ -66,10 +67,13 @@ pub struct RedisStreamConfig {
     pub dedupe_ttl: Duration,
     /// Publishes in flight at once for this sink, `concurrency`. Default 64; 1..=256.
     pub concurrency: usize,
+    /// `ca_file`: PEM CA certificates trusted instead of the public roots for `rediss://`
+    /// (a private CA), read when the sink connects.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// Validates the keys of a redis_stream sink, in the order url, stream, max_len,
-/// dedupe_ttl_secs, concurrency.
+/// dedupe_ttl_secs, concurrency, ca_file.
 fn validate(keys: &mut KindKeys, table: &SinkTable<'_>) -> Result<RedisStreamConfig, ConfigError> {
     let base = table.base;
     let url = crate::sinks::config::secret_url(
@@ -110,12 +114,20 @@ fn validate(keys: &mut KindKeys, table: &SinkTable<'_>) -> Result<RedisStreamCon
         CONCURRENCY_RANGE,
         "",
     )?;
+    let ca_file = keys.take::<PathBuf>(base, "ca_file")?;
+    if ca_file.is_some() && !url.expose().starts_with("rediss://") {
+        return Err(invalid(
+            format!("{base}.ca_file"),
+            "is for TLS: the URL must start with `rediss://`",
+        ));
+    }
     Ok(RedisStreamConfig {
         url,
         stream,
         max_len,
         dedupe_ttl: Duration::from_secs(dedupe_ttl),
         concurrency,
+        ca_file,
     })
 }
 
@@ -296,6 +308,29 @@ mod tests {
         )))
         .unwrap();
         assert_eq!(only_redis(&config).url.expose(), url);
+    }
+
+    #[test]
+    fn ca_file_is_for_rediss_only() {
+        let config = Config::from_toml_str_with(
+            &redis_sink(
+                "url = \"rediss://redis.internal:6380/0\"\nstream = \"s\"\n\
+                 ca_file = \"/etc/kirimhook/redis-ca.pem\"\n",
+            ),
+            &|_: &str| None,
+        )
+        .unwrap();
+        assert_eq!(
+            only_redis(&config).ca_file.as_deref(),
+            Some(std::path::Path::new("/etc/kirimhook/redis-ca.pem"))
+        );
+        assert_eq!(only_redis(&parse(&with_url("")).unwrap()).ca_file, None);
+        let err = parse_err(&with_url("ca_file = \"/etc/kirimhook/redis-ca.pem\"\n"));
+        assert_invalid(
+            &err,
+            "sinks[0].ca_file",
+            "the URL must start with `rediss://`",
+        );
     }
 
     #[test]

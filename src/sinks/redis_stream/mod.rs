@@ -22,6 +22,7 @@ pub mod config;
 
 pub use config::RedisStreamConfig;
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -70,6 +71,7 @@ pub struct RedisStreamSink {
     max_len: u64,
     dedupe_ttl_secs: u64,
     concurrency: usize,
+    ca_file: Option<PathBuf>,
     script: Script,
     connection: OnceCell<ConnectionManager>,
 }
@@ -84,6 +86,7 @@ impl RedisStreamSink {
             max_len: config.max_len,
             dedupe_ttl_secs: config.dedupe_ttl.as_secs(),
             concurrency: config.concurrency,
+            ca_file: config.ca_file.clone(),
             script: Script::new(PUBLISH_SCRIPT),
             connection: OnceCell::new(),
         }
@@ -94,7 +97,21 @@ impl RedisStreamSink {
     async fn connection(&self) -> Result<ConnectionManager, SinkError> {
         self.connection
             .get_or_try_init(|| async {
-                let client = redis::Client::open(self.url.expose()).map_err(|_| {
+                let client = match &self.ca_file {
+                    None => redis::Client::open(self.url.expose()),
+                    Some(path) => {
+                        let root_cert =
+                            crate::tls::read_ca_pem(path).map_err(|e| SinkError::Unreachable {
+                                message: format!("ca_file: {e}"),
+                            })?;
+                        let certificates = redis::TlsCertificates {
+                            client_tls: None,
+                            root_cert: Some(root_cert),
+                        };
+                        redis::Client::build_with_tls(self.url.expose(), certificates)
+                    }
+                }
+                .map_err(|_| {
                     // Checked by the config already; the URL is not quoted.
                     SinkError::Unreachable {
                         message: "the Redis URL cannot be read".to_owned(),

@@ -47,6 +47,7 @@ fn config(url: &str, stream: &str, max_len: u64) -> RedisStreamConfig {
         max_len,
         dedupe_ttl: Duration::from_secs(600),
         concurrency: 4,
+        ca_file: None,
     }
 }
 
@@ -278,4 +279,72 @@ async fn connection_refused_is_unreachable() {
         !failure.error.to_string().contains("TOPSECRET"),
         "{failure:?}"
     );
+}
+
+/// A Redis of this test's own that speaks only TLS (a private CA) and requires a password:
+/// the sink connects over `rediss://` with `ca_file` and its entry lands; a wrong password or
+/// the public roots (which do not know the CA) are unreachable, and no error shows the
+/// password.
+#[tokio::test]
+async fn tls_with_a_private_ca_and_a_password() {
+    use crate::sinks::testing::{server_binary, PrivateServer, TestCert};
+
+    let test = "sinks::redis_stream::tls_with_a_private_ca_and_a_password";
+    let Some(binary) = server_binary(test, "redis-server") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let cert = TestCert::generate(dir.path());
+    let port = PrivateServer::free_port();
+    let args: Vec<String> = [
+        "--port",
+        "0",
+        "--tls-port",
+        &port.to_string(),
+        "--bind",
+        "127.0.0.1",
+        "--tls-cert-file",
+        cert.cert.to_str().unwrap(),
+        "--tls-key-file",
+        cert.key.to_str().unwrap(),
+        "--tls-ca-cert-file",
+        cert.cert.to_str().unwrap(),
+        "--tls-auth-clients",
+        "no",
+        "--requirepass",
+        "s3cret-pass",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    let _server = PrivateServer::start(&binary, &args, port, dir);
+
+    let with = |password: &str, ca_file: Option<&std::path::Path>| {
+        let url = format!("rediss://:{password}@localhost:{port}/0");
+        let mut config = config(&url, "kirim:tls", 1000);
+        config.ca_file = ca_file.map(ToOwned::to_owned);
+        RedisStreamSink::new("bus", &config)
+    };
+    let good = with("s3cret-pass", Some(&cert.cert));
+    good.deliver(&[event(1, b"{}", false)]).await.unwrap();
+
+    for (sink, what) in [
+        (with("wrong-pass", Some(&cert.cert)), "a wrong password"),
+        (with("s3cret-pass", None), "the public roots"),
+    ] {
+        let failure = sink.deliver(&[event(2, b"{}", false)]).await.unwrap_err();
+        assert_eq!(failure.delivered, 0, "{what}: {failure:?}");
+        assert!(
+            matches!(failure.error, SinkError::Unreachable { .. }),
+            "{what}: {failure:?}"
+        );
+        let text = format!("{failure:?}");
+        assert!(
+            !text.contains("s3cret") && !text.contains("wrong-pass"),
+            "{text}"
+        );
+    }
 }

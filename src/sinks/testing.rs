@@ -1,0 +1,120 @@
+//! Test support for the broker sinks: a broker of the test's own, started from the broker's
+//! server binary with settings the shared test brokers do not have (TLS with a private CA, a
+//! password), on a free local port, and stopped when the test ends.
+//!
+//! The skip rule is the one of the shared brokers: a server binary that is not installed is a
+//! printed `skipped: ...` and a pass, unless `KIRIMHOOK_REQUIRE_SERVICES=1`, which makes it a
+//! failure.
+
+#![allow(clippy::unwrap_used)]
+
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long a private broker may take to listen.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The path of the server binary `name` (looked up on `PATH`, then in `/usr/sbin`), or `None`
+/// after printing that `test` was skipped.
+pub fn server_binary(test: &str, name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let found = std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/local/sbin")])
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file());
+    if found.is_none() {
+        if std::env::var("KIRIMHOOK_REQUIRE_SERVICES").as_deref() == Ok("1") {
+            panic!(
+                "{test}: `{name}` is not installed, and KIRIMHOOK_REQUIRE_SERVICES=1 requires it"
+            );
+        }
+        eprintln!("skipped: {test}: `{name}` is not installed");
+    }
+    found
+}
+
+/// A self-signed certificate for `localhost` and `127.0.0.1` (its own CA), written as
+/// `cert.pem` and `key.pem` in `dir`.
+pub struct TestCert {
+    /// The certificate, PEM; also the CA file a client trusts.
+    pub cert: PathBuf,
+    /// The private key, PEM.
+    pub key: PathBuf,
+}
+
+impl TestCert {
+    /// Generates the pair into `dir`.
+    pub fn generate(dir: &Path) -> TestCert {
+        let generated = rcgen::generate_simple_self_signed(vec![
+            "localhost".to_owned(),
+            "127.0.0.1".to_owned(),
+        ])
+        .unwrap();
+        let cert = dir.join("cert.pem");
+        let key = dir.join("key.pem");
+        std::fs::write(&cert, generated.cert.pem()).unwrap();
+        std::fs::write(&key, generated.signing_key.serialize_pem()).unwrap();
+        TestCert { cert, key }
+    }
+}
+
+/// A broker process of one test; killed (and its directory removed) when dropped.
+pub struct PrivateServer {
+    child: Child,
+    /// Its working directory (certificates, data, log), removed after the process ends.
+    _dir: tempfile::TempDir,
+}
+
+impl PrivateServer {
+    /// A free local port: bound, then released for the server to take.
+    pub fn free_port() -> u16 {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        listener.local_addr().unwrap().port()
+    }
+
+    /// Starts `binary` with `args` (its port among them, chosen by the caller from
+    /// [`PrivateServer::free_port`]) in `dir`, and waits until `port` accepts connections.
+    /// The server's output goes to `server.log` in `dir`, quoted if it does not start.
+    pub fn start(binary: &Path, args: &[String], port: u16, dir: tempfile::TempDir) -> Self {
+        let log_path = dir.path().join("server.log");
+        let log = std::fs::File::create(&log_path).unwrap();
+        let child = Command::new(binary)
+            .args(args)
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
+        let mut server = PrivateServer { child, _dir: dir };
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        let started = Instant::now();
+        let output = || std::fs::read_to_string(&log_path).unwrap_or_default();
+        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+            if let Ok(Some(status)) = server.child.try_wait() {
+                panic!(
+                    "{} exited at start: {status}\n{}",
+                    binary.display(),
+                    output()
+                );
+            }
+            assert!(
+                started.elapsed() < START_TIMEOUT,
+                "{} does not listen on {addr} after {START_TIMEOUT:?}\n{}",
+                binary.display(),
+                output()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        server
+    }
+}
+
+impl Drop for PrivateServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
