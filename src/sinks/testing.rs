@@ -118,3 +118,50 @@ impl Drop for PrivateServer {
         let _ = self.child.wait();
     }
 }
+
+/// A TLS endpoint with a [`TestCert`] in front of a shared plain-TCP broker: it accepts TLS
+/// on a local port and passes the decrypted bytes to `upstream` and back. It lets a test speak
+/// TLS with a private CA to a broker that has no TLS listener. Stops when dropped.
+pub struct TlsFront {
+    /// The port it accepts TLS on.
+    pub port: u16,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl TlsFront {
+    /// Starts accepting for `upstream` with `cert` as the server certificate.
+    pub async fn start(cert: &TestCert, upstream: SocketAddr) -> TlsFront {
+        let mut config = crate::tls::server_config(&crate::tls::TlsConfig {
+            cert_file: cert.cert.clone(),
+            key_file: cert.key.clone(),
+        })
+        .unwrap();
+        config.alpn_protocols.clear();
+        let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+        let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .await
+            .unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(mut client) = acceptor.accept(client).await else {
+                        return;
+                    };
+                    let Ok(mut server) = tokio::net::TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                });
+            }
+        });
+        TlsFront { port, task }
+    }
+}
+
+impl Drop for TlsFront {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

@@ -45,6 +45,7 @@ pub const KIND: Kind = Kind {
         KindKey::of::<String>("routing_key"),
         KindKey::of::<usize>("concurrency"),
         KindKey::of::<u64>("timeout_secs"),
+        KindKey::of::<PathBuf>("ca_file"),
     ],
     validate_keys: |keys, table| validate(keys, table).map(SinkKind::RabbitMq),
     skip_missing_files,
@@ -69,10 +70,13 @@ pub struct RabbitMqSinkConfig {
     /// sink publishes one at a time, to wait for a turn), `timeout_secs`. Default 10 s;
     /// 1..=300 s.
     pub timeout: Duration,
+    /// `ca_file`: PEM CA certificates trusted for `amqps://` besides the webpki roots (a
+    /// private CA), read when the sink connects.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// Validates the keys of a rabbitmq sink, in the order url, exchange, declare, routing_key,
-/// concurrency, timeout_secs.
+/// concurrency, timeout_secs, ca_file.
 fn validate(keys: &mut KindKeys, table: &SinkTable<'_>) -> Result<RabbitMqSinkConfig, ConfigError> {
     let base = table.base;
     let url =
@@ -101,6 +105,13 @@ fn validate(keys: &mut KindKeys, table: &SinkTable<'_>) -> Result<RabbitMqSinkCo
         TIMEOUT_SECS_RANGE,
         " seconds",
     )?;
+    let ca_file = keys.take::<PathBuf>(base, "ca_file")?;
+    if ca_file.is_some() && !url.expose().starts_with("amqps://") {
+        return Err(invalid(
+            format!("{base}.ca_file"),
+            "is for TLS: the URL must start with `amqps://`",
+        ));
+    }
     Ok(RabbitMqSinkConfig {
         url,
         exchange,
@@ -108,6 +119,7 @@ fn validate(keys: &mut KindKeys, table: &SinkTable<'_>) -> Result<RabbitMqSinkCo
         routing_key,
         concurrency,
         timeout: Duration::from_secs(timeout),
+        ca_file,
     })
 }
 
@@ -377,6 +389,26 @@ mod tests {
     }
 
     #[test]
+    fn ca_file_is_for_amqps_only() {
+        let err = parse_err(&with_url("ca_file = \"/etc/kirimhook/amqp-ca.pem\"\n"));
+        assert_invalid(
+            &err,
+            "sinks[0].ca_file",
+            "the URL must start with `amqps://`",
+        );
+        let config = parse(&with_sinks(
+            "[[sinks]]\nname = \"amqp\"\nkind = \"rabbitmq\"\n\
+             url = \"amqps://guest:guest@mq.internal:5671/%2f\"\n\
+             ca_file = \"/etc/kirimhook/amqp-ca.pem\"\n",
+        ))
+        .unwrap();
+        assert_eq!(
+            only_rabbit(&config).ca_file.as_deref(),
+            Some(std::path::Path::new("/etc/kirimhook/amqp-ca.pem"))
+        );
+    }
+
+    #[test]
     fn defaults() {
         let config = parse(&with_url("")).unwrap();
         let rabbit = only_rabbit(&config);
@@ -389,6 +421,7 @@ mod tests {
                 routing_key: Template::parse("{source}.{type}").unwrap(),
                 concurrency: 64,
                 timeout: Duration::from_secs(10),
+                ca_file: None,
             }
         );
         assert_eq!(

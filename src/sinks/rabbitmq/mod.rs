@@ -120,7 +120,34 @@ impl RabbitMqSink {
             None => {
                 let properties = ConnectionProperties::default()
                     .with_connection_name(format!("kirimhook {}", self.name).into());
-                Connection::connect(self.config.url.expose(), properties).await?
+                match &self.config.ca_file {
+                    None => Connection::connect(self.config.url.expose(), properties).await?,
+                    Some(path) => {
+                        let pem = crate::tls::read_ca_pem(path)
+                            .map_err(|e| e.to_string())
+                            .and_then(|bytes| {
+                                String::from_utf8(bytes)
+                                    .map_err(|_| format!("{} is not PEM text", path.display()))
+                            })
+                            .map_err(|message| {
+                                lapin::Error::from(lapin::ErrorKind::IOError(std::sync::Arc::new(
+                                    std::io::Error::other(format!("ca_file: {message}")),
+                                )))
+                            })?;
+                        let tls = lapin::tcp::OwnedTLSConfig {
+                            identity: None,
+                            cert_chain: Some(pem),
+                        };
+                        let runtime = lapin::runtime::default_runtime()?;
+                        Connection::connect_with_config(
+                            self.config.url.expose(),
+                            properties,
+                            tls,
+                            runtime,
+                        )
+                        .await?
+                    }
+                }
             }
         };
         let channel = connection.create_channel().await?;

@@ -124,6 +124,7 @@ impl Scratch {
             routing_key: Template::parse("{source}.{type}").unwrap(),
             concurrency: 64,
             timeout: Duration::from_secs(5),
+            ca_file: None,
         }
     }
 
@@ -241,6 +242,58 @@ async fn a_published_event_arrives_byte_exact_with_its_headers() {
     scratch.delete().await;
 }
 
+/// `amqps://` with `ca_file`: the sink verifies the broker's certificate against a private CA
+/// (a TLS front with the test's own certificate before the shared broker) and its publish is
+/// confirmed; without `ca_file` the certificate is not trusted and the sink is unreachable.
+#[tokio::test]
+async fn amqps_with_a_private_ca() {
+    use crate::sinks::testing::{TestCert, TlsFront};
+
+    let Some(url) = amqp_url("amqps_with_a_private_ca") else {
+        return;
+    };
+    let plain: lapin::uri::AMQPUri = url.parse().unwrap();
+    let upstream = tokio::net::lookup_host((plain.authority.host.as_str(), plain.authority.port))
+        .await
+        .unwrap()
+        .next()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cert = TestCert::generate(dir.path());
+    let front = TlsFront::start(&cert, upstream).await;
+    let tls_url = format!(
+        "amqps://{}:{}@localhost:{}/{}",
+        plain.authority.userinfo.username,
+        plain.authority.userinfo.password,
+        front.port,
+        plain.vhost.replace('%', "%25").replace('/', "%2f")
+    );
+
+    let scratch = Scratch::new(&url, "sink_amqps", true).await;
+    let mut config = scratch.config(&tls_url);
+    config.ca_file = Some(cert.cert.clone());
+    let sink = RabbitMqSink::new("bus", &config);
+    let kirim = event(1, None);
+    sink.deliver(&[attempt(kirim.clone())]).await.unwrap();
+    let got = scratch.get().await.unwrap();
+    assert_eq!(got.delivery.data, kirim.body);
+    drop(sink);
+
+    let untrusting = RabbitMqSink::new("bus", &scratch.config(&tls_url));
+    let failure = untrusting
+        .deliver(&[attempt(event(2, None))])
+        .await
+        .unwrap_err();
+    assert_eq!(failure.delivered, 0, "{failure:?}");
+    assert!(
+        matches!(failure.error, SinkError::Unreachable { .. }),
+        "{failure:?}"
+    );
+    assert!(scratch.get().await.is_none());
+    drop(untrusting);
+    scratch.delete().await;
+}
+
 #[tokio::test]
 async fn many_publishes_in_flight_are_all_confirmed() {
     let Some(url) = amqp_url("many_publishes_in_flight_are_all_confirmed") else {
@@ -348,6 +401,7 @@ async fn a_refused_connection_is_unreachable_and_the_url_is_not_shown() {
         routing_key: Template::parse("{type}").unwrap(),
         concurrency: 4,
         timeout: Duration::from_secs(5),
+        ca_file: None,
     };
     let sink = RabbitMqSink::new("bus", &config);
     let failure = sink.deliver(&[attempt(event(1, None))]).await.unwrap_err();
