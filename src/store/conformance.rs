@@ -347,6 +347,61 @@ pub(crate) async fn strict_order_waits_for_the_earliest(h: Harness) {
     store.close().await.unwrap();
 }
 
+/// A strict claim hands out a run from the head of the queue, not one entry: the entries
+/// waiting for a retry first, in seq order whatever their due times, then fresh ones; it
+/// stops at the first entry that is not due.
+pub(crate) async fn strict_claims_hand_out_a_run_in_seq_order(h: Harness) {
+    let store = &h.store;
+    let mut seqs = Vec::new();
+    for key in ["kirim:r1", "kirim:r2", "kirim:r3", "kirim:r4", "kirim:r5"] {
+        seqs.push(admit_new(store, &[key]).await);
+    }
+    let strict = |max| store.claim(SINK, max, LONG, ClaimOrder::Strict);
+    let run = claim_n(store, 3, ClaimOrder::Strict).await;
+    let claimed: Vec<u64> = run.iter().map(|c| c.seq).collect();
+    assert_eq!(claimed, seqs[..3], "one strict claim hands out a run");
+    assert!(strict(10).await.unwrap().claims.is_empty());
+
+    // The second waits with a later due time than the third: both due, seq order wins.
+    let retry = |attempts, due| {
+        Outcome::Retry(AttemptState {
+            attempts,
+            next_attempt_ms: due,
+            ..AttemptState::default()
+        })
+    };
+    let now = now_ms();
+    store
+        .settle(
+            SINK,
+            vec![
+                Settlement::of(&run[0], Outcome::Delivered),
+                Settlement::of(&run[1], retry(3, now - 1_000)),
+                Settlement::of(&run[2], retry(1, now - 2_000)),
+            ],
+        )
+        .await
+        .unwrap();
+    let again = strict(10).await.unwrap();
+    let claimed: Vec<u64> = again.claims.iter().map(|c| c.seq).collect();
+    assert_eq!(
+        claimed,
+        seqs[1..],
+        "retries in seq order, then fresh entries"
+    );
+
+    // The second waits for a later retry: nothing after it goes, whatever else is due.
+    let mut settlements = vec![Settlement::of(&again.claims[0], retry(4, now + 60_000))];
+    settlements.extend(
+        again.claims[1..]
+            .iter()
+            .map(|c| Settlement::of(c, Outcome::Release)),
+    );
+    store.settle(SINK, settlements).await.unwrap();
+    assert!(strict(10).await.unwrap().claims.is_empty());
+    store.close().await.unwrap();
+}
+
 /// Dead letters keep the event and the last state; a retry puts them back as never
 /// attempted; a drop forgets them.
 pub(crate) async fn dead_letters_retry_and_drop(h: Harness) {
@@ -568,6 +623,7 @@ macro_rules! conformance_tests {
             retries_wait_for_their_time_and_releases_do_not,
             expired_leases_are_taken_over_and_fenced,
             strict_order_waits_for_the_earliest,
+            strict_claims_hand_out_a_run_in_seq_order,
             dead_letters_retry_and_drop,
             quarantine_is_kept_not_claimed,
             replay_applies_the_filter,

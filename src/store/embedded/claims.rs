@@ -100,48 +100,43 @@ impl Store {
         }
         let now = millis(std::time::SystemTime::now());
         state.expire(now);
-        let strict = order == ClaimOrder::Strict;
         let mut picked: Vec<Item> = Vec::new();
-        while picked.len() < max {
-            if strict && !state.leased.is_empty() {
-                break;
-            }
-            match state.retries.peek() {
-                Some(Reverse((due, seq))) if *due <= now => {
-                    let seq = *seq;
-                    state.retries.pop();
-                    if let Some(state_of) = state.waiting.remove(&seq) {
-                        picked.push((
-                            QueueEntry {
-                                seq,
-                                state: state_of,
-                            },
-                            None,
-                        ));
+        match order {
+            ClaimOrder::Any => {
+                while picked.len() < max {
+                    match state.retries.peek() {
+                        Some(Reverse((due, seq))) if *due <= now => {
+                            let seq = *seq;
+                            state.retries.pop();
+                            if let Some(state_of) = state.waiting.remove(&seq) {
+                                picked.push((
+                                    QueueEntry {
+                                        seq,
+                                        state: state_of,
+                                    },
+                                    None,
+                                ));
+                            }
+                            continue;
+                        }
+                        _ => {}
                     }
-                    if strict {
+                    if !self.pick_fresh(sink, &mut state, &mut picked).await? {
                         break;
                     }
-                    continue;
                 }
-                // Strict order: nothing later while an earlier entry waits for its retry.
-                Some(_) if strict => break,
-                _ => {}
             }
-            match self.next_fresh(sink, &mut state).await {
-                Ok(Some(item)) => picked.push(item),
-                Ok(None) => break,
-                Err(e) => {
-                    // Nothing picked may be forgotten: back where each came from.
-                    for (entry, event) in picked.into_iter().rev() {
-                        state.restore(entry, event);
+            // Nothing is handed out while an earlier claim is out; then a run from the head.
+            ClaimOrder::Strict if state.leased.is_empty() => {
+                if state.pick_waiting_run(max, now, &mut picked) {
+                    while picked.len() < max {
+                        if !self.pick_fresh(sink, &mut state, &mut picked).await? {
+                            break;
+                        }
                     }
-                    return Err(e);
                 }
             }
-            if strict {
-                break;
-            }
+            ClaimOrder::Strict => {}
         }
         let claims = self.lease(sink, &mut state, picked, now, lease).await?;
         let next_due_ms = state
@@ -228,6 +223,29 @@ impl Store {
 
     /// The next entry never attempted, scanning the queue (with the events) when the
     /// read-ahead is empty.
+    /// Moves the next fresh entry into `picked`; false when there is none. On an error,
+    /// everything in `picked` goes back where it came from first.
+    async fn pick_fresh(
+        &self,
+        sink: &str,
+        state: &mut SinkClaims,
+        picked: &mut Vec<Item>,
+    ) -> Result<bool, StoreError> {
+        match self.next_fresh(sink, state).await {
+            Ok(Some(item)) => {
+                picked.push(item);
+                Ok(true)
+            }
+            Ok(None) => Ok(false),
+            Err(e) => {
+                for (entry, event) in picked.drain(..).rev() {
+                    state.restore(entry, event);
+                }
+                Err(e)
+            }
+        }
+    }
+
     async fn next_fresh(
         &self,
         sink: &str,
@@ -343,6 +361,37 @@ impl SinkClaims {
             .filter_map(|seq| self.leased.remove(&seq))
             .collect();
         self.put_back(leases);
+    }
+
+    /// Strict order: moves the entries waiting for a retry into `picked`, lowest seq first,
+    /// up to `max`, stopping at the first one that is not due. They all come before every
+    /// fresh entry (nothing later starts while one waits), and their due times need not grow
+    /// with their seqs, so the timer heap's order is not used here; it is rebuilt from what
+    /// still waits. True when none waits any more, so that fresh entries may follow.
+    fn pick_waiting_run(&mut self, max: usize, now: u64, picked: &mut Vec<Item>) -> bool {
+        if self.waiting.is_empty() {
+            return true;
+        }
+        let mut run: Vec<(u64, u64)> = self
+            .waiting
+            .iter()
+            .map(|(seq, state)| (*seq, state.next_attempt_ms))
+            .collect();
+        run.sort_unstable();
+        for (seq, due) in run {
+            if picked.len() >= max || due > now {
+                break;
+            }
+            if let Some(state) = self.waiting.remove(&seq) {
+                picked.push((QueueEntry { seq, state }, None));
+            }
+        }
+        self.retries = self
+            .waiting
+            .iter()
+            .map(|(seq, state)| Reverse((state.next_attempt_ms, *seq)))
+            .collect();
+        self.waiting.is_empty()
     }
 
     /// Entries whose lease ended unsettled (released or expired): due again at once.
