@@ -9,8 +9,9 @@
 //! event, so every event is delivered at least once across crashes: a crash after the sink
 //! took an event but before its outcome was recorded delivers it again.
 //!
-//! A sink with `concurrency() == 1` (stdout) claims in strict order: while one of its events
-//! waits for a retry, no later event is started.
+//! A sink with `concurrency() == 1` and batches of one (stdout, or a sink configured with
+//! `concurrency = 1`) claims in strict order: while one of its events waits for a retry, no
+//! later event is started.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -97,7 +98,10 @@ pub async fn run_until<S: Sink>(
     metrics: Metrics,
 ) -> Result<(), Fault> {
     let name = sink.name().to_owned();
-    let order = if sink.concurrency() <= 1 {
+    // One event at a time, not one batch at a time: a strict claim hands out a single event,
+    // so a sink that takes batches (nats: one batch of up to `concurrency` events) would get
+    // batches of one, a round trip per event.
+    let order = if sink.concurrency() <= 1 && sink.max_batch() <= 1 {
         ClaimOrder::Strict
     } else {
         ClaimOrder::Any

@@ -6,12 +6,14 @@
 //! requests), [`fixtures`] (spec fixtures F1-F9 and signed deliveries), [`target`] (the fake
 //! service the HTTP relay posts to), [`services`] (the `KIRIMHOOK_TEST_*_URL` services of the
 //! engine and broker tests, unique names, a schema guard), [`proxy`] (a TCP pass-through a test
-//! can cut, to take a service away from one daemon). Tests: [`accept`], [`admin`],
+//! can cut, to take a service away from one daemon), [`brokers`] (what the broker sinks' tests
+//! share: the kill -9 under load driver, the checks after an outage). Tests: [`accept`], [`admin`],
 //! [`reject`], [`durability`], [`cli`], [`cluster`] (several instances on PostgreSQL), [`first_run`], [`stdout_only`], [`relay`],
 //! [`redis_stream`] (the Redis Streams sink on a real Redis), [`nats`] (the NATS JetStream
 //! sink), [`rabbitmq`] (the RabbitMQ sink on a real broker, cut off by a proxy), [`systemd`],
 //! [`tls`].
 
+mod brokers;
 mod daemon;
 mod fixtures;
 mod http;

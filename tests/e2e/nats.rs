@@ -1,7 +1,8 @@
 //! The NATS JetStream sink over the real daemon and a real NATS server
 //! (`KIRIMHOOK_TEST_NATS_URL`): every fixture published byte for byte with its metadata
-//! headers and `Nats-Msg-Id`, a sender's retry not published again, filters, and NATS taken
-//! away (through a [`Proxy`]) and given back with nothing lost or dead-lettered. Each test uses its
+//! headers and `Nats-Msg-Id`, a sender's retry not published again, filters, NATS taken
+//! away (through a [`Proxy`]) and given back with nothing lost or dead-lettered, and a kill -9
+//! under load after which every acknowledged event is in the stream once. Each test uses its
 //! own stream and subject prefix ([`unique_name`]) and deletes its stream at the end (best
 //! effort: a stream left by a failed test has a name no other test uses).
 //!
@@ -14,11 +15,11 @@ use std::time::Duration;
 use async_nats::jetstream::{self, message::StreamMessage};
 use serde_json::json;
 
+use crate::brokers::{assert_nothing_dead_or_queued, kill_9_under_load, wait_paused, SLOW_ANSWERS};
 use crate::daemon::{temp_dir, Daemon, Settings, DEADLINE};
 use crate::fixtures::{self, sentinel, PHONE_NUMBER_ID};
-use crate::proxy::Proxy;
+use crate::proxy::{url_addr, Proxy};
 use crate::services::{nats_url, unique_name};
-use kirimhook::store::Store;
 
 /// One `[[sinks]]` table of kind `nats` publishing to `<prefix>.{source}.{type}` in the
 /// stream `<prefix>` (created by the sink), with quick retries and `extra` lines verbatim.
@@ -64,6 +65,17 @@ impl TestStream {
             }
         }
         messages
+    }
+
+    /// How many messages the stream holds (0 while it does not exist).
+    async fn count(&self) -> usize {
+        match self.jetstream.get_stream(&self.name).await {
+            Ok(mut stream) => stream
+                .info()
+                .await
+                .map_or(0, |info| info.state.messages as usize),
+            Err(_) => 0,
+        }
     }
 
     /// The stream's messages once one of them is `kirim-event-id` = `event_id`; fails after
@@ -269,23 +281,6 @@ async fn filters_choose_which_events_are_published() {
     stream.delete().await;
 }
 
-/// The log message of a sink that paused because it cannot reach its destination.
-const UNREACHABLE: &str = "sink unreachable; pausing deliveries and probing with back-off";
-
-/// The host:port of a `nats://host:port` URL.
-fn nats_addr(url: &str) -> std::net::SocketAddr {
-    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
-    let host_port = rest.trim_end_matches('/').replace("localhost", "127.0.0.1");
-    let host_port = if host_port.contains(':') {
-        host_port
-    } else {
-        format!("{host_port}:4222")
-    };
-    host_port
-        .parse()
-        .unwrap_or_else(|e| panic!("the test NATS URL's host:port {host_port}: {e}"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_down_and_back_loses_nothing_and_dead_letters_nothing() {
     let test = "nats::nats_down_and_back_loses_nothing_and_dead_letters_nothing";
@@ -294,7 +289,7 @@ async fn nats_down_and_back_loses_nothing_and_dead_letters_nothing() {
     };
     let prefix = unique_name("nats_down");
     let stream = TestStream::connect(&url, &prefix).await;
-    let proxy = Proxy::start(nats_addr(&url)).await;
+    let proxy = Proxy::start(url_addr(&url, 4222)).await;
     // Few attempts: an outage misread as a failed attempt would soon dead-letter events.
     let sink = nats_sink("bus", &format!("nats://{}", proxy.addr), &prefix, "").replace(
         "max_backoff_secs = 1\n",
@@ -322,21 +317,7 @@ async fn nats_down_and_back_loses_nothing_and_dead_letters_nothing() {
         );
         ids.push(event.event_id().to_owned());
     }
-    let paused = daemon
-        .stderr
-        .wait_for(|lines, _| {
-            lines
-                .iter()
-                .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-                .any(|log| log["message"] == UNREACHABLE && log["sink"] == "bus")
-                .then_some(())
-        })
-        .await;
-    assert!(
-        paused.is_some(),
-        "the sink did not pause as unreachable; stderr:\n{}",
-        daemon.stderr_text()
-    );
+    wait_paused(&daemon, "bus").await;
     proxy.restore();
 
     let deadline = tokio::time::Instant::now() + DEADLINE;
@@ -361,17 +342,37 @@ async fn nats_down_and_back_loses_nothing_and_dead_letters_nothing() {
     daemon.stop_gracefully().await;
     assert_eq!(messages.len(), ids.len(), "every event exactly once");
 
-    let store = Store::open(&daemon.store_path(), vec!["bus".to_owned()])
-        .unwrap_or_else(|e| panic!("cannot open the stopped daemon's store: {e}"));
-    let dead = store
-        .dead_letters("bus", 0, 100)
+    assert_nothing_dead_or_queued(&daemon, "bus").await;
+    stream.delete().await;
+}
+
+/// kill -9 of a daemon under a concurrent load, while its `nats` sink publishes, then a
+/// restart on the same store: every acknowledged event is in the stream, and none twice (the
+/// restarted daemon publishes again what the broker stored but the daemon had not recorded,
+/// and JetStream drops those copies by their `Nats-Msg-Id`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_under_load_then_restart_publishes_every_acknowledged_event_once() {
+    let test = "nats::kill_9_under_load_then_restart_publishes_every_acknowledged_event_once";
+    let Some(url) = nats_url(test) else {
+        return;
+    };
+    let prefix = unique_name("nats_kill");
+    let stream = TestStream::connect(&url, &prefix).await;
+    let proxy = Proxy::start_slow(url_addr(&url, 4222), SLOW_ANSWERS).await;
+    let sink = nats_sink("bus", &format!("nats://{}", proxy.addr), &prefix, "");
+    let outcome = kill_9_under_load(&settings(sink), "bus", async || stream.count().await).await;
+
+    let published: Vec<String> = stream
+        .messages()
         .await
-        .expect("read the dead letters");
-    assert!(
-        dead.is_empty(),
-        "dead letters after an outage: {} of them",
-        dead.len()
-    );
-    store.close().await.expect("close the store");
+        .iter()
+        .map(|m| {
+            header(m, "kirim-event-id")
+                .expect("kirim-event-id")
+                .to_owned()
+        })
+        .collect();
+    let copies = outcome.assert_published(&published);
+    assert_eq!(copies, 0, "no event twice in the stream");
     stream.delete().await;
 }

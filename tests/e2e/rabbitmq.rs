@@ -1,7 +1,9 @@
 //! The RabbitMQ sink over the real daemon and a real broker (`KIRIMHOOK_TEST_AMQP_URL`), seen
 //! from a consumer: every fixture arrives byte for byte as a persistent message with its
 //! `kirim-*` headers and `message_id` = its dedupe key, a sender's retry is not published
-//! again, and a sink's filters choose what it publishes.
+//! again, a sink's filters choose what it publishes, a broker cut off for a while loses
+//! nothing, and after a kill -9 under load every acknowledged event is in the queue (a copy
+//! only under the same `message_id`).
 //!
 //! Each test declares a queue of its own bound to an exchange of its own (both unique names),
 //! and deletes them at the end, best effort. The queue is read after a graceful stop, when
@@ -20,8 +22,7 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
 use serde_json::json;
 
-use kirimhook::store::Store;
-
+use crate::brokers::{assert_nothing_dead_or_queued, kill_9_under_load, wait_paused, SLOW_ANSWERS};
 use crate::daemon::{temp_dir, Daemon, Settings};
 use crate::fixtures::{self, kirim_event, new_event_id, Fixture, PHONE_NUMBER_ID};
 use crate::proxy::{via, Proxy};
@@ -343,9 +344,6 @@ async fn filters_choose_what_a_rabbitmq_sink_publishes() {
     meta.delete().await;
 }
 
-/// The log message of a sink that was found unreachable.
-const UNREACHABLE: &str = "sink unreachable; pausing deliveries and probing with back-off";
-
 /// The broker's host:port, from its URL.
 fn amqp_addr(url: &str) -> std::net::SocketAddr {
     let uri: lapin::uri::AMQPUri = url.parse().expect("an AMQP URL");
@@ -390,21 +388,7 @@ async fn a_broker_cut_off_for_a_while_loses_nothing_and_dead_letters_nothing() {
     for _ in 0..20 {
         send(&mut client, &mut ids).await;
     }
-    let paused = daemon
-        .stderr
-        .wait_for(|lines, _| {
-            lines
-                .iter()
-                .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-                .any(|log| log["message"] == UNREACHABLE && log["sink"] == "bus")
-                .then_some(())
-        })
-        .await;
-    assert!(
-        paused.is_some(),
-        "the sink was not paused as unreachable; stderr:\n{}",
-        daemon.stderr_text()
-    );
+    wait_paused(&daemon, "bus").await;
     proxy.restore();
     bus.wait_for(ids.len() as u32).await;
     daemon.stop_gracefully().await;
@@ -430,20 +414,53 @@ async fn a_broker_cut_off_for_a_while_loses_nothing_and_dead_letters_nothing() {
     }
     assert_eq!(seen.len(), ids.len(), "only the events sent were published");
 
-    let store = Store::open(&daemon.store_path(), vec!["bus".to_owned()])
-        .expect("open the stopped daemon's store");
-    let dead = store
-        .dead_letters("bus", 0, 100)
-        .await
-        .expect("dead letters");
-    assert!(dead.is_empty(), "nothing is dead-lettered: {dead:?}");
-    let queued = store
-        .embedded()
-        .expect("an embedded store")
-        .queue("bus", 0, 100)
-        .await
-        .expect("the sink's queue");
-    assert!(queued.is_empty(), "nothing is left queued: {queued:?}");
-    store.close().await.expect("close the store");
+    assert_nothing_dead_or_queued(&daemon, "bus").await;
+    bus.delete().await;
+}
+
+/// kill -9 of a daemon under a concurrent load, while its `rabbitmq` sink publishes, then a
+/// restart on the same store: every acknowledged event is in the queue. RabbitMQ keeps the copy
+/// that the restarted daemon publishes of a message whose confirm the kill lost; such a copy
+/// must carry the same `message_id` as the first, the event's dedupe key, for a consumer to
+/// drop it. The copies are counted in the assertion messages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_under_load_then_restart_publishes_every_acknowledged_event_under_its_message_id() {
+    let test = "rabbitmq::kill_9_under_load_then_restart_publishes_every_acknowledged_event";
+    let Some(url) = service_url(test, AMQP_URL_VAR) else {
+        return;
+    };
+    let bus = Bus::new(&url, "e2e_kill").await;
+    let proxy = Proxy::start_slow(amqp_addr(&url), SLOW_ANSWERS).await;
+    let sink = bus.sink(&via(&url, proxy.addr), "bus", "");
+    let outcome =
+        kill_9_under_load(&settings(sink), "bus", async || bus.count().await as usize).await;
+
+    let messages = bus.drain().await;
+    let published: Vec<String> = messages
+        .iter()
+        .map(|m| header(m, "kirim-event-id").expect("kirim-event-id"))
+        .collect();
+    let copies = outcome.assert_published(&published);
+    // Every message, a copy as much as the first, carries the event's dedupe key as its
+    // message_id: so a copy has the same message_id as the first.
+    for (message, id) in messages.iter().zip(&published) {
+        let message_id = message.delivery.properties.message_id().as_ref();
+        assert_eq!(
+            message_id.map(|m| m.as_str()),
+            Some(format!("kirim:{id}").as_str()),
+            "{id}: the message_id is the dedupe key ({copies} copies among {} messages)",
+            messages.len()
+        );
+        assert_eq!(
+            header(message, "kirim-dedupe-key").as_deref(),
+            message_id.map(|m| m.as_str()),
+            "{id}: kirim-dedupe-key is the message_id ({copies} copies among {} messages)",
+            messages.len()
+        );
+    }
+    eprintln!(
+        "rabbitmq kill -9: {copies} of {} messages are copies, each with its first's message_id",
+        messages.len()
+    );
     bus.delete().await;
 }
