@@ -9,9 +9,11 @@
 //! event, so every event is delivered at least once across crashes: a crash after the sink
 //! took an event but before its outcome was recorded delivers it again.
 //!
-//! A sink with `concurrency() == 1` and batches of one (stdout, or a sink configured with
-//! `concurrency = 1`) claims in strict order: while one of its events waits for a retry, no
-//! later event is started.
+//! A sink with one batch in flight at a time (`concurrency() == 1`: stdout, the broker sinks
+//! with `concurrency` up to their batch size, any sink set to `concurrency = 1`) claims in
+//! strict order: while one of its events waits for a retry, no later event is started. Each
+//! strict claim is a run from the head of the queue, so such a sink still gets whole
+//! batches.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -98,10 +100,9 @@ pub async fn run_until<S: Sink>(
     metrics: Metrics,
 ) -> Result<(), Fault> {
     let name = sink.name().to_owned();
-    // One event at a time, not one batch at a time: a strict claim hands out a single event,
-    // so a sink that takes batches (nats: one batch of up to `concurrency` events) would get
-    // batches of one, a round trip per event.
-    let order = if sink.concurrency() <= 1 && sink.max_batch() <= 1 {
+    // One batch in flight at a time: claims in strict order, a run from the head of the
+    // queue each (up to the sink's batch size), so such a sink still gets whole batches.
+    let order = if sink.concurrency() <= 1 {
         ClaimOrder::Strict
     } else {
         ClaimOrder::Any

@@ -227,12 +227,14 @@ impl Sink for RedisStreamSink {
         &self.name
     }
 
+    /// Pipelines in flight: `concurrency` counts events, sent in pipelines of up to
+    /// [`MAX_BATCH`].
     fn concurrency(&self) -> usize {
-        self.concurrency
+        self.concurrency.div_ceil(self.max_batch())
     }
 
     fn max_batch(&self) -> usize {
-        MAX_BATCH
+        self.concurrency.min(MAX_BATCH)
     }
 
     async fn deliver(&self, batch: &[Attempt]) -> Result<(), Failure> {
