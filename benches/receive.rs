@@ -9,13 +9,18 @@
 //! served inside this process) and, when a PostgreSQL URL is given
 //! (`KIRIMHOOK_BENCH_POSTGRES_URL`, else `KIRIMHOOK_TEST_POSTGRES_URL`), "kirimhook-pg" (the
 //! daemon on the PostgreSQL engine in a fresh schema, stdout sink) and "kirimhook-pg x2" (two
-//! such daemons sharing one fresh schema, the connections split evenly between them). A load
-//! generator in this process drives each with the same pre-signed, unique Kirim deliveries over
-//! N keep-alive connections, one request in flight per connection, and reports the rate of 200
-//! answers and the latency from send to the end of the response body. For the relay variant it
-//! also reports the rate at which events reached the target and the delivery lag (target
-//! arrival - the load generator's 200), and checks that every accepted event arrives. For the
-//! PostgreSQL variants it counts the admitted deliveries in the schema and the sink work left.
+//! such daemons sharing one fresh schema, the connections split evenly between them), and, per
+//! broker whose URL is given (`KIRIMHOOK_BENCH_{NATS,AMQP,REDIS}_URL`, else
+//! `KIRIMHOOK_TEST_*`), "kirimhook+nats", "kirimhook+rabbitmq", "kirimhook+redis" (the daemon
+//! with the stdout sink and that broker sink, publishing to fresh names that a consumer in
+//! this process reads, see `receive/brokers.rs`). A load generator in this process drives each
+//! with the same pre-signed, unique Kirim deliveries over N keep-alive connections, one request
+//! in flight per connection, and reports the rate of 200 answers and the latency from send to
+//! the end of the response body. For the relay variant it also reports the rate at which events
+//! reached the target and the delivery lag (target arrival - the load generator's 200), and
+//! checks that every accepted event arrives; the broker variants get the same figures from
+//! their consumer. For the PostgreSQL variants it counts the admitted deliveries in the schema
+//! and the sink work left.
 //! The store alone ("durable path only") is measured by `benches/store.rs`.
 //!
 //! It does not fix or tune anything, does not talk to kirim.dev, and proves nothing about another
@@ -105,6 +110,8 @@ struct Settings {
     connections: usize,
     /// `concurrency` of the relay sink in the kirimhook+relay variant.
     relay_concurrency: usize,
+    /// `concurrency` of the broker sinks; `None` keeps each sink's default.
+    broker_concurrency: Option<usize>,
     /// `RUST_LOG` for the daemon; `None` keeps its default filter.
     rust_log: Option<String>,
     /// The PostgreSQL database of the kirimhook-pg rows and the variable that named it; `None`:
@@ -127,6 +134,10 @@ impl Settings {
             warmup: secs_env("BENCH_WARMUP_SECS", warmup)?,
             connections: env_parse("BENCH_CONNS", 32)?,
             relay_concurrency: env_parse("BENCH_RELAY_CONCURRENCY", 8)?,
+            broker_concurrency: match std::env::var("BENCH_BROKER_CONCURRENCY") {
+                Ok(_) => Some(env_parse("BENCH_BROKER_CONCURRENCY", 0)?),
+                Err(_) => None,
+            },
             rust_log: std::env::var("BENCH_RUST_LOG").ok(),
             postgres: service_url(POSTGRES_URL_VARS),
             brokers: Broker::ALL
@@ -141,6 +152,13 @@ impl Settings {
             }
             if !(1..=256).contains(&s.relay_concurrency) {
                 bail!("BENCH_RELAY_CONCURRENCY must be in 1..=256 (the daemon's own range)");
+            }
+            if s.broker_concurrency
+                .is_some_and(|n| !(1..=256).contains(&n))
+            {
+                bail!(
+                    "BENCH_BROKER_CONCURRENCY must be in 1..=256 (a range every broker sink takes)"
+                );
             }
             Ok(s)
         })
@@ -425,6 +443,14 @@ fn median_of(rows: &[Row], server: Server, f: impl Fn(&Row) -> f64) -> f64 {
     median(&mut v)
 }
 
+/// The broker sinks' settings, as the lines about them say it.
+fn broker_setup(settings: &Settings) -> String {
+    match settings.broker_concurrency {
+        Some(n) => format!("concurrency {n} (BENCH_BROKER_CONCURRENCY), other settings default"),
+        None => "its defaults".to_owned(),
+    }
+}
+
 /// The medians of `rate` and of the p99 over the rows of `server`.
 fn rate_p99(rows: &[Row], server: Server, rate: fn(&Row) -> f64) -> (f64, f64) {
     (
@@ -482,13 +508,14 @@ fn bench(settings: &Settings) -> anyhow::Result<()> {
                 // names can be created and deleted.
                 drop(
                     runtime
-                        .block_on(Bus::start(*broker, url, 0))
+                        .block_on(Bus::start(*broker, url, 0, None))
                         .with_context(|| format!("{var} is set, but {name} cannot be set up"))?,
                 );
                 println!(
-                    "{name}: stdout sink + {} sink (its defaults), broker from {var}, {}; deleted \
-                     after each run",
+                    "{name}: stdout sink + {} sink ({}), broker from {var}, {}; deleted after \
+                     each run",
                     broker.kind(),
+                    broker_setup(settings),
                     broker.describe()
                 );
                 servers.push(server);
@@ -599,7 +626,7 @@ fn bench(settings: &Settings) -> anyhow::Result<()> {
         &relay_setup,
     );
     for (broker, _) in &settings.brokers {
-        let setup = format!("{} sink defaults", broker.kind());
+        let setup = format!("{} sink, {}", broker.kind(), broker_setup(settings));
         delivery_summary(
             &rows,
             Server::KirimhookBroker(*broker),
@@ -680,7 +707,8 @@ impl Run<'_> {
                 let (url, _) = url
                     .and_then(|(_, url)| url.as_ref())
                     .context("a broker row runs only with its URL")?;
-                Some(runtime.block_on(Bus::start(broker, url, self.number))?)
+                let concurrency = settings.broker_concurrency;
+                Some(runtime.block_on(Bus::start(broker, url, self.number, concurrency))?)
             }
             _ => None,
         };

@@ -96,8 +96,14 @@ pub struct Bus {
 
 impl Bus {
     /// Creates fresh names for run number `run` on the broker at `url`, and starts reading them
-    /// on the current runtime before any event is published.
-    pub async fn start(broker: Broker, url: &str, run: u64) -> anyhow::Result<Bus> {
+    /// on the current runtime before any event is published; `concurrency`: the sink's
+    /// `concurrency` (`None`: its default).
+    pub async fn start(
+        broker: Broker,
+        url: &str,
+        run: u64,
+        concurrency: Option<usize>,
+    ) -> anyhow::Result<Bus> {
         let name = unique_name(run);
         let arrivals = Arc::new(Mutex::new(Arrivals::default()));
         let names = Names {
@@ -125,8 +131,9 @@ impl Bus {
             Broker::Rabbitmq => format!("exchange = {}", toml_string(name)),
             Broker::Redis => format!("stream = {}", toml_string(name)),
         };
+        let concurrency = concurrency.map_or_else(String::new, |n| format!("concurrency = {n}\n"));
         let sink = format!(
-            "\n[[sinks]]\nname = \"bus\"\nkind = \"{}\"\nurl = {}\n{target}\n",
+            "\n[[sinks]]\nname = \"bus\"\nkind = \"{}\"\nurl = {}\n{target}\n{concurrency}",
             broker.kind(),
             toml_string(url)
         );
