@@ -9,13 +9,18 @@
 //! served inside this process) and, when a PostgreSQL URL is given
 //! (`KIRIMHOOK_BENCH_POSTGRES_URL`, else `KIRIMHOOK_TEST_POSTGRES_URL`), "kirimhook-pg" (the
 //! daemon on the PostgreSQL engine in a fresh schema, stdout sink) and "kirimhook-pg x2" (two
-//! such daemons sharing one fresh schema, the connections split evenly between them). A load
-//! generator in this process drives each with the same pre-signed, unique Kirim deliveries over
-//! N keep-alive connections, one request in flight per connection, and reports the rate of 200
-//! answers and the latency from send to the end of the response body. For the relay variant it
-//! also reports the rate at which events reached the target and the delivery lag (target
-//! arrival - the load generator's 200), and checks that every accepted event arrives. For the
-//! PostgreSQL variants it counts the admitted deliveries in the schema and the sink work left.
+//! such daemons sharing one fresh schema, the connections split evenly between them), and, per
+//! broker whose URL is given (`KIRIMHOOK_BENCH_{NATS,AMQP,REDIS}_URL`, else
+//! `KIRIMHOOK_TEST_*`), "kirimhook+nats", "kirimhook+rabbitmq", "kirimhook+redis" (the daemon
+//! with the stdout sink and that broker sink, publishing to fresh names that a consumer in
+//! this process reads, see `receive/brokers.rs`). A load generator in this process drives each
+//! with the same pre-signed, unique Kirim deliveries over N keep-alive connections, one request
+//! in flight per connection, and reports the rate of 200 answers and the latency from send to
+//! the end of the response body. For the relay variant it also reports the rate at which events
+//! reached the target and the delivery lag (target arrival - the load generator's 200), and
+//! checks that every accepted event arrives; the broker variants get the same figures from
+//! their consumer. For the PostgreSQL variants it counts the admitted deliveries in the schema
+//! and the sink work left.
 //! The store alone ("durable path only") is measured by `benches/store.rs`.
 //!
 //! It does not fix or tune anything, does not talk to kirim.dev, and proves nothing about another
@@ -42,9 +47,12 @@ use tokio::net::{TcpListener, TcpStream};
 
 use kirimhook::receive::signature::SigningSecret;
 
+#[path = "receive/brokers.rs"]
+mod brokers;
 #[path = "receive/daemon.rs"]
 mod daemon;
 
+use brokers::{Broker, Bus};
 use daemon::{Daemon, Engine, KillOnDrop, PgSchema};
 
 /// Selects what this process is: unset for the benchmark, `minimal` for the minimal server.
@@ -62,12 +70,16 @@ const START_TIMEOUT: Duration = Duration::from_secs(60);
 const TARGET_RATIO: f64 = 0.5;
 /// ... with a p99 below this.
 const TARGET_P99_MS: f64 = 5.0;
-/// Relay target from the issue: relayed/s at least this share of accepted/s ("keeps up") ...
-const RELAY_TARGET_RATIO: f64 = 0.95;
-/// ... with a delivery lag p99 below this.
+/// Relay and broker targets from the issues: delivered/s at least this share of accepted/s
+/// ("keeps up") ...
+const KEEP_UP_RATIO: f64 = 0.95;
+/// ... with a delivery lag p99 below this (relay) ...
 const RELAY_TARGET_LAG_P99_MS: f64 = 50.0;
-/// After the window, how long the relay may take to deliver every accepted event.
-const RELAY_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// ... or this (broker sinks).
+const BROKER_TARGET_LAG_P99_MS: f64 = 100.0;
+/// After the window, how long the relay or a broker sink may take to deliver every accepted
+/// event.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// The relay target's path.
 const RELAY_PATH: &str = "/hooks";
 /// Where the PostgreSQL rows find their database, in this order.
@@ -98,11 +110,16 @@ struct Settings {
     connections: usize,
     /// `concurrency` of the relay sink in the kirimhook+relay variant.
     relay_concurrency: usize,
+    /// `concurrency` of the broker sinks; `None` keeps each sink's default.
+    broker_concurrency: Option<usize>,
     /// `RUST_LOG` for the daemon; `None` keeps its default filter.
     rust_log: Option<String>,
     /// The PostgreSQL database of the kirimhook-pg rows and the variable that named it; `None`:
     /// those rows are skipped.
     postgres: Option<(String, &'static str)>,
+    /// Each broker sink kind with its URL and the variable that named it; `None`: its row is
+    /// skipped.
+    brokers: Vec<(Broker, Option<(String, &'static str)>)>,
     /// Not run by `cargo bench` (no `--bench` argument): a short smoke run.
     smoke: bool,
 }
@@ -117,13 +134,16 @@ impl Settings {
             warmup: secs_env("BENCH_WARMUP_SECS", warmup)?,
             connections: env_parse("BENCH_CONNS", 32)?,
             relay_concurrency: env_parse("BENCH_RELAY_CONCURRENCY", 8)?,
+            broker_concurrency: match std::env::var("BENCH_BROKER_CONCURRENCY") {
+                Ok(_) => Some(env_parse("BENCH_BROKER_CONCURRENCY", 0)?),
+                Err(_) => None,
+            },
             rust_log: std::env::var("BENCH_RUST_LOG").ok(),
-            postgres: POSTGRES_URL_VARS.into_iter().find_map(|var| {
-                std::env::var(var)
-                    .ok()
-                    .filter(|url| !url.trim().is_empty())
-                    .map(|url| (url, var))
-            }),
+            postgres: service_url(POSTGRES_URL_VARS),
+            brokers: Broker::ALL
+                .into_iter()
+                .map(|b| (b, service_url(b.url_vars())))
+                .collect(),
             smoke,
         })
         .and_then(|s: Settings| {
@@ -133,9 +153,26 @@ impl Settings {
             if !(1..=256).contains(&s.relay_concurrency) {
                 bail!("BENCH_RELAY_CONCURRENCY must be in 1..=256 (the daemon's own range)");
             }
+            if s.broker_concurrency
+                .is_some_and(|n| !(1..=256).contains(&n))
+            {
+                bail!(
+                    "BENCH_BROKER_CONCURRENCY must be in 1..=256 (a range every broker sink takes)"
+                );
+            }
             Ok(s)
         })
     }
+}
+
+/// The first of `vars` that is set and not blank, with its value.
+fn service_url(vars: [&'static str; 2]) -> Option<(String, &'static str)> {
+    vars.into_iter().find_map(|var| {
+        std::env::var(var)
+            .ok()
+            .filter(|url| !url.trim().is_empty())
+            .map(|url| (url, var))
+    })
 }
 
 fn env_parse<T: std::str::FromStr>(name: &str, default: T) -> anyhow::Result<T> {
@@ -167,6 +204,8 @@ enum Server {
     /// Two kirimhook daemons on one fresh PostgreSQL schema, stdout sink on both; half the
     /// connections go to each.
     KirimhookPg2,
+    /// kirimhook with the stdout sink and a broker sink to fresh names read by a [`Bus`].
+    KirimhookBroker(Broker),
 }
 
 impl Server {
@@ -177,6 +216,9 @@ impl Server {
             Server::KirimhookRelay => "kirimhook+relay",
             Server::KirimhookPg => "kirimhook-pg",
             Server::KirimhookPg2 => "kirimhook-pg x2",
+            Server::KirimhookBroker(Broker::Nats) => "kirimhook+nats",
+            Server::KirimhookBroker(Broker::Rabbitmq) => "kirimhook+rabbitmq",
+            Server::KirimhookBroker(Broker::Redis) => "kirimhook+redis",
         }
     }
 
@@ -184,13 +226,26 @@ impl Server {
     fn daemons(self) -> usize {
         match self {
             Server::Minimal => 0,
-            Server::Kirimhook | Server::KirimhookRelay | Server::KirimhookPg => 1,
+            Server::Kirimhook
+            | Server::KirimhookRelay
+            | Server::KirimhookPg
+            | Server::KirimhookBroker(_) => 1,
             Server::KirimhookPg2 => 2,
         }
     }
 
     fn on_postgres(self) -> bool {
         matches!(self, Server::KirimhookPg | Server::KirimhookPg2)
+    }
+
+    /// For the variants whose sink delivers to a reader in this process: how its lines name
+    /// the sink and its deliveries, and the target's lag p99 in ms.
+    fn delivery(self) -> Option<(&'static str, &'static str, f64)> {
+        match self {
+            Server::KirimhookRelay => Some(("relay", "relayed", RELAY_TARGET_LAG_P99_MS)),
+            Server::KirimhookBroker(b) => Some((b.kind(), "published", BROKER_TARGET_LAG_P99_MS)),
+            _ => None,
+        }
     }
 }
 
@@ -236,7 +291,7 @@ impl Measured {
 /// Figures of one row of the table.
 struct Row {
     round: usize,
-    what: &'static str,
+    server: Server,
     rate: f64,
     /// OK answers other than `duplicate` in the window, per second.
     accepted: f64,
@@ -245,19 +300,19 @@ struct Row {
     max_ms: f64,
     duplicates: u64,
     errors: u64,
-    /// The kirimhook+relay variant's relay figures.
-    relay: Option<RelayFigures>,
+    /// The relay or broker sink's figures (see [`Server::delivery`]).
+    delivery: Option<DeliveryFigures>,
     /// The PostgreSQL variants' schema figures.
     pg: Option<PgFigures>,
 }
 
 impl Row {
-    fn new(round: usize, what: &'static str, mut m: Measured) -> Row {
+    fn new(round: usize, server: Server, mut m: Measured) -> Row {
         m.latencies_us.sort_unstable();
         let q = |p: f64| percentile_ms(&m.latencies_us, p);
         Row {
             round,
-            what,
+            server,
             rate: m.rate(),
             accepted: (m.ok - m.duplicates) as f64 / m.window.as_secs_f64(),
             p50_ms: q(0.50),
@@ -265,16 +320,16 @@ impl Row {
             max_ms: q(1.0),
             duplicates: m.duplicates,
             errors: m.errors,
-            relay: None,
+            delivery: None,
             pg: None,
         }
     }
 
     fn print(&self) {
         println!(
-            "{:<6} {:<15} {:>8.0} {:>7.2} {:>7.2} {:>7.2} {:>8} {:>7}",
+            "{:<6} {:<18} {:>8.0} {:>7.2} {:>7.2} {:>7.2} {:>8} {:>7}",
             self.round,
-            self.what,
+            self.server.name(),
             self.rate,
             self.p50_ms,
             self.p99_ms,
@@ -282,9 +337,9 @@ impl Row {
             self.duplicates,
             self.errors
         );
-        if let Some(r) = &self.relay {
+        if let (Some(r), Some((label, verb, _))) = (&self.delivery, self.server.delivery()) {
             println!(
-                "{:<6} relay: {:.0} relayed/s ({:.2} x accepted), lag p50 {:.2} p99 {:.2} max \
+                "{:<6} {label}: {:.0} {verb}/s ({:.2} x accepted), lag p50 {:.2} p99 {:.2} max \
                  {:.2} ms (min {:.2}), {} of {} accepted never arrived (lag covers the arrived ones), {}",
                 "",
                 r.rate,
@@ -303,7 +358,7 @@ impl Row {
                     Some(d) => format!("the last one {:.2} s after the window", d.as_secs_f64()),
                     None => format!(
                         "gave up {} s after the window",
-                        RELAY_DRAIN_TIMEOUT.as_secs()
+                        DRAIN_TIMEOUT.as_secs()
                     ),
                 },
             );
@@ -337,12 +392,13 @@ struct PgFigures {
     backlog: Option<i64>,
 }
 
-/// What the relay target saw for one kirimhook+relay run.
-struct RelayFigures {
-    /// Distinct events that reached the target inside the timed window, per second.
+/// What the relay target or a broker's consumer saw for one kirimhook+relay or kirimhook+<broker>
+/// run.
+struct DeliveryFigures {
+    /// Distinct events that reached the target (consumer) inside the timed window, per second.
     rate: f64,
-    /// Delivery lag of the events answered 200 inside the window (target arrival - 200 at the
-    /// load generator), clamped at 0.
+    /// Delivery lag of the events answered 200 inside the window (arrival - 200 at the load
+    /// generator), clamped at 0.
     lag_p50_ms: f64,
     lag_p99_ms: f64,
     lag_max_ms: f64,
@@ -350,7 +406,7 @@ struct RelayFigures {
     lag_min_ms: f64,
     /// Events answered 200 (warm-up included).
     accepted: usize,
-    /// Of those, how many never reached the target within [`RELAY_DRAIN_TIMEOUT`].
+    /// Of those, how many never reached the target within [`DRAIN_TIMEOUT`].
     never: usize,
     /// When the last accepted event arrived, counted from the end of the window (`None`: some
     /// never did).
@@ -378,6 +434,37 @@ fn median(values: &mut [f64]) -> f64 {
         0 => 0.0,
         n if n % 2 == 1 => values[n / 2],
         n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
+}
+
+/// The median of `f` over the rows of `server`.
+fn median_of(rows: &[Row], server: Server, f: impl Fn(&Row) -> f64) -> f64 {
+    let mut v: Vec<f64> = rows.iter().filter(|r| r.server == server).map(f).collect();
+    median(&mut v)
+}
+
+/// The broker sinks' settings, as the lines about them say it.
+fn broker_setup(settings: &Settings) -> String {
+    match settings.broker_concurrency {
+        Some(n) => format!("concurrency {n} (BENCH_BROKER_CONCURRENCY), other settings default"),
+        None => "its defaults".to_owned(),
+    }
+}
+
+/// The medians of `rate` and of the p99 over the rows of `server`.
+fn rate_p99(rows: &[Row], server: Server, rate: fn(&Row) -> f64) -> (f64, f64) {
+    (
+        median_of(rows, server, rate),
+        median_of(rows, server, |r| r.p99_ms),
+    )
+}
+
+/// `a / b`, 0 when `b` is not positive.
+fn share(a: f64, b: f64) -> f64 {
+    if b > 0.0 {
+        a / b
+    } else {
+        0.0
     }
 }
 
@@ -411,6 +498,35 @@ fn bench(settings: &Settings) -> anyhow::Result<()> {
         settings.relay_concurrency
     );
     let mut servers = vec![Server::Minimal, Server::Kirimhook, Server::KirimhookRelay];
+    for (broker, url) in &settings.brokers {
+        let server = Server::KirimhookBroker(*broker);
+        let name = server.name();
+        let [first, second] = broker.url_vars();
+        match url {
+            Some((url, var)) => {
+                // One set-up and clean-up before the first round: the broker answers, and the
+                // names can be created and deleted.
+                drop(
+                    runtime
+                        .block_on(Bus::start(*broker, url, 0, None))
+                        .with_context(|| format!("{var} is set, but {name} cannot be set up"))?,
+                );
+                println!(
+                    "{name}: stdout sink + {} sink ({}), broker from {var}, {}; deleted after \
+                     each run",
+                    broker.kind(),
+                    broker_setup(settings),
+                    broker.describe()
+                );
+                servers.push(server);
+            }
+            None => println!(
+                "{name}: skipped, because neither {first} nor {second} is set (set one to a URL \
+                 such as {})",
+                broker.example_url()
+            ),
+        }
+    }
     match &settings.postgres {
         Some((url, var)) => {
             let version = runtime
@@ -432,7 +548,7 @@ fn bench(settings: &Settings) -> anyhow::Result<()> {
     }
     println!();
     println!(
-        "{:<6} {:<15} {:>8} {:>7} {:>7} {:>7} {:>8} {:>7}",
+        "{:<6} {:<18} {:>8} {:>7} {:>7} {:>7} {:>8} {:>7}",
         "round", "server", "req/s", "p50_ms", "p99_ms", "max_ms", "dup", "errors"
     );
     let mut rows: Vec<Row> = Vec::new();
@@ -455,7 +571,7 @@ fn bench(settings: &Settings) -> anyhow::Result<()> {
                 number: run_number,
                 server,
             };
-            let (measured, relay, pg) = match server {
+            let (measured, delivery, pg) = match server {
                 Server::Minimal => {
                     let child = MinimalChild::start()?;
                     let measured = runtime.block_on(drive(&[child.addr], pool, settings))?;
@@ -474,25 +590,17 @@ fn bench(settings: &Settings) -> anyhow::Result<()> {
                 notes.push(format!("round {round} {}: first error: {e}", server.name()));
             }
             best_rate = best_rate.max(measured.rate());
-            let mut row = Row::new(round, server.name(), measured);
-            row.relay = relay;
+            let mut row = Row::new(round, server, measured);
+            row.delivery = delivery;
             row.pg = pg;
             row.print();
             rows.push(row);
         }
     }
 
-    let med = |what: &str, f: fn(&Row) -> f64| {
-        let mut v: Vec<f64> = rows.iter().filter(|r| r.what == what).map(f).collect();
-        median(&mut v)
-    };
-    let (min_rate, min_p99) = (med("minimal", |r| r.rate), med("minimal", |r| r.p99_ms));
-    let (kh_rate, kh_p99) = (med("kirimhook", |r| r.rate), med("kirimhook", |r| r.p99_ms));
-    let ratio = if min_rate > 0.0 {
-        kh_rate / min_rate
-    } else {
-        0.0
-    };
+    let (min_rate, min_p99) = rate_p99(&rows, Server::Minimal, |r| r.rate);
+    let (kh_rate, kh_p99) = rate_p99(&rows, Server::Kirimhook, |r| r.rate);
+    let ratio = share(kh_rate, min_rate);
     println!();
     println!(
         "median minimal {min_rate:.0} req/s p99 {min_p99:.2} ms | kirimhook {kh_rate:.0} req/s \
@@ -509,75 +617,37 @@ fn bench(settings: &Settings) -> anyhow::Result<()> {
             (false, false) => "MISSED",
         }
     );
-    let relay_name = Server::KirimhookRelay.name();
-    let (kr_rate, kr_p99) = (med(relay_name, |r| r.rate), med(relay_name, |r| r.p99_ms));
-    let rel = |f: fn(&RelayFigures) -> f64| {
-        let mut v: Vec<f64> = rows
-            .iter()
-            .filter_map(|r| r.relay.as_ref())
-            .map(f)
-            .collect();
-        median(&mut v)
-    };
-    let (relayed, lag_p50, lag_p99, lag_max) = (
-        rel(|r| r.rate),
-        rel(|r| r.lag_p50_ms),
-        rel(|r| r.lag_p99_ms),
-        rel(|r| r.lag_max_ms),
+    let relay_setup = format!("relay concurrency {}", settings.relay_concurrency);
+    delivery_summary(
+        &rows,
+        Server::KirimhookRelay,
+        settings,
+        kh_rate,
+        &relay_setup,
     );
-    let keep_up = {
-        let mut v: Vec<f64> = rows
-            .iter()
-            .filter_map(|r| r.relay.as_ref().map(|f| (r.rate, f.rate)))
-            .map(|(acc, rel)| if acc > 0.0 { rel / acc } else { 0.0 })
-            .collect();
-        median(&mut v)
-    };
-    let never: usize = rows
-        .iter()
-        .filter_map(|r| r.relay.as_ref())
-        .map(|r| r.never)
-        .sum();
-    println!(
-        "median kirimhook+relay {kr_rate:.0} req/s p99 {kr_p99:.2} ms ({:.2} x kirimhook) | \
-         relayed {relayed:.0}/s ({keep_up:.2} x accepted) | lag p50 {lag_p50:.2} p99 \
-         {lag_p99:.2} max {lag_max:.2} ms | never arrived {never} (all rounds) | relay \
-         concurrency {}",
-        if kh_rate > 0.0 {
-            kr_rate / kh_rate
-        } else {
-            0.0
-        },
-        settings.relay_concurrency
-    );
-    let relay_met =
-        keep_up >= RELAY_TARGET_RATIO && lag_p99 < RELAY_TARGET_LAG_P99_MS && never == 0;
-    println!(
-        "relay target (relay keeps up with the receive rate at {} connections: relayed/s >= \
-         {RELAY_TARGET_RATIO:.2} x accepted/s, lag p99 < {RELAY_TARGET_LAG_P99_MS} ms, none \
-         lost; relay concurrency {}): {}",
-        settings.connections,
-        settings.relay_concurrency,
-        match (settings.smoke, relay_met, never) {
-            (_, _, n) if n > 0 => "MISSED (accepted events did not reach the target within 10 s)",
-            (true, _, _) => "not judged in a smoke run",
-            (false, true, _) => "MET",
-            (false, false, _) => "MISSED",
-        }
-    );
+    for (broker, _) in &settings.brokers {
+        let setup = format!("{} sink, {}", broker.kind(), broker_setup(settings));
+        delivery_summary(
+            &rows,
+            Server::KirimhookBroker(*broker),
+            settings,
+            kh_rate,
+            &setup,
+        );
+    }
     if settings.postgres.is_some() {
         pg_summary(&rows, settings, kh_rate, kh_p99);
     }
     let duplicates: u64 = rows
         .iter()
-        .filter(|r| r.what.starts_with("kirimhook"))
+        .filter(|r| r.server != Server::Minimal)
         .map(|r| r.duplicates)
         .sum();
     if duplicates > 0 {
         let mut which: Vec<&str> = rows
             .iter()
             .filter(|r| r.duplicates > 0)
-            .map(|r| r.what)
+            .map(|r| r.server.name())
             .collect();
         which.dedup();
         println!(
@@ -611,7 +681,7 @@ impl Run<'_> {
         &self,
         pool: Arc<Pool>,
         notes: &mut Vec<String>,
-    ) -> anyhow::Result<(Measured, Option<RelayFigures>, Option<PgFigures>)> {
+    ) -> anyhow::Result<(Measured, Option<DeliveryFigures>, Option<PgFigures>)> {
         let (runtime, settings, round, server) =
             (self.runtime, self.settings, self.round, self.server);
         // Declared before the daemons, so dropped (the schema with it) after they are killed.
@@ -630,17 +700,35 @@ impl Run<'_> {
             Server::KirimhookRelay => Some(runtime.block_on(RelayTarget::start())?),
             _ => None,
         };
-        let sink = target
-            .as_ref()
-            .map(|t| (t.addr, settings.relay_concurrency));
+        // Declared before the daemons, so dropped (its names deleted) after they are killed.
+        let bus = match server {
+            Server::KirimhookBroker(broker) => {
+                let url = settings.brokers.iter().find(|(b, _)| *b == broker);
+                let (url, _) = url
+                    .and_then(|(_, url)| url.as_ref())
+                    .context("a broker row runs only with its URL")?;
+                let concurrency = settings.broker_concurrency;
+                Some(runtime.block_on(Bus::start(broker, url, self.number, concurrency))?)
+            }
+            _ => None,
+        };
+        let sink = match (&target, &bus) {
+            (Some(t), _) => Some(daemon::relay_sink(t.addr, settings.relay_concurrency)),
+            (_, Some(bus)) => Some(bus.sink.clone()),
+            _ => None,
+        };
         let daemons = (0..server.daemons())
-            .map(|_| Daemon::start(settings.rust_log.as_deref(), engine, sink))
+            .map(|_| Daemon::start(settings.rust_log.as_deref(), engine, sink.as_deref()))
             .collect::<anyhow::Result<Vec<_>>>()?;
         let addrs: Vec<SocketAddr> = daemons.iter().map(|d| d.addr).collect();
         let measured = runtime.block_on(drive(&addrs, pool.clone(), settings))?;
 
-        let relay = target.as_ref().map(|target| {
-            let figures = runtime.block_on(relay_figures(&pool, &measured, target));
+        let arrivals = target
+            .as_ref()
+            .map(|t| &t.arrivals)
+            .or(bus.as_ref().map(|b| &b.arrivals));
+        let delivery = arrivals.map(|arrivals| {
+            let figures = runtime.block_on(delivery_figures(&pool, &measured, arrivals));
             if figures.repeats + figures.retries > 0 || figures.unknown > 0 {
                 notes.push(format!(
                     "round {round} {}: the target got {} repeated event(s), {} retry \
@@ -675,7 +763,7 @@ impl Run<'_> {
             }
             notes.push(note);
         }
-        Ok((measured, relay, pg))
+        Ok((measured, delivery, pg))
     }
 
     /// Counts what `schema` holds right after the window (the daemons still run).
@@ -707,26 +795,59 @@ impl Run<'_> {
     }
 }
 
+/// The summary lines of a variant whose sink delivers to a reader in this process (the relay,
+/// the broker sinks): the medians over its rounds next to the plain kirimhook's rate, and its
+/// target (keeps up: delivered/s >= [`KEEP_UP_RATIO`] x accepted/s, the lag p99 under the
+/// variant's limit, none lost). `setup` names the sink's settings. Nothing without such rows.
+fn delivery_summary(rows: &[Row], server: Server, settings: &Settings, kh_rate: f64, setup: &str) {
+    let Some((label, verb, lag_target)) = server.delivery() else {
+        return;
+    };
+    if !rows.iter().any(|r| r.server == server) {
+        return;
+    }
+    let med = |f: &dyn Fn(&Row) -> f64| median_of(rows, server, f);
+    let fig = |f: fn(&DeliveryFigures) -> f64| med(&|r| r.delivery.as_ref().map_or(0.0, f));
+    let (rate, p99) = rate_p99(rows, server, |r| r.rate);
+    let (delivered, lag_p50, lag_p99, lag_max) = (
+        fig(|d| d.rate),
+        fig(|d| d.lag_p50_ms),
+        fig(|d| d.lag_p99_ms),
+        fig(|d| d.lag_max_ms),
+    );
+    let keep_up = med(&|r| share(r.delivery.as_ref().map_or(0.0, |d| d.rate), r.rate));
+    let never: usize = rows
+        .iter()
+        .filter(|r| r.server == server)
+        .filter_map(|r| r.delivery.as_ref())
+        .map(|d| d.never)
+        .sum();
+    println!(
+        "median {} {rate:.0} req/s p99 {p99:.2} ms ({:.2} x kirimhook) | {verb} \
+         {delivered:.0}/s ({keep_up:.2} x accepted) | lag p50 {lag_p50:.2} p99 {lag_p99:.2} max \
+         {lag_max:.2} ms | never arrived {never} (all rounds) | {setup}",
+        server.name(),
+        share(rate, kh_rate),
+    );
+    let met = keep_up >= KEEP_UP_RATIO && lag_p99 < lag_target && never == 0;
+    println!(
+        "{label} target ({label} keeps up with the receive rate at {} connections: {verb}/s >= \
+         {KEEP_UP_RATIO:.2} x accepted/s, lag p99 < {lag_target} ms, none lost; {setup}): {}",
+        settings.connections,
+        match (settings.smoke, met, never) {
+            (_, _, n) if n > 0 => "MISSED (accepted events did not arrive within 10 s)",
+            (true, _, _) => "not judged in a smoke run",
+            (false, true, _) => "MET",
+            (false, false, _) => "MISSED",
+        }
+    );
+}
+
 /// The PostgreSQL lines of the summary: the medians of the kirimhook-pg rows next to those of
 /// the embedded kirimhook rows of the same rounds, and the PostgreSQL target.
 fn pg_summary(rows: &[Row], settings: &Settings, kh_rate: f64, kh_p99: f64) {
-    let med = |server: Server, f: fn(&Row) -> f64| {
-        let mut v: Vec<f64> = rows
-            .iter()
-            .filter(|r| r.what == server.name())
-            .map(f)
-            .collect();
-        median(&mut v)
-    };
-    let share = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
-    let (one_rate, one_p99) = (
-        med(Server::KirimhookPg, |r| r.accepted),
-        med(Server::KirimhookPg, |r| r.p99_ms),
-    );
-    let (two_rate, two_p99) = (
-        med(Server::KirimhookPg2, |r| r.accepted),
-        med(Server::KirimhookPg2, |r| r.p99_ms),
-    );
+    let (one_rate, one_p99) = rate_p99(rows, Server::KirimhookPg, |r| r.accepted);
+    let (two_rate, two_p99) = rate_p99(rows, Server::KirimhookPg2, |r| r.accepted);
     println!(
         "median kirimhook (embedded) {kh_rate:.0} req/s p99 {kh_p99:.2} ms | kirimhook-pg \
          {one_rate:.0} accepted/s p99 {one_p99:.2} ms ({:.2} x embedded) | kirimhook-pg x2 \
@@ -1119,7 +1240,7 @@ impl Drop for MinimalChild {
 // ---------------------------------------------------------------------------------------------
 // The relay target (kirimhook+relay)
 
-/// What the relay target has seen.
+/// What the relay target (or a broker's consumer) has seen.
 #[derive(Default)]
 struct Arrivals {
     /// First arrival of each `X-Kirim-Event-Id`.
@@ -1130,6 +1251,26 @@ struct Arrivals {
     retries: u64,
     /// Arrivals without a usable `X-Kirim-Event-Id`.
     no_id: usize,
+}
+
+impl Arrivals {
+    /// One arrival at `at` of the event `id` (`None`: it had none); `retry`: not its first
+    /// attempt.
+    fn record(&mut self, id: Option<&str>, retry: bool, at: Instant) {
+        if retry {
+            self.retries += 1;
+        }
+        match id {
+            None => self.no_id += 1,
+            Some(id) => {
+                if self.first.contains_key(id) {
+                    self.repeats += 1;
+                } else {
+                    self.first.insert(id.into(), at);
+                }
+            }
+        }
+    }
 }
 
 /// A hyper HTTP/1.1 server in the bench process, on the bench's runtime, that answers every
@@ -1198,38 +1339,30 @@ fn record(arrivals: &Mutex<Arrivals>, req: &Request<Incoming>, at: Instant) {
         .headers()
         .get("x-kirimhook-attempt")
         .is_some_and(|v| v.as_bytes() != b"1");
-    let Ok(mut a) = arrivals.lock() else { return };
-    if retry {
-        a.retries += 1;
-    }
-    match id {
-        None => a.no_id += 1,
-        Some(id) => {
-            if a.first.contains_key(id) {
-                a.repeats += 1;
-            } else {
-                a.first.insert(id.into(), at);
-            }
-        }
+    if let Ok(mut a) = arrivals.lock() {
+        a.record(id, retry, at);
     }
 }
 
-/// Waits (up to [`RELAY_DRAIN_TIMEOUT`]) for every event answered 200 to reach `target`, then
-/// computes the relay figures of the run.
-async fn relay_figures(pool: &Pool, m: &Measured, target: &RelayTarget) -> RelayFigures {
+/// Waits (up to [`DRAIN_TIMEOUT`]) for every event answered 200 to be in `arrivals` (the relay
+/// target's or a broker consumer's), then computes the delivery figures of the run.
+async fn delivery_figures(
+    pool: &Pool,
+    m: &Measured,
+    arrivals: &Mutex<Arrivals>,
+) -> DeliveryFigures {
     let (window_start, window_end) = m.span.unwrap_or_else(|| {
         let now = Instant::now();
         (now, now)
     });
     let id = |index: usize| pool.items[index].event_id.to_str().unwrap_or_default();
     let lock = || {
-        target
-            .arrivals
+        arrivals
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     };
     // Wait for the stragglers, rechecking only the ones still missing.
-    let deadline = Instant::now() + RELAY_DRAIN_TIMEOUT;
+    let deadline = Instant::now() + DRAIN_TIMEOUT;
     let mut missing: Vec<usize> = m.acks.iter().map(|&(index, _)| index).collect();
     loop {
         {
@@ -1271,7 +1404,7 @@ async fn relay_figures(pool: &Pool, m: &Measured, target: &RelayTarget) -> Relay
         .filter_map(|&(i, _)| a.first.get(id(i)))
         .max()
         .copied();
-    RelayFigures {
+    DeliveryFigures {
         rate: in_window as f64 / m.window.as_secs_f64(),
         lag_p50_ms: percentile_ms(&lags_us, 0.50),
         lag_p99_ms: percentile_ms(&lags_us, 0.99),

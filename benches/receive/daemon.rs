@@ -1,6 +1,7 @@
 //! The daemon side of the receive bench: starting `kirimhook serve` as a child process on a
 //! fresh store (embedded, in a temporary directory, or PostgreSQL, in a schema of its own),
-//! reading its log, and the PostgreSQL schema that a run uses and drops afterwards.
+//! reading its log, and the PostgreSQL schema that a run uses and drops afterwards (and the
+//! unique names and detached clean-up that the broker rows share with it).
 //!
 //! It does not generate load or compute figures (that is `receive.rs`), and it never reuses a
 //! schema: every PostgreSQL run gets a new unique name, dropped (`DROP SCHEMA ... CASCADE`, best
@@ -121,16 +122,19 @@ impl LogTail {
 }
 
 impl Daemon {
-    /// Starts the daemon with a `stdout` sink on `engine`; `relay`: also an `http` sink to this
-    /// address with this concurrency. Returns once it has logged `listening`.
+    /// Starts the daemon with a `stdout` sink on `engine`; `sink`: a second `[[sinks]]` table
+    /// (such as [`relay_sink`]'s), verbatim. Returns once it has logged `listening`.
     pub fn start(
         rust_log: Option<&str>,
         engine: Engine<'_>,
-        relay: Option<(SocketAddr, usize)>,
+        sink: Option<&str>,
     ) -> anyhow::Result<Daemon> {
         let dir = tempfile::tempdir().context("cannot create a temporary directory")?;
         let config = dir.path().join("kirimhook.toml");
-        let text = daemon_config(&store_table(engine, &dir.path().join("store")), relay);
+        let text = daemon_config(
+            &store_table(engine, &dir.path().join("store")),
+            sink.unwrap_or_default(),
+        );
         std::fs::write(&config, text).context("cannot write the config")?;
         let exe = PathBuf::from(env!("CARGO_BIN_EXE_kirimhook"));
         let mut command = Command::new(&exe);
@@ -228,31 +232,40 @@ impl Drop for Daemon {
 
 /// The `[store]` table for `engine`; `dir` is the embedded engine's directory.
 fn store_table(engine: Engine<'_>, dir: &std::path::Path) -> String {
-    // A JSON string is a valid TOML basic string.
-    let quote = |s: &str| serde_json::Value::String(s.to_owned()).to_string();
     match engine {
-        Engine::Embedded => format!("[store]\npath = {}\n", quote(&dir.display().to_string())),
+        Engine::Embedded => format!(
+            "[store]\npath = {}\n",
+            toml_string(&dir.display().to_string())
+        ),
         Engine::Postgres { url, schema } => format!(
             "[store]\nengine = \"postgres\"\nurl = {}\nschema = {}\npool_size = \
              {PG_POOL_SIZE}\nlease_secs = {PG_LEASE_SECS}\n",
-            quote(url),
-            quote(schema)
+            toml_string(url),
+            toml_string(schema)
         ),
     }
 }
 
-fn daemon_config(store: &str, relay: Option<(SocketAddr, usize)>) -> String {
-    let relay = relay.map_or_else(String::new, |(addr, concurrency)| {
-        format!(
-            r#"
+/// The `[[sinks]]` table of the kirimhook+relay variant: an `http` sink to `addr` with this
+/// concurrency.
+pub fn relay_sink(addr: SocketAddr, concurrency: usize) -> String {
+    format!(
+        r#"
 [[sinks]]
 name = "app"
 kind = "http"
 url = "http://{addr}{RELAY_PATH}"
 concurrency = {concurrency}
 "#
-        )
-    });
+    )
+}
+
+/// A JSON string is a valid TOML basic string.
+pub fn toml_string(s: &str) -> String {
+    serde_json::Value::String(s.to_owned()).to_string()
+}
+
+fn daemon_config(store: &str, sink: &str) -> String {
     format!(
         r#"[server]
 listen = "127.0.0.1:0"
@@ -269,7 +282,7 @@ listen = "127.0.0.1:0"
 [[sinks]]
 name = "stdout"
 kind = "stdout"
-{relay}"#
+{sink}"#
     )
 }
 
@@ -302,11 +315,7 @@ impl PgSchema {
     pub fn unique(url: &str, run: u64) -> PgSchema {
         PgSchema {
             url: url.to_owned(),
-            name: format!(
-                "bench_{}_{run}_{:04x}",
-                std::process::id(),
-                fastrand::u16(..)
-            ),
+            name: unique_name(run),
         }
     }
 
@@ -341,30 +350,48 @@ impl PgSchema {
 
 impl Drop for PgSchema {
     fn drop(&mut self) {
-        // On a thread with a runtime of its own, so that it works inside or outside a runtime.
         let (url, name) = (self.url.clone(), self.name.clone());
-        let dropped = std::thread::spawn(move || -> anyhow::Result<()> {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            runtime.block_on(async {
-                let client = pg_connect(&url).await?;
-                client
-                    .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{name}\" CASCADE"))
-                    .await?;
-                anyhow::Ok(())
-            })
-        })
-        .join();
-        match dropped {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => eprintln!(
+        let dropped = run_detached(move || async move {
+            let client = pg_connect(&url).await?;
+            client
+                .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{name}\" CASCADE"))
+                .await?;
+            anyhow::Ok(())
+        });
+        if let Err(e) = dropped {
+            eprintln!(
                 "note: could not drop PostgreSQL schema {}: {e:#}",
                 self.name
-            ),
-            Err(_) => eprintln!("note: dropping PostgreSQL schema {} panicked", self.name),
+            );
         }
     }
+}
+
+/// A new name for run number `run`, `bench_<pid>_<run>_<4 hex digits>`: `[a-z0-9_]` only, so
+/// it is valid unquoted as a PostgreSQL schema and as a stream, subject, exchange, queue or key.
+pub fn unique_name(run: u64) -> String {
+    format!(
+        "bench_{}_{run}_{:04x}",
+        std::process::id(),
+        fastrand::u16(..)
+    )
+}
+
+/// Runs the future that `work` makes to its end on a thread with a runtime of its own, so that
+/// it works inside or outside a runtime (the clean-ups of the guards' `Drop`s).
+pub fn run_detached<F, Fut>(work: F) -> anyhow::Result<()>
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(work())
+    })
+    .join()
+    .unwrap_or_else(|_| Err(anyhow::anyhow!("the clean-up panicked")))
 }
 
 /// A connection to `url` (without TLS), driven by a task on the current runtime.
