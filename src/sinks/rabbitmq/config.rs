@@ -21,7 +21,7 @@ use crate::store::StoredEvent;
 
 const DEFAULT_EXCHANGE: &str = "kirim";
 const DEFAULT_ROUTING_KEY: &str = "{source}.{type}";
-const DEFAULT_CONCURRENCY: usize = 64;
+const DEFAULT_CONCURRENCY: usize = 256;
 const CONCURRENCY_RANGE: RangeInclusive<usize> = 1..=1024;
 const DEFAULT_TIMEOUT_SECS: u64 = 10;
 const TIMEOUT_SECS_RANGE: RangeInclusive<u64> = 1..=300;
@@ -64,7 +64,8 @@ pub struct RabbitMqSinkConfig {
     pub declare: bool,
     /// Routing key of each event, `routing_key`. Default `{source}.{type}`.
     pub routing_key: Template,
-    /// Publishes in flight at once, `concurrency`. Default 64; 1..=1024.
+    /// Publishes in flight at once, `concurrency`, sent in batches of up to 64. Default 256;
+    /// 1..=1024.
     pub concurrency: usize,
     /// Time allowed to connect, and for the broker's confirm of one publish (and, while the
     /// sink publishes one at a time, to wait for a turn), `timeout_secs`. Default 10 s;
@@ -419,7 +420,7 @@ mod tests {
                 exchange: "kirim".to_owned(),
                 declare: true,
                 routing_key: Template::parse("{source}.{type}").unwrap(),
-                concurrency: 64,
+                concurrency: 256,
                 timeout: Duration::from_secs(10),
                 ca_file: None,
             }

@@ -14,9 +14,10 @@
 //! Choose what a sink publishes with its `events` / `sources` / `phone_number_ids` filters.
 //!
 //! One connection and one confirm-mode channel are shared by all of the sink's deliveries and
-//! opened again after a failure. Up to `concurrency` deliveries publish on it at once, so
-//! publishes are pipelined and their confirms arrive together (the broker acks in batches);
-//! there is no round trip per event. How a broker's answer maps onto [`SinkError`] is
+//! opened again after a failure. A delivery is a batch of up to [`MAX_BATCH`] events, written
+//! in one go, whose confirms are then awaited together (the broker acks in batches); up to
+//! `concurrency` publishes (`concurrency / MAX_BATCH` batches) are in flight at once, so there
+//! is no round trip per event. How a broker's answer maps onto [`SinkError`] is
 //! [`classify`]'s business. A broker error that closes the channel fails every publish in
 //! flight on it and does not say which message it was about; so the first such error is
 //! retryable, and the sink then publishes one at a time for [`CAREFUL_FOR`], when a permanent
@@ -43,6 +44,8 @@ use crate::store::StoredEvent;
 /// How long the sink publishes one event at a time after a broker error that closed the
 /// channel under several publishes.
 pub const CAREFUL_FOR: Duration = Duration::from_secs(30);
+/// Most events published in one batch (and awaited together).
+const MAX_BATCH: usize = 64;
 /// AMQP reply code of a message returned because no queue was bound to take it.
 pub const NO_ROUTE: u16 = 312;
 
@@ -178,18 +181,39 @@ impl RabbitMqSink {
         now_ms() < self.careful_until_ms.load(Ordering::Relaxed)
     }
 
-    /// Publishes one event and waits for the broker's confirm; a failure is of the first
-    /// attempt of a batch of one.
-    async fn publish(&self, attempt: &Attempt) -> Result<(), Failure> {
-        let event = &attempt.event;
-        let routing_key = self.config.routing_key.render(event);
-        let routing_key = ShortString::try_new(routing_key).map_err(|e| {
+    /// The routing key of `event`; a key too long for AMQP is the event's fault (permanent).
+    fn routing_key(&self, event: &StoredEvent) -> Result<ShortString, Failure> {
+        ShortString::try_new(self.config.routing_key.render(event)).map_err(|e| {
             Failure::new(SinkError::permanent(format!(
                 "the routing key of this event is too long: {e}"
             )))
-        })?;
+        })
+    }
+
+    /// Sends `event` on `channel`; the returned future resolves to the broker's confirm.
+    async fn send(
+        &self,
+        channel: &Channel,
+        event: &StoredEvent,
+        routing_key: ShortString,
+    ) -> lapin::Result<lapin::PublisherConfirm> {
+        channel
+            .basic_publish(
+                short(&self.config.exchange),
+                routing_key,
+                BasicPublishOptions {
+                    mandatory: true,
+                    immediate: false,
+                },
+                &event.body,
+                properties(event),
+            )
+            .await
+    }
+
+    /// Takes a hold on the gate: shared, or alone while careful; waits at most `timeout`.
+    async fn hold_gate(&self, alone: bool) -> Result<Gate<'_>, Failure> {
         let timeout = self.config.timeout;
-        let alone = self.careful();
         let gate = async {
             if alone {
                 Gate::Alone(self.gate.write().await)
@@ -197,29 +221,81 @@ impl RabbitMqSink {
                 Gate::Shared(self.gate.read().await)
             }
         };
-        let _gate = tokio::time::timeout(timeout, gate).await.map_err(|_| {
+        tokio::time::timeout(timeout, gate).await.map_err(|_| {
             Failure::new(SinkError::retryable(format!(
                 "no turn to publish within {} s (publishing one at a time after a broker error)",
                 timeout.as_secs()
             )))
-        })?;
+        })
+    }
+
+    /// Publishes one event and waits for the broker's confirm (while careful); a failure is
+    /// of the first attempt of a batch of one.
+    async fn publish_alone(&self, attempt: &Attempt) -> Result<(), Failure> {
+        let event = &attempt.event;
+        let routing_key = self.routing_key(event)?;
+        let _gate = self.hold_gate(true).await?;
         let channel = self.channel().await?;
-        let publish = async {
-            channel
-                .basic_publish(
-                    short(&self.config.exchange),
-                    routing_key,
-                    BasicPublishOptions {
-                        mandatory: true,
-                        immediate: false,
-                    },
-                    &event.body,
-                    properties(event),
-                )
-                .await?
-                .await
-        };
-        match tokio::time::timeout(timeout, publish).await {
+        let publish = async { self.send(&channel, event, routing_key).await?.await };
+        self.confirmed(
+            tokio::time::timeout(self.config.timeout, publish).await,
+            true,
+        )
+    }
+
+    /// Publishes `batch` in one go on the shared channel, then awaits the confirms in order:
+    /// the broker acks them in batches, so a batch costs about one round trip. A failure
+    /// counts the events confirmed before it as delivered.
+    async fn publish_batch(&self, batch: &[Attempt]) -> Result<(), Failure> {
+        let deadline = tokio::time::Instant::now() + self.config.timeout;
+        let _gate = self.hold_gate(false).await?;
+        let channel = self.channel().await?;
+        let mut pending = Vec::with_capacity(batch.len());
+        let mut stopped: Option<Failure> = None;
+        for attempt in batch {
+            let routing_key = match self.routing_key(&attempt.event) {
+                Ok(key) => key,
+                Err(failure) => {
+                    stopped = Some(failure);
+                    break;
+                }
+            };
+            let sent =
+                tokio::time::timeout_at(deadline, self.send(&channel, &attempt.event, routing_key))
+                    .await;
+            match sent {
+                Ok(Ok(confirm)) => pending.push(confirm),
+                Ok(Err(e)) => {
+                    stopped = Some(self.confirmed(Ok(Err(e)), false).unwrap_err());
+                    break;
+                }
+                Err(elapsed) => {
+                    stopped = Some(self.confirmed(Err(elapsed), false).unwrap_err());
+                    break;
+                }
+            }
+        }
+        let sent = pending.len();
+        for (delivered, confirm) in pending.into_iter().enumerate() {
+            let answer = tokio::time::timeout_at(deadline, confirm).await;
+            self.confirmed(answer, false)
+                .map_err(|failure| failure.after(delivered))?;
+        }
+        match stopped {
+            Some(failure) => Err(failure.after(sent)),
+            None => Ok(()),
+        }
+    }
+
+    /// What the broker's answer to one publish means; `alone`: no other publish was in flight
+    /// on the channel, so a permanent error is this event's.
+    fn confirmed(
+        &self,
+        answer: Result<lapin::Result<Confirmation>, tokio::time::error::Elapsed>,
+        alone: bool,
+    ) -> Result<(), Failure> {
+        let timeout = self.config.timeout;
+        match answer {
             Err(_) => Err(Failure::new(SinkError::retryable(format!(
                 "no confirm from the broker within {} s",
                 timeout.as_secs()
@@ -276,13 +352,22 @@ impl Sink for RabbitMqSink {
         &self.name
     }
 
+    /// Batches in flight: `concurrency` counts publishes awaiting a confirm, sent in batches
+    /// of up to [`MAX_BATCH`].
     fn concurrency(&self) -> usize {
-        self.config.concurrency
+        self.config.concurrency.div_ceil(self.max_batch())
+    }
+
+    fn max_batch(&self) -> usize {
+        self.config.concurrency.min(MAX_BATCH)
     }
 
     async fn deliver(&self, batch: &[Attempt]) -> Result<(), Failure> {
+        if !self.careful() {
+            return self.publish_batch(batch).await;
+        }
         for (delivered, attempt) in batch.iter().enumerate() {
-            self.publish(attempt)
+            self.publish_alone(attempt)
                 .await
                 .map_err(|failure| failure.after(delivered))?;
         }
