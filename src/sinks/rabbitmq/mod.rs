@@ -266,11 +266,11 @@ impl RabbitMqSink {
             match sent {
                 Ok(Ok(confirm)) => pending.push(confirm),
                 Ok(Err(e)) => {
-                    stopped = Some(self.confirmed(Ok(Err(e)), false).unwrap_err());
+                    stopped = self.confirmed(Ok(Err(e)), false).err();
                     break;
                 }
                 Err(elapsed) => {
-                    stopped = Some(self.confirmed(Err(elapsed), false).unwrap_err());
+                    stopped = self.confirmed(Err(elapsed), false).err();
                     break;
                 }
             }
