@@ -20,7 +20,7 @@ use crate::store::model::RecordMeta;
 
 const DEFAULT_TIMEOUT_SECS: u64 = 10;
 const TIMEOUT_SECS_RANGE: RangeInclusive<u64> = 1..=300;
-const DEFAULT_CONCURRENCY: usize = 64;
+const DEFAULT_CONCURRENCY: usize = 256;
 const CONCURRENCY_RANGE: RangeInclusive<usize> = 1..=4096;
 /// The default port of a NATS server.
 const DEFAULT_PORT: u16 = 4222;
@@ -60,7 +60,8 @@ pub struct NatsSinkConfig {
     /// `stream`: the JetStream stream to create when missing (file storage, subjects
     /// [`SubjectTemplate::stream_filter`]) or to check. `None`: the operator runs the stream.
     pub stream: Option<String>,
-    /// Most publishes awaiting their ack at once, `concurrency`. Default 64; 1..=4096.
+    /// Most publishes awaiting their ack at once, `concurrency`, sent in batches of up to 64.
+    /// Default 256 (four batches); 1..=4096.
     pub concurrency: usize,
     /// How long one batch may take, from connecting to its last ack, `timeout_secs`.
     /// Default 10 s; 1..=300 s.
@@ -548,12 +549,12 @@ mod tests {
         let config = parse(&nats_sink("")).unwrap();
         let nats = only_nats(&config);
         assert_eq!(nats.stream, None);
-        assert_eq!(nats.concurrency, 64);
+        assert_eq!(nats.concurrency, 256);
         assert_eq!(nats.timeout, Duration::from_secs(10));
         assert_eq!(nats.auth, NatsAuth::None);
         let sink = crate::sinks::build(&config.sinks[0]);
         assert_eq!(crate::sinks::Sink::max_batch(&sink), 64);
-        assert_eq!(crate::sinks::Sink::concurrency(&sink), 1);
+        assert_eq!(crate::sinks::Sink::concurrency(&sink), 4);
         let config = parse(&nats_sink("concurrency = 200\n")).unwrap();
         let sink = crate::sinks::build(&config.sinks[0]);
         assert_eq!(crate::sinks::Sink::concurrency(&sink), 4);
@@ -785,7 +786,7 @@ mod tests {
         assert_eq!(nats.url, "nats://127.0.0.1:4222");
         assert_eq!(nats.stream.as_deref(), Some("KIRIM"));
         assert_eq!(nats.subject.stream_filter().as_deref(), Some("kirim.>"));
-        assert_eq!(nats.concurrency, 64);
+        assert_eq!(nats.concurrency, 256);
         assert_eq!(nats.timeout, Duration::from_secs(10));
         assert_eq!(nats.auth, NatsAuth::None);
     }

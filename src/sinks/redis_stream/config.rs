@@ -24,8 +24,8 @@ const MAX_LEN_RANGE: RangeInclusive<u64> = 0..=i64::MAX as u64;
 /// 48 hours: longer than the 38 hours a sender may retry a delivery (spec 9.3).
 const DEFAULT_DEDUPE_TTL_SECS: u64 = 172_800;
 const DEDUPE_TTL_SECS_RANGE: RangeInclusive<u64> = 1..=31_536_000;
-const DEFAULT_CONCURRENCY: usize = 64;
-const CONCURRENCY_RANGE: RangeInclusive<usize> = 1..=256;
+const DEFAULT_CONCURRENCY: usize = 256;
+const CONCURRENCY_RANGE: RangeInclusive<usize> = 1..=1024;
 /// Longest stream key accepted (the dedupe markers add `:dedupe:<key>` to it).
 const STREAM_MAX_BYTES: usize = 256;
 const REDIS_SCHEMES: [&str; 2] = ["redis://", "rediss://"];
@@ -65,7 +65,8 @@ pub struct RedisStreamConfig {
     /// How long a published event's dedupe marker lives, `dedupe_ttl_secs`: a republish
     /// within it is dropped. Default 172800 s (48 h); 1..=31536000 s.
     pub dedupe_ttl: Duration,
-    /// Publishes in flight at once for this sink, `concurrency`. Default 64; 1..=256.
+    /// Events in flight at once for this sink, `concurrency`, in pipelines of up to 64.
+    /// Default 256 (four pipelines); 1..=1024.
     pub concurrency: usize,
     /// `ca_file`: PEM CA certificates trusted instead of the public roots for `rediss://`
     /// (a private CA), read when the sink connects.
@@ -257,7 +258,7 @@ mod tests {
         assert_eq!(redis.stream, "kirim:events");
         assert_eq!(redis.max_len, 1_000_000);
         assert_eq!(redis.dedupe_ttl, Duration::from_secs(172_800));
-        assert_eq!(redis.concurrency, 64);
+        assert_eq!(redis.concurrency, 256);
     }
 
     /// [`assert_invalid`], and the password never shows.
@@ -274,7 +275,7 @@ mod tests {
         assert_eq!(redis.stream, "kirim:events");
         assert_eq!(redis.max_len, 1_000_000);
         assert_eq!(redis.dedupe_ttl, Duration::from_secs(172_800));
-        assert_eq!(redis.concurrency, 64);
+        assert_eq!(redis.concurrency, 256);
         assert!(config.sinks[0].filter.is_everything());
     }
 
@@ -404,9 +405,9 @@ mod tests {
             "must be between 1 and 31536000",
         );
         let err = parse_err(&with_url("concurrency = 0\n"));
-        assert_invalid(&err, "sinks[0].concurrency", "must be between 1 and 256");
-        let err = parse_err(&with_url("concurrency = 257\n"));
-        assert_invalid(&err, "sinks[0].concurrency", "must be between 1 and 256");
+        assert_invalid(&err, "sinks[0].concurrency", "must be between 1 and 1024");
+        let err = parse_err(&with_url("concurrency = 1025\n"));
+        assert_invalid(&err, "sinks[0].concurrency", "must be between 1 and 1024");
         let err = parse_err(&with_url("max_len = -1\n"));
         assert_eq!(err.key(), Some("sinks[0].max_len"), "{err}");
         let err = parse_err(&with_url("stream_name = \"x\"\n"));
