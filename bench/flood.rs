@@ -25,6 +25,10 @@
 //! about another machine: attacker, prober and daemon share the same CPUs. See
 //! `bench/README.md` for the settings and how to read the output.
 
+#[allow(dead_code)] // flood reads memory only, not CPU time
+#[path = "procfs.rs"]
+mod procfs;
+
 use std::io::{BufRead as _, BufReader};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -254,7 +258,7 @@ fn bench(settings: &Settings) -> anyhow::Result<()> {
     drop(attack_runtime);
     let after = probe_runtime.block_on(prober.run(AFTER_PROBES, None));
     let samples = sampler.stop();
-    let peak_rss_kib = daemon_status_kib(daemon.child.id(), "VmHWM:");
+    let peak_rss_kib = procfs::status_kib(daemon.child.id(), "VmHWM:");
     let log = daemon.log.clone();
     drop(daemon);
 
@@ -715,7 +719,7 @@ impl Sampler {
                     fds: std::fs::read_dir(format!("/proc/{pid}/fd"))
                         .ok()
                         .map(|d| d.count()),
-                    rss_kib: daemon_status_kib(pid, "VmRSS:"),
+                    rss_kib: procfs::status_kib(pid, "VmRSS:"),
                     accept_queue: accept_queue(port),
                     attack: stats.snapshot(),
                 });
@@ -734,13 +738,6 @@ impl Sampler {
         self.stop.store(true, Ordering::Relaxed);
         self.thread.join().unwrap_or_default()
     }
-}
-
-/// A `kB` field (`VmRSS:`, `VmHWM:`) of `/proc/<pid>/status`.
-fn daemon_status_kib(pid: u32, field: &str) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with(field))?;
-    line[field.len()..].split_whitespace().next()?.parse().ok()
 }
 
 /// The soft "Max open files" of `/proc/<pid>/limits`.

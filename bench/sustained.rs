@@ -14,6 +14,9 @@
 //! All traffic goes to 127.0.0.1. The load generator shares the CPUs with the daemon, so its
 //! figures only compare with other runs on the same machine. See `bench/README.md`.
 
+#[path = "procfs.rs"]
+mod procfs;
+
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -28,6 +31,7 @@ use http_body_util::{BodyExt as _, Full};
 use hyper::header::{HeaderName, HeaderValue, CONTENT_TYPE, HOST, USER_AGENT};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
+use procfs::cpu_secs;
 use tokio::net::TcpStream;
 
 use kirimhook::receive::signature::SigningSecret;
@@ -53,8 +57,6 @@ const TARGET_P99_MS: f64 = 50.0;
 const TARGET_MAX_MS: f64 = 1000.0;
 const OPEN_THROUGHPUT_TOLERANCE: f64 = 0.10;
 const CLOSED_THROUGHPUT_TOLERANCE: f64 = 0.20;
-/// `/proc/<pid>/stat` counts CPU time in clock ticks of 1/USER_HZ s; Linux fixes USER_HZ at 100.
-const USER_HZ: f64 = 100.0;
 
 fn main() -> anyhow::Result<()> {
     let settings = Settings::from_env()?;
@@ -363,14 +365,12 @@ impl Daemon {
 
     /// CPU seconds (user + system) the daemon has used so far.
     fn cpu_secs(&self) -> Option<f64> {
-        cpu_secs(&format!("/proc/{}/stat", self.pid))
+        procfs::pid_cpu_secs(self.pid)
     }
 
     /// The daemon's peak resident set (`VmHWM`), in KiB.
     fn peak_rss_kib(&self) -> Option<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid)).ok()?;
-        let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-        line.split_whitespace().nth(1)?.parse().ok()
+        procfs::status_kib(self.pid, "VmHWM:")
     }
 }
 
@@ -379,19 +379,6 @@ impl Drop for Daemon {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// utime + stime of `/proc/<pid>/stat` (fields 14 and 15), in seconds.
-fn cpu_secs(stat_path: &str) -> Option<f64> {
-    let stat = std::fs::read_to_string(stat_path).ok()?;
-    // The command name (field 2) is in parentheses and may hold spaces.
-    let mut fields = stat
-        .get(stat.rfind(')')? + 1..)?
-        .split_whitespace()
-        .skip(11);
-    let utime: u64 = fields.next()?.parse().ok()?;
-    let stime: u64 = fields.next()?.parse().ok()?;
-    Some((utime + stime) as f64 / USER_HZ)
 }
 
 // ---------------------------------------------------------------------------------------------

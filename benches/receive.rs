@@ -3,7 +3,9 @@
 //!
 //! Each round starts its servers as separate processes on `127.0.0.1:0`, one after the other:
 //! "minimal" (this binary re-executed with `KIRIMHOOK_BENCH_ROLE=minimal`: a hyper 1.x HTTP/1.1
-//! server on a multi-threaded tokio runtime that reads the body and answers 200), "kirimhook"
+//! server on a multi-threaded tokio runtime that reads the body and answers 200), "memory" (the
+//! same with `KIRIMHOOK_BENCH_ROLE=memory`, which also verifies, classifies and dedupes in
+//! memory with kirimhook's own functions), "kirimhook"
 //! (the real daemon, `kirimhook serve`, on a fresh temporary store, stdout sink),
 //! "kirimhook+relay" (the same daemon with an `http` relay sink as well, pointed at a 2xx target
 //! served inside this process) and, when a PostgreSQL URL is given
@@ -27,7 +29,7 @@
 //! machine: the load generator shares the CPUs with the server, so only figures from one run are
 //! comparable with each other. See `bench/README.md` for the settings and how to read the output.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::SocketAddr;
@@ -45,18 +47,24 @@ use hyper::{Method, Request, Response, StatusCode, Uri};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 
-use kirimhook::receive::signature::SigningSecret;
+use kirimhook::receive::envelope::{self, Classified, DedupeKey, Hints};
+use kirimhook::receive::signature::{self, SigningSecret};
 
 #[path = "receive/brokers.rs"]
 mod brokers;
 #[path = "receive/daemon.rs"]
 mod daemon;
+#[path = "../bench/procfs.rs"]
+mod procfs;
 
 use brokers::{Broker, Bus};
 use daemon::{Daemon, Engine, KillOnDrop, PgSchema};
 
-/// Selects what this process is: unset for the benchmark, `minimal` for the minimal server.
+/// Selects what this process is: unset for the benchmark, `minimal` or `memory` for a baseline
+/// server (see [`Baseline`]).
 const ROLE_ENV: &str = "KIRIMHOOK_BENCH_ROLE";
+/// The memory baseline's signature tolerance: the daemon's default `verify.tolerance_secs`.
+const MEMORY_TOLERANCE_SECS: u64 = 300;
 const SECRET_ID: &str = "sec_BENCH0000000000000000000000";
 const SECRET_VALUE: &str = "whsec_YmVuY2gtb25seS1raXJpbWhvb2stc2VjcmV0";
 const PATH: &str = "/webhooks/kirim";
@@ -66,7 +74,8 @@ const FIRST_RATE_GUESS: f64 = 100_000.0;
 const POOL_MARGIN: f64 = 1.6;
 /// How long a server may take to say where it listens.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
-/// Target from the issue: kirimhook's rate at least this share of the minimal server's ...
+/// Target from the issue: kirimhook's rate at least this share of the minimal server's (and,
+/// in the efficiency targets, of the memory baseline's) ...
 const TARGET_RATIO: f64 = 0.5;
 /// ... with a p99 below this.
 const TARGET_P99_MS: f64 = 5.0;
@@ -91,10 +100,26 @@ const POSTGRES_URL_VARS: [&str; 2] = [
 const PG_TARGET_RATE: f64 = 5000.0;
 /// ... with a p99 below this.
 const PG_TARGET_P99_MS: f64 = 20.0;
+/// Efficiency targets (with [`TARGET_RATIO`] and [`TARGET_P99_MS`] against the memory
+/// baseline): kirimhook's server CPU per request at most this many times the memory baseline's
+/// ...
+const EFF_CPU_RATIO: f64 = 3.0;
+/// ... kirimhook+relay's accepted/s at least this share of kirimhook's ...
+const EFF_RELAY_RATIO: f64 = 0.7;
+/// ... relayed at least this share of accepted (with [`RELAY_TARGET_LAG_P99_MS`]) ...
+const EFF_RELAYED_RATIO: f64 = 0.99;
+/// ... and kirimhook's peak RSS at most this many MiB.
+const EFF_RSS_MIB: f64 = 64.0;
+/// The backlog case: how long the relay may take to deliver the whole backlog.
+const BACKLOG_DRAIN_TIMEOUT: Duration = Duration::from_secs(600);
+/// The backlog case: a window longer than any load, so that the deliveries run out first.
+const BACKLOG_WINDOW: Duration = Duration::from_secs(24 * 3600);
 
 fn main() -> anyhow::Result<()> {
-    if std::env::var(ROLE_ENV).as_deref() == Ok("minimal") {
-        return minimal_server();
+    match std::env::var(ROLE_ENV).as_deref() {
+        Ok("minimal") => return baseline_server(Baseline::Minimal),
+        Ok("memory") => return baseline_server(Baseline::Memory),
+        _ => {}
     }
     let settings = Settings::from_env()?;
     bench(&settings)
@@ -122,6 +147,8 @@ struct Settings {
     brokers: Vec<(Broker, Option<(String, &'static str)>)>,
     /// Not run by `cargo bench` (no `--bench` argument): a short smoke run.
     smoke: bool,
+    /// Deliveries of the backlog case (`BENCH_BACKLOG`); `None`: not run.
+    backlog: Option<usize>,
 }
 
 impl Settings {
@@ -145,6 +172,7 @@ impl Settings {
                 .map(|b| (b, service_url(b.url_vars())))
                 .collect(),
             smoke,
+            backlog: Some(env_parse("BENCH_BACKLOG", 0)?).filter(|&n| n > 0),
         })
         .and_then(|s: Settings| {
             if s.rounds == 0 || s.connections == 0 || s.window.is_zero() {
@@ -163,6 +191,25 @@ impl Settings {
             Ok(s)
         })
     }
+}
+
+impl Settings {
+    /// The load of one row: its connections, warm-up and window.
+    fn load(&self) -> Load {
+        Load {
+            connections: self.connections,
+            warmup: self.warmup,
+            window: self.window,
+        }
+    }
+}
+
+/// How [`drive`] loads the servers.
+#[derive(Clone, Copy)]
+struct Load {
+    connections: usize,
+    warmup: Duration,
+    window: Duration,
 }
 
 /// The first of `vars` that is set and not blank, with its value.
@@ -196,6 +243,8 @@ fn secs_env(name: &str, default: f64) -> anyhow::Result<Duration> {
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Server {
     Minimal,
+    /// The minimal server that also verifies, classifies and dedupes in memory (no disk).
+    Memory,
     Kirimhook,
     /// kirimhook with the stdout sink and an HTTP relay sink to [`RelayTarget`].
     KirimhookRelay,
@@ -212,6 +261,7 @@ impl Server {
     fn name(self) -> &'static str {
         match self {
             Server::Minimal => "minimal",
+            Server::Memory => "memory",
             Server::Kirimhook => "kirimhook",
             Server::KirimhookRelay => "kirimhook+relay",
             Server::KirimhookPg => "kirimhook-pg",
@@ -222,10 +272,19 @@ impl Server {
         }
     }
 
-    /// How many daemons serve this variant (0 for the minimal server).
+    /// The baseline server of this variant, `None` for the daemon variants.
+    fn baseline(self) -> Option<Baseline> {
+        match self {
+            Server::Minimal => Some(Baseline::Minimal),
+            Server::Memory => Some(Baseline::Memory),
+            _ => None,
+        }
+    }
+
+    /// How many daemons serve this variant (0 for the baseline servers).
     fn daemons(self) -> usize {
         match self {
-            Server::Minimal => 0,
+            Server::Minimal | Server::Memory => 0,
             Server::Kirimhook
             | Server::KirimhookRelay
             | Server::KirimhookPg
@@ -268,6 +327,11 @@ struct Measured {
     acks: Vec<(usize, Instant)>,
     /// Start and end of the timed window (set by `drive`).
     span: Option<(Instant, Instant)>,
+    /// CPU seconds (user + system, all threads) the server processes used in the window, summed
+    /// over them (set by `drive`; `None`: not read).
+    server_cpu_secs: Option<f64>,
+    /// The largest peak RSS (`VmHWM`) of the server processes at the end of the window, in KiB.
+    server_peak_kib: Option<u64>,
 }
 
 impl Measured {
@@ -300,6 +364,10 @@ struct Row {
     max_ms: f64,
     duplicates: u64,
     errors: u64,
+    /// Server CPU per OK answer in the window, in microseconds.
+    cpu_us: Option<f64>,
+    /// The server's peak RSS at the end of the window, in MiB.
+    peak_rss_mib: Option<f64>,
     /// The relay or broker sink's figures (see [`Server::delivery`]).
     delivery: Option<DeliveryFigures>,
     /// The PostgreSQL variants' schema figures.
@@ -320,6 +388,11 @@ impl Row {
             max_ms: q(1.0),
             duplicates: m.duplicates,
             errors: m.errors,
+            cpu_us: m
+                .server_cpu_secs
+                .filter(|_| m.ok > 0)
+                .map(|secs| secs * 1e6 / m.ok as f64),
+            peak_rss_mib: m.server_peak_kib.map(mib),
             delivery: None,
             pg: None,
         }
@@ -327,7 +400,7 @@ impl Row {
 
     fn print(&self) {
         println!(
-            "{:<6} {:<18} {:>8.0} {:>7.2} {:>7.2} {:>7.2} {:>8} {:>7}",
+            "{:<6} {:<18} {:>8.0} {:>7.2} {:>7.2} {:>7.2} {:>8} {:>7} {:>7} {:>7}",
             self.round,
             self.server.name(),
             self.rate,
@@ -335,7 +408,9 @@ impl Row {
             self.p99_ms,
             self.max_ms,
             self.duplicates,
-            self.errors
+            self.errors,
+            or_unknown(self.cpu_us),
+            or_unknown(self.peak_rss_mib),
         );
         if let (Some(r), Some((label, verb, _))) = (&self.delivery, self.server.delivery()) {
             println!(
@@ -406,7 +481,7 @@ struct DeliveryFigures {
     lag_min_ms: f64,
     /// Events answered 200 (warm-up included).
     accepted: usize,
-    /// Of those, how many never reached the target within [`DRAIN_TIMEOUT`].
+    /// Of those, how many never reached the target within the drain timeout.
     never: usize,
     /// When the last accepted event arrived, counted from the end of the window (`None`: some
     /// never did).
@@ -417,6 +492,16 @@ struct DeliveryFigures {
     unknown: usize,
     /// Arrivals whose `X-Kirimhook-Attempt` was not 1 (retries).
     retries: u64,
+}
+
+/// KiB in MiB.
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+/// `value` with one decimal, `?` when unknown.
+fn or_unknown(value: Option<f64>) -> String {
+    value.map_or_else(|| "?".to_owned(), |v| format!("{v:.1}"))
 }
 
 /// Nearest-rank percentile of sorted microseconds, in milliseconds (0 when empty).
@@ -459,6 +544,15 @@ fn rate_p99(rows: &[Row], server: Server, rate: fn(&Row) -> f64) -> (f64, f64) {
     )
 }
 
+/// How a summary line judges a target.
+fn verdict(settings: &Settings, met: bool) -> &'static str {
+    match (settings.smoke, met) {
+        (true, _) => "not judged in a smoke run",
+        (false, true) => "MET",
+        (false, false) => "MISSED",
+    }
+}
+
 /// `a / b`, 0 when `b` is not positive.
 fn share(a: f64, b: f64) -> f64 {
     if b > 0.0 {
@@ -497,7 +591,12 @@ fn bench(settings: &Settings) -> anyhow::Result<()> {
          concurrency {} (BENCH_RELAY_CONCURRENCY)",
         settings.relay_concurrency
     );
-    let mut servers = vec![Server::Minimal, Server::Kirimhook, Server::KirimhookRelay];
+    let mut servers = vec![
+        Server::Minimal,
+        Server::Memory,
+        Server::Kirimhook,
+        Server::KirimhookRelay,
+    ];
     for (broker, url) in &settings.brokers {
         let server = Server::KirimhookBroker(*broker);
         let name = server.name();
@@ -548,8 +647,17 @@ fn bench(settings: &Settings) -> anyhow::Result<()> {
     }
     println!();
     println!(
-        "{:<6} {:<18} {:>8} {:>7} {:>7} {:>7} {:>8} {:>7}",
-        "round", "server", "req/s", "p50_ms", "p99_ms", "max_ms", "dup", "errors"
+        "{:<6} {:<18} {:>8} {:>7} {:>7} {:>7} {:>8} {:>7} {:>7} {:>7}",
+        "round",
+        "server",
+        "req/s",
+        "p50_ms",
+        "p99_ms",
+        "max_ms",
+        "dup",
+        "errors",
+        "cpu_us",
+        "rss_MiB"
     );
     let mut rows: Vec<Row> = Vec::new();
     let mut notes: Vec<String> = Vec::new();
@@ -571,13 +679,15 @@ fn bench(settings: &Settings) -> anyhow::Result<()> {
                 number: run_number,
                 server,
             };
-            let (measured, delivery, pg) = match server {
-                Server::Minimal => {
-                    let child = MinimalChild::start()?;
-                    let measured = runtime.block_on(drive(&[child.addr], pool, settings))?;
+            let (measured, delivery, pg) = match server.baseline() {
+                Some(baseline) => {
+                    let child = BaselineChild::start(baseline)?;
+                    let pids = [child.child.id()];
+                    let measured =
+                        runtime.block_on(drive(&[child.addr], &pids, pool, settings.load()))?;
                     (measured, None, None)
                 }
-                _ => run.daemons(pool, &mut notes)?,
+                None => run.daemons(pool, &mut notes)?,
             };
             if measured.exhausted {
                 notes.push(format!(
@@ -611,11 +721,7 @@ fn bench(settings: &Settings) -> anyhow::Result<()> {
         "target (kirimhook >= {TARGET_RATIO:.2} x minimal, p99 < {TARGET_P99_MS} ms, {} \
          connections): {}",
         settings.connections,
-        match (settings.smoke, met) {
-            (true, _) => "not judged in a smoke run",
-            (false, true) => "MET",
-            (false, false) => "MISSED",
-        }
+        verdict(settings, met)
     );
     let relay_setup = format!("relay concurrency {}", settings.relay_concurrency);
     delivery_summary(
@@ -638,6 +744,7 @@ fn bench(settings: &Settings) -> anyhow::Result<()> {
     if settings.postgres.is_some() {
         pg_summary(&rows, settings, kh_rate, kh_p99);
     }
+    efficiency_summary(&rows, &servers, settings);
     let duplicates: u64 = rows
         .iter()
         .filter(|r| r.server != Server::Minimal)
@@ -659,6 +766,9 @@ fn bench(settings: &Settings) -> anyhow::Result<()> {
     }
     for note in notes {
         println!("note: {note}");
+    }
+    if let Some(n) = settings.backlog {
+        backlog_case(&runtime, settings, &secret, n, run_number + 1)?;
     }
     Ok(())
 }
@@ -697,7 +807,7 @@ impl Run<'_> {
             None => Engine::Embedded,
         };
         let target = match server {
-            Server::KirimhookRelay => Some(runtime.block_on(RelayTarget::start())?),
+            Server::KirimhookRelay => Some(runtime.block_on(RelayTarget::start(any_port()))?),
             _ => None,
         };
         // Declared before the daemons, so dropped (its names deleted) after they are killed.
@@ -721,14 +831,16 @@ impl Run<'_> {
             .map(|_| Daemon::start(settings.rust_log.as_deref(), engine, sink.as_deref()))
             .collect::<anyhow::Result<Vec<_>>>()?;
         let addrs: Vec<SocketAddr> = daemons.iter().map(|d| d.addr).collect();
-        let measured = runtime.block_on(drive(&addrs, pool.clone(), settings))?;
+        let pids: Vec<u32> = daemons.iter().map(Daemon::pid).collect();
+        let measured = runtime.block_on(drive(&addrs, &pids, pool.clone(), settings.load()))?;
 
         let arrivals = target
             .as_ref()
             .map(|t| &t.arrivals)
             .or(bus.as_ref().map(|b| &b.arrivals));
         let delivery = arrivals.map(|arrivals| {
-            let figures = runtime.block_on(delivery_figures(&pool, &measured, arrivals));
+            let figures =
+                runtime.block_on(delivery_figures(&pool, &measured, arrivals, DRAIN_TIMEOUT));
             if figures.repeats + figures.retries > 0 || figures.unknown > 0 {
                 notes.push(format!(
                     "round {round} {}: the target got {} repeated event(s), {} retry \
@@ -834,13 +946,200 @@ fn delivery_summary(rows: &[Row], server: Server, settings: &Settings, kh_rate: 
         "{label} target ({label} keeps up with the receive rate at {} connections: {verb}/s >= \
          {KEEP_UP_RATIO:.2} x accepted/s, lag p99 < {lag_target} ms, none lost; {setup}): {}",
         settings.connections,
-        match (settings.smoke, met, never) {
-            (_, _, n) if n > 0 => "MISSED (accepted events did not arrive within 10 s)",
-            (true, _, _) => "not judged in a smoke run",
-            (false, true, _) => "MET",
-            (false, false, _) => "MISSED",
+        match never {
+            0 => verdict(settings, met),
+            _ => "MISSED (accepted events did not arrive within 10 s)",
         }
     );
+}
+
+/// The efficiency lines of the summary: the medians of the server CPU per request and the peak
+/// RSS of every row, then the efficiency targets (kirimhook against the memory baseline,
+/// kirimhook+relay against kirimhook, kirimhook's peak RSS).
+fn efficiency_summary(rows: &[Row], servers: &[Server], settings: &Settings) {
+    let cpu = |server| median_of(rows, server, |r| r.cpu_us.unwrap_or(0.0));
+    let rss = |server| median_of(rows, server, |r| r.peak_rss_mib.unwrap_or(0.0));
+    let figures: Vec<String> = servers
+        .iter()
+        .map(|&s| format!("{} {:.1} µs {:.1} MiB", s.name(), cpu(s), rss(s)))
+        .collect();
+    println!(
+        "median server CPU per request and peak RSS: {}",
+        figures.join(" | ")
+    );
+    let (kh_cpu, mem_cpu) = (cpu(Server::Kirimhook), cpu(Server::Memory));
+    let cpu_ratio = share(kh_cpu, mem_cpu);
+    println!(
+        "efficiency: kirimhook CPU {kh_cpu:.1} µs/request = {cpu_ratio:.2} x memory's \
+         {mem_cpu:.1} (target <= {EFF_CPU_RATIO:.1} x): {}",
+        verdict(settings, cpu_ratio > 0.0 && cpu_ratio <= EFF_CPU_RATIO)
+    );
+    let (kh_rate, kh_p99) = rate_p99(rows, Server::Kirimhook, |r| r.accepted);
+    let (mem_rate, _) = rate_p99(rows, Server::Memory, |r| r.accepted);
+    let rate_ratio = share(kh_rate, mem_rate);
+    println!(
+        "efficiency: kirimhook {kh_rate:.0} accepted/s = {rate_ratio:.2} x memory's \
+         {mem_rate:.0}, p99 {kh_p99:.2} ms (target >= {TARGET_RATIO:.2} x, p99 < \
+         {TARGET_P99_MS} ms): {}",
+        verdict(
+            settings,
+            rate_ratio >= TARGET_RATIO && kh_p99 < TARGET_P99_MS
+        )
+    );
+    let relay = Server::KirimhookRelay;
+    let (relay_rate, _) = rate_p99(rows, relay, |r| r.accepted);
+    let relay_ratio = share(relay_rate, kh_rate);
+    let fig = |f: fn(&Row, &DeliveryFigures) -> f64| {
+        median_of(rows, relay, |r| {
+            r.delivery.as_ref().map_or(0.0, |d| f(r, d))
+        })
+    };
+    let relayed = fig(|r, d| share(d.rate, r.accepted));
+    let lag_p99 = fig(|_, d| d.lag_p99_ms);
+    println!(
+        "efficiency: kirimhook+relay {relay_rate:.0} accepted/s = {relay_ratio:.2} x kirimhook, \
+         relayed {relayed:.2} x accepted, lag p99 {lag_p99:.2} ms (target >= \
+         {EFF_RELAY_RATIO:.2} x, >= {EFF_RELAYED_RATIO:.2}, < {RELAY_TARGET_LAG_P99_MS} ms; relay \
+         concurrency {}): {}",
+        settings.relay_concurrency,
+        verdict(
+            settings,
+            relay_ratio >= EFF_RELAY_RATIO
+                && relayed >= EFF_RELAYED_RATIO
+                && lag_p99 < RELAY_TARGET_LAG_P99_MS
+        )
+    );
+    let kh_rss = rss(Server::Kirimhook);
+    println!(
+        "efficiency: kirimhook peak RSS {kh_rss:.1} MiB (target <= {EFF_RSS_MIB:.0} MiB): {}",
+        verdict(settings, kh_rss > 0.0 && kh_rss <= EFF_RSS_MIB)
+    );
+}
+
+/// The backlog case (`BENCH_BACKLOG=n`): a daemon with the stdout sink and an `http` sink to a
+/// port where nothing listens yet receives `n` unique deliveries as fast as the load generator
+/// sends them; then the relay target comes up on that port and the bench times the drain until
+/// it has every delivery answered 200. Prints the daemon's CPU and RSS along the way.
+fn backlog_case(
+    runtime: &tokio::runtime::Runtime,
+    settings: &Settings,
+    secret: &SigningSecret,
+    n: usize,
+    run: u64,
+) -> anyhow::Result<()> {
+    // A free port, released at once; the target binds it again once the load is over.
+    let target_addr = std::net::TcpListener::bind(any_port())
+        .and_then(|l| l.local_addr())
+        .context("cannot find a free port for the backlog's target")?;
+    let sink = daemon::backlog_sink(target_addr, settings.relay_concurrency);
+    let daemon = Daemon::start(settings.rust_log.as_deref(), Engine::Embedded, Some(&sink))?;
+    let pid = daemon.pid();
+    let pool = Pool::build(n, run, secret, unix_now());
+    println!();
+    println!(
+        "backlog: {n} unique deliveries over {} connections to a daemon (embedded store, stdout \
+         sink + http sink to {target_addr}, where nothing listens yet; relay concurrency {}, \
+         retries every 0.1-1 s)",
+        settings.connections, settings.relay_concurrency
+    );
+    let rss = || {
+        let kib = |field| procfs::status_kib(pid, field).map(mib);
+        format!(
+            "RSS {} MiB, peak {} MiB",
+            or_unknown(kib("VmRSS:")),
+            or_unknown(kib("VmHWM:"))
+        )
+    };
+    let cpu_since = |before: Option<f64>, requests: usize| {
+        let used = procfs::pid_cpu_secs(pid).zip(before).map(|(a, b)| a - b);
+        let per = used
+            .filter(|_| requests > 0)
+            .map(|s| s * 1e6 / requests as f64);
+        format!(
+            "daemon CPU {} s ({} µs per delivery)",
+            or_unknown(used),
+            or_unknown(per)
+        )
+    };
+    let load = Load {
+        connections: settings.connections,
+        warmup: Duration::ZERO,
+        window: BACKLOG_WINDOW,
+    };
+    let cpu_before = procfs::pid_cpu_secs(pid);
+    let started = Instant::now();
+    let mut m = runtime.block_on(drive(&[daemon.addr], &[], pool.clone(), load))?;
+    let load_time = started.elapsed();
+    let accepted = m.acks.len();
+    m.latencies_us.sort_unstable();
+    println!(
+        "backlog: load: {accepted} answered 200 in {:.2} s ({:.0}/s, p50 {:.2} p99 {:.2} ms), {} \
+         error(s); {}; at its end {}",
+        load_time.as_secs_f64(),
+        accepted as f64 / load_time.as_secs_f64(),
+        percentile_ms(&m.latencies_us, 0.50),
+        percentile_ms(&m.latencies_us, 0.99),
+        m.errors,
+        cpu_since(cpu_before, accepted),
+        rss()
+    );
+    if let Some(e) = &m.first_error {
+        println!("backlog: first error: {e}");
+    }
+
+    let cpu_before = procfs::pid_cpu_secs(pid);
+    let target_up = Instant::now();
+    let target = runtime.block_on(RelayTarget::start(target_addr))?;
+    // The drain is timed from the target's start: the figures' "window" ends there.
+    m.span = Some((started, target_up));
+    let figures = runtime.block_on(delivery_figures(
+        &pool,
+        &m,
+        &target.arrivals,
+        BACKLOG_DRAIN_TIMEOUT,
+    ));
+    let first = target
+        .arrivals
+        .lock()
+        .ok()
+        .and_then(|a| a.first.values().min().copied());
+    let secs_after_up = |at: Option<Instant>| {
+        at.map_or_else(
+            || "?".to_owned(),
+            |at| {
+                format!(
+                    "{:.2}",
+                    at.saturating_duration_since(target_up).as_secs_f64()
+                )
+            },
+        )
+    };
+    match figures.drained_after {
+        Some(drain) => println!(
+            "backlog: drain: all {accepted} relayed {:.2} s after the target came up ({:.0}/s; \
+             the first {} s after); {}; after it {}",
+            drain.as_secs_f64(),
+            share(accepted as f64, drain.as_secs_f64()),
+            secs_after_up(first),
+            cpu_since(cpu_before, accepted),
+            rss()
+        ),
+        None => println!(
+            "backlog: drain: {} of {accepted} never arrived within {} s of the target coming up; \
+             {}",
+            figures.never,
+            BACKLOG_DRAIN_TIMEOUT.as_secs(),
+            rss()
+        ),
+    }
+    if figures.repeats + figures.retries > 0 || figures.unknown > 0 {
+        println!(
+            "backlog: the target got {} repeated event(s), {} retry attempt(s) and {} arrival(s) \
+             of unknown events",
+            figures.repeats, figures.retries, figures.unknown
+        );
+    }
+    Ok(())
 }
 
 /// The PostgreSQL lines of the summary: the medians of the kirimhook-pg rows next to those of
@@ -860,11 +1159,7 @@ fn pg_summary(rows: &[Row], settings: &Settings, kh_rate: f64, kh_p99: f64) {
     let met = two_rate >= PG_TARGET_RATE && two_p99 < PG_TARGET_P99_MS;
     println!(
         "PostgreSQL x2 >= {PG_TARGET_RATE:.0} accepted/s and p99 < {PG_TARGET_P99_MS:.0} ms: {}",
-        match (settings.smoke, met) {
-            (true, _) => "not judged in a smoke run",
-            (false, true) => "MET",
-            (false, false) => "MISSED",
-        }
+        verdict(settings, met)
     );
 }
 
@@ -988,18 +1283,21 @@ fn ulid_like(run: u64, i: u64, kind: u8) -> String {
 
 /// Drives `addrs` with one task per connection for warm-up + window, then returns the figures
 /// of all connections together. Connection `i` goes to `addrs[i % addrs.len()]`, so the
-/// connections are split evenly over the addresses; all of them share `pool`.
+/// connections are split evenly over the addresses; all of them share `pool`. The CPU time of
+/// the server processes `pids` is read at the start and at the end of the window, their peak
+/// RSS at its end (none: not read).
 async fn drive(
     addrs: &[SocketAddr],
+    pids: &[u32],
     pool: Arc<Pool>,
-    settings: &Settings,
+    load: Load,
 ) -> anyhow::Result<Measured> {
     if addrs.is_empty() {
         bail!("no server to drive");
     }
     // Connect everything before the clock starts.
-    let mut senders = Vec::with_capacity(settings.connections);
-    for i in 0..settings.connections {
+    let mut senders = Vec::with_capacity(load.connections);
+    for i in 0..load.connections {
         let addr = addrs[i % addrs.len()];
         let sender = connect(addr)
             .await
@@ -1008,8 +1306,24 @@ async fn drive(
         senders.push((addr, host, sender));
     }
     let start = Instant::now();
-    let window_start = start + settings.warmup;
-    let window_end = window_start + settings.window;
+    let window_start = start + load.warmup;
+    let window_end = window_start + load.window;
+    let sampler = (!pids.is_empty()).then(|| {
+        let pids = pids.to_vec();
+        let cpu =
+            |pids: &[u32]| -> Option<f64> { pids.iter().map(|&p| procfs::pid_cpu_secs(p)).sum() };
+        tokio::spawn(async move {
+            tokio::time::sleep_until(window_start.into()).await;
+            let before = cpu(&pids);
+            tokio::time::sleep_until(window_end.into()).await;
+            let after = cpu(&pids);
+            let peak = pids
+                .iter()
+                .filter_map(|&p| procfs::status_kib(p, "VmHWM:"))
+                .max();
+            (after.zip(before).map(|(a, b)| a - b), peak)
+        })
+    });
     let uri: Uri = PATH.parse().context("the request path is a valid URI")?;
     let tasks: Vec<_> = senders
         .into_iter()
@@ -1026,12 +1340,16 @@ async fn drive(
         })
         .collect();
     let mut total = Measured {
-        window: settings.window,
+        window: load.window,
         span: Some((window_start, window_end)),
         ..Measured::default()
     };
     for task in tasks {
         total.merge(task.await.context("a load task panicked")?);
+    }
+    if let Some(sampler) = sampler {
+        (total.server_cpu_secs, total.server_peak_kib) =
+            sampler.await.context("the /proc sampler panicked")?;
     }
     Ok(total)
 }
@@ -1183,19 +1501,20 @@ enum SendError {
 // ---------------------------------------------------------------------------------------------
 // Child processes
 
-/// The minimal server, started from this binary. Killed when dropped; it also exits by itself
-/// when its stdin closes, so it cannot outlive the bench even if the bench is killed.
-struct MinimalChild {
+/// A baseline server (minimal or memory), started from this binary. Killed when dropped; it
+/// also exits by itself when its stdin closes, so it cannot outlive the bench even if the bench
+/// is killed.
+struct BaselineChild {
     child: Child,
     _stdin: ChildStdin,
     addr: SocketAddr,
 }
 
-impl MinimalChild {
-    fn start() -> anyhow::Result<MinimalChild> {
+impl BaselineChild {
+    fn start(baseline: Baseline) -> anyhow::Result<BaselineChild> {
         let exe = std::env::current_exe().context("cannot find the bench binary")?;
         let mut child = Command::new(&exe)
-            .env(ROLE_ENV, "minimal")
+            .env(ROLE_ENV, baseline.role())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -1222,7 +1541,7 @@ impl MinimalChild {
             format!("the minimal server printed {line:?} instead of its address")
         })?;
         let child = guard.0.take().context("the guard holds the child")?;
-        Ok(MinimalChild {
+        Ok(BaselineChild {
             child,
             _stdin: stdin,
             addr,
@@ -1230,7 +1549,7 @@ impl MinimalChild {
     }
 }
 
-impl Drop for MinimalChild {
+impl Drop for BaselineChild {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -1275,6 +1594,7 @@ impl Arrivals {
 
 /// A hyper HTTP/1.1 server in the bench process, on the bench's runtime, that answers every
 /// request 200 at once and records when each event id arrived. Stops accepting when dropped.
+/// Listens on the address given to [`RelayTarget::start`] ([`any_port`]: a free one).
 struct RelayTarget {
     addr: SocketAddr,
     arrivals: Arc<Mutex<Arrivals>>,
@@ -1282,10 +1602,10 @@ struct RelayTarget {
 }
 
 impl RelayTarget {
-    async fn start() -> anyhow::Result<RelayTarget> {
-        let listener = TcpListener::bind("127.0.0.1:0")
+    async fn start(addr: SocketAddr) -> anyhow::Result<RelayTarget> {
+        let listener = TcpListener::bind(addr)
             .await
-            .context("cannot bind the relay target")?;
+            .with_context(|| format!("cannot bind the relay target to {addr}"))?;
         let addr = listener.local_addr()?;
         let arrivals = Arc::new(Mutex::new(Arrivals::default()));
         let shared = arrivals.clone();
@@ -1330,6 +1650,11 @@ impl Drop for RelayTarget {
     }
 }
 
+/// `127.0.0.1:0`: any free port.
+fn any_port() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 0))
+}
+
 fn record(arrivals: &Mutex<Arrivals>, req: &Request<Incoming>, at: Instant) {
     let id = req
         .headers()
@@ -1344,12 +1669,13 @@ fn record(arrivals: &Mutex<Arrivals>, req: &Request<Incoming>, at: Instant) {
     }
 }
 
-/// Waits (up to [`DRAIN_TIMEOUT`]) for every event answered 200 to be in `arrivals` (the relay
+/// Waits (up to `timeout`) for every event answered 200 to be in `arrivals` (the relay
 /// target's or a broker consumer's), then computes the delivery figures of the run.
 async fn delivery_figures(
     pool: &Pool,
     m: &Measured,
     arrivals: &Mutex<Arrivals>,
+    timeout: Duration,
 ) -> DeliveryFigures {
     let (window_start, window_end) = m.span.unwrap_or_else(|| {
         let now = Instant::now();
@@ -1362,7 +1688,7 @@ async fn delivery_figures(
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     };
     // Wait for the stragglers, rechecking only the ones still missing.
-    let deadline = Instant::now() + DRAIN_TIMEOUT;
+    let deadline = Instant::now() + timeout;
     let mut missing: Vec<usize> = m.acks.iter().map(|&(index, _)| index).collect();
     loop {
         {
@@ -1428,18 +1754,93 @@ async fn delivery_figures(
 }
 
 // ---------------------------------------------------------------------------------------------
-// The minimal server (KIRIMHOOK_BENCH_ROLE=minimal)
+// The baseline servers (KIRIMHOOK_BENCH_ROLE=minimal, KIRIMHOOK_BENCH_ROLE=memory)
+
+/// What a baseline server does with each request.
+#[derive(Clone, Copy)]
+enum Baseline {
+    /// Reads the body and answers `accepted`.
+    Minimal,
+    /// Reads the body, verifies its signature and classifies it with kirimhook's own functions
+    /// (as the daemon's handler calls them), and dedupes its keys in memory: `accepted` (or
+    /// `quarantined`) when none was seen, else `duplicate`. No disk.
+    Memory,
+}
+
+impl Baseline {
+    /// The value of [`ROLE_ENV`] that starts it.
+    fn role(self) -> &'static str {
+        match self {
+            Baseline::Minimal => "minimal",
+            Baseline::Memory => "memory",
+        }
+    }
+}
+
+/// The memory baseline's state, shared by all its connections.
+struct MemoryState {
+    secrets: Vec<SigningSecret>,
+    /// Every dedupe key admitted so far.
+    seen: Mutex<HashSet<String>>,
+}
+
+impl MemoryState {
+    /// The status and body of the answer to a delivery with these headers and body.
+    fn admit(&self, headers: &hyper::HeaderMap, body: &[u8]) -> (StatusCode, &'static [u8]) {
+        let header = headers
+            .get(signature::SIGNATURE_HEADER)
+            .or_else(|| headers.get(signature::SIGNATURE_HEADER_ALT))
+            .map(HeaderValue::as_bytes);
+        let verified = signature::verify(
+            header,
+            body,
+            &self.secrets,
+            unix_now(),
+            MEMORY_TOLERANCE_SECS,
+        );
+        if verified.is_err() {
+            return (StatusCode::UNAUTHORIZED, br#"{"status":"rejected"}"#);
+        }
+        let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        let hints = Hints {
+            source: text("x-kirim-source"),
+            event: text("x-kirim-event"),
+            event_id: text("x-kirim-event-id"),
+        };
+        let (keys, answer): (Vec<DedupeKey>, &'static [u8]) = match envelope::classify(hints, body)
+        {
+            Classified::Event(info) => (info.keys, br#"{"status":"accepted"}"#),
+            Classified::Unrecognized(u) => (vec![u.key], br#"{"status":"quarantined"}"#),
+        };
+        let mut seen = self
+            .seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if keys.iter().any(|key| seen.contains(key.as_str())) {
+            return (StatusCode::OK, br#"{"status":"duplicate"}"#);
+        }
+        seen.extend(keys.into_iter().map(DedupeKey::into_string));
+        (StatusCode::OK, answer)
+    }
+}
 
 /// A hyper 1.x HTTP/1.1 server on a multi-threaded runtime, configured like kirimhook's (nodelay,
-/// keep-alive, header timeout), that reads each body and answers 200 with kirimhook's JSON.
-/// Prints its address on stdout; exits when stdin closes.
-fn minimal_server() -> anyhow::Result<()> {
+/// keep-alive, header timeout), that reads each body and answers with kirimhook's JSON (see
+/// [`Baseline`]). Prints its address on stdout; exits when stdin closes.
+fn baseline_server(baseline: Baseline) -> anyhow::Result<()> {
     std::thread::spawn(|| {
         let mut buf = [0u8; 64];
         let mut stdin = std::io::stdin();
         while matches!(stdin.read(&mut buf), Ok(n) if n > 0) {}
         std::process::exit(0);
     });
+    let memory = match baseline {
+        Baseline::Minimal => None,
+        Baseline::Memory => Some(Arc::new(MemoryState {
+            secrets: vec![SigningSecret::new(SECRET_ID, SECRET_VALUE)],
+            seen: Mutex::new(HashSet::new()),
+        })),
+    };
     let runtime = tokio::runtime::Runtime::new().context("cannot start the tokio runtime")?;
     runtime.block_on(async {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
@@ -1455,15 +1856,27 @@ fn minimal_server() -> anyhow::Result<()> {
                 }
             };
             let _ = stream.set_nodelay(true);
+            let memory = memory.clone();
             tokio::spawn(async move {
-                let service = hyper::service::service_fn(|req: Request<Incoming>| async move {
-                    let _ = req.into_body().collect().await;
-                    let mut response =
-                        Response::new(Full::new(Bytes::from_static(br#"{"status":"accepted"}"#)));
-                    response
-                        .headers_mut()
-                        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-                    Ok::<_, Infallible>(response)
+                let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let memory = memory.clone();
+                    async move {
+                        let (parts, body) = req.into_parts();
+                        let body = body.collect().await.map(|b| b.to_bytes());
+                        let (status, answer) = match (&memory, body) {
+                            (None, _) => (StatusCode::OK, &br#"{"status":"accepted"}"#[..]),
+                            (Some(state), Ok(body)) => state.admit(&parts.headers, &body),
+                            (Some(_), Err(_)) => {
+                                (StatusCode::BAD_REQUEST, &br#"{"status":"unreadable"}"#[..])
+                            }
+                        };
+                        let mut response = Response::new(Full::new(Bytes::from_static(answer)));
+                        *response.status_mut() = status;
+                        response
+                            .headers_mut()
+                            .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                        Ok::<_, Infallible>(response)
+                    }
                 });
                 let mut builder = hyper::server::conn::http1::Builder::new();
                 builder

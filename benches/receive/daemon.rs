@@ -223,6 +223,13 @@ impl Daemon {
     }
 }
 
+impl Daemon {
+    /// Its process id (for `/proc`).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
 impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -257,6 +264,16 @@ kind = "http"
 url = "http://{addr}{RELAY_PATH}"
 concurrency = {concurrency}
 "#
+    )
+}
+
+/// The `[[sinks]]` table of the backlog case: [`relay_sink`] with retries every 0.1-1 s and
+/// (practically) never dead-lettered, so that the backlog is delivered soon after its target
+/// comes up.
+pub fn backlog_sink(addr: SocketAddr, concurrency: usize) -> String {
+    format!(
+        "{}\n[sinks.retry]\ninitial_backoff_ms = 100\nmax_backoff_secs = 1\nmax_attempts = 1000\n",
+        relay_sink(addr, concurrency)
     )
 }
 
