@@ -296,11 +296,10 @@ impl Receiver {
         } else if req.method() != Method::POST {
             Err(Rejection::MethodNotAllowed)
         } else {
-            let span = tracing::info_span!(
-                "delivery",
-                delivery_id = header_str(req.headers(), "x-kirim-delivery-id").unwrap_or("-"),
-                event_id = header_str(req.headers(), "x-kirim-event-id").unwrap_or("-"),
-            );
+            // A debug span: at the default level it is never built, which saves its cost on
+            // every request; the warnings and errors below carry the ids themselves.
+            let (delivery_id, event_id) = ids(req.headers());
+            let span = tracing::debug_span!("delivery", delivery_id, event_id);
             self.receive(req).instrument(span).await
         };
         Ok(respond(result, &self.settings.metrics))
@@ -330,16 +329,17 @@ impl Receiver {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|len| len > self.settings.max_body_bytes as u64) {
-            return Err(self.too_large());
+            return Err(self.too_large(headers));
         }
         let limited = Limited::new(body, self.settings.max_body_bytes);
         let body = match tokio::time::timeout(self.settings.body_timeout, limited.collect()).await {
             Err(_) => {
-                tracing::warn!("request body did not arrive in time");
+                let (delivery_id, event_id) = ids(headers);
+                tracing::warn!(delivery_id, event_id, "request body did not arrive in time");
                 return Err(Rejection::BodyTimeout);
             }
             Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
-                return Err(self.too_large());
+                return Err(self.too_large(headers));
             }
             Ok(Err(e)) => {
                 tracing::debug!(error = %e, "reading the request body failed");
@@ -445,9 +445,12 @@ impl Receiver {
                     Ok(Accepted::Event)
                 }
                 Some(reason) => {
+                    let (delivery_id, event_id) = ids(headers);
                     tracing::error!(
                         seq,
                         reason,
+                        delivery_id,
+                        event_id,
                         "authentic delivery with an unrecognised body kept in quarantine"
                     );
                     Ok(Accepted::Quarantined)
@@ -463,7 +466,13 @@ impl Receiver {
                 Err(Rejection::LowDisk)
             }
             Err(e) => {
-                tracing::error!(error = %e, "store unavailable; answering 503");
+                let (delivery_id, event_id) = ids(headers);
+                tracing::error!(
+                    error = %e,
+                    delivery_id,
+                    event_id,
+                    "store unavailable; answering 503"
+                );
                 Err(Rejection::StoreUnavailable)
             }
         }
@@ -490,18 +499,24 @@ impl Receiver {
     }
 
     fn unauthorized(&self, error: VerifyError, headers: &HeaderMap) -> Rejection {
+        let (delivery_id, event_id) = ids(headers);
         tracing::warn!(
             reason = error.reason(),
             detail = %error,
             attempt = header_str(headers, "x-kirim-attempt").unwrap_or("-"),
+            delivery_id,
+            event_id,
             "signature verification failed; answering 401",
         );
         Rejection::Unauthorized(error)
     }
 
-    fn too_large(&self) -> Rejection {
+    fn too_large(&self, headers: &HeaderMap) -> Rejection {
+        let (delivery_id, event_id) = ids(headers);
         tracing::warn!(
             limit = self.settings.max_body_bytes,
+            delivery_id,
+            event_id,
             "request body over the limit; answering 413"
         );
         Rejection::TooLarge
@@ -515,6 +530,15 @@ fn json(status: StatusCode, body: &'static str) -> HttpResponse {
         .headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
+}
+
+/// A delivery's ids for a log line: its `X-Kirim-Delivery-Id` and `X-Kirim-Event-Id`, `-` when
+/// absent.
+fn ids(headers: &HeaderMap) -> (&str, &str) {
+    (
+        header_str(headers, "x-kirim-delivery-id").unwrap_or("-"),
+        header_str(headers, "x-kirim-event-id").unwrap_or("-"),
+    )
 }
 
 fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
