@@ -8,6 +8,13 @@ use kirimhook::config::{Config, MissingFiles};
 use kirimhook::ops::{accounts, admin_cli, send};
 use kirimhook::{app, check, shutdown, systemd, telemetry};
 
+/// jemalloc instead of glibc's malloc: the receive path allocates and frees small buffers on
+/// every request across threads, where glibc's allocator took about a sixth of the daemon's
+/// CPU. Measured in the receive bench against glibc and mimalloc: jemalloc cost the least CPU
+/// per request, and unlike mimalloc it did not raise peak RSS (README, Performance).
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
