@@ -160,7 +160,7 @@ impl Settings {
             window: secs_env("BENCH_SECS", secs)?,
             warmup: secs_env("BENCH_WARMUP_SECS", warmup)?,
             connections: env_parse("BENCH_CONNS", 32)?,
-            relay_concurrency: env_parse("BENCH_RELAY_CONCURRENCY", 8)?,
+            relay_concurrency: env_parse("BENCH_RELAY_CONCURRENCY", 32)?,
             broker_concurrency: match std::env::var("BENCH_BROKER_CONCURRENCY") {
                 Ok(_) => Some(env_parse("BENCH_BROKER_CONCURRENCY", 0)?),
                 Err(_) => None,

@@ -21,7 +21,7 @@ use crate::sinks::SinkKind;
 
 const DEFAULT_HTTP_TIMEOUT_SECS: u64 = 10;
 const HTTP_TIMEOUT_SECS_RANGE: RangeInclusive<u64> = 1..=300;
-const DEFAULT_HTTP_CONCURRENCY: usize = 8;
+const DEFAULT_HTTP_CONCURRENCY: usize = 32;
 const HTTP_CONCURRENCY_RANGE: RangeInclusive<usize> = 1..=256;
 const URL_EXAMPLE: &str = "http://127.0.0.1:9000/hooks/kirim";
 const TLS_NOT_SUPPORTED: &str = "TLS to a relay target is not supported yet; use http:// on a \
@@ -231,7 +231,7 @@ mod tests {
         };
         assert_eq!(http.url, "http://127.0.0.1:9000/hooks/kirim");
         assert_eq!(http.timeout, Duration::from_secs(10));
-        assert_eq!(http.concurrency, 8);
+        assert_eq!(http.concurrency, 32);
         assert_eq!(http.secret.as_ref().map(|s| s.id()), Some("app"));
         assert_eq!(
             sink.filter,
@@ -316,7 +316,7 @@ mod tests {
         let config = parse(&http_sink("")).unwrap();
         let http = only_http(&config);
         assert_eq!(http.timeout, Duration::from_secs(10));
-        assert_eq!(http.concurrency, 8);
+        assert_eq!(http.concurrency, 32);
         assert!(http.secret.is_none());
         assert!(config.sinks[0].filter.is_everything());
         assert_eq!(
