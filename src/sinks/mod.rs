@@ -134,6 +134,27 @@ impl Failure {
     }
 }
 
+/// How a sink whose `concurrency` counts events in flight sends them: batches of up to a
+/// maximum size, as many batches at once as that count takes (the broker sinks).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InFlight {
+    /// Events per batch: [`Sink::max_batch`].
+    pub batch: usize,
+    /// Batches at once: [`Sink::concurrency`].
+    pub batches: usize,
+}
+
+impl InFlight {
+    /// `events` in flight, in batches of at most `max_batch`.
+    pub fn of(events: usize, max_batch: usize) -> Self {
+        let batch = events.clamp(1, max_batch.max(1));
+        InFlight {
+            batch,
+            batches: events.div_ceil(batch).max(1),
+        }
+    }
+}
+
 /// A destination for events.
 pub trait Sink: Send + Sync + 'static {
     /// The configured name (also the key of this sink's queue in the store).
@@ -262,6 +283,30 @@ impl Sink for AnySink {
             AnySink::RedisStream(sink) => sink.deliver(batch).await,
             AnySink::Nats(sink) => sink.deliver(batch).await,
             AnySink::RabbitMq(sink) => sink.deliver(batch).await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::InFlight;
+
+    /// Events in flight become batches of up to the maximum, as many as it takes.
+    #[test]
+    fn events_in_flight_split_into_batches() {
+        for (events, batch, batches) in [
+            (1, 1, 1),
+            (8, 8, 1),
+            (64, 64, 1),
+            (65, 64, 2),
+            (256, 64, 4),
+            (1000, 64, 16),
+        ] {
+            assert_eq!(
+                InFlight::of(events, 64),
+                InFlight { batch, batches },
+                "{events} events in flight"
+            );
         }
     }
 }

@@ -30,7 +30,7 @@ use tokio::time::{timeout_at, Instant};
 
 use self::classify::{classify, Verdict};
 use self::config::NatsAuth;
-use super::{Attempt, Failure, Sink, SinkError};
+use super::{Attempt, Failure, InFlight, Sink, SinkError};
 use crate::store::model::RecordMeta;
 
 /// Most messages handed over in one delivery (all of them in flight at once).
@@ -59,10 +59,6 @@ impl NatsSink {
             config: config.clone(),
             connection: OnceCell::new(),
         }
-    }
-
-    fn max_batch_len(&self) -> usize {
-        self.config.concurrency.min(MAX_BATCH)
     }
 
     /// The connection, opened (and the stream ensured) on first use.
@@ -194,11 +190,11 @@ impl Sink for NatsSink {
 
     /// Batches in flight at once: `concurrency` publishes in batches of up to 64.
     fn concurrency(&self) -> usize {
-        self.config.concurrency.div_ceil(self.max_batch_len())
+        InFlight::of(self.config.concurrency, MAX_BATCH).batches
     }
 
     fn max_batch(&self) -> usize {
-        self.max_batch_len()
+        InFlight::of(self.config.concurrency, MAX_BATCH).batch
     }
 
     async fn deliver(&self, batch: &[Attempt]) -> Result<(), Failure> {

@@ -37,7 +37,7 @@ use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProper
 use lapin::{ErrorKind, ExchangeKind};
 use tokio::sync::{Mutex, RwLock};
 
-use super::{Attempt, Failure, Sink, SinkError};
+use super::{Attempt, Failure, InFlight, Sink, SinkError};
 use crate::store::model::ERROR_EXCERPT_BYTES;
 use crate::store::StoredEvent;
 
@@ -355,11 +355,11 @@ impl Sink for RabbitMqSink {
     /// Batches in flight: `concurrency` counts publishes awaiting a confirm, sent in batches
     /// of up to [`MAX_BATCH`].
     fn concurrency(&self) -> usize {
-        self.config.concurrency.div_ceil(self.max_batch())
+        InFlight::of(self.config.concurrency, MAX_BATCH).batches
     }
 
     fn max_batch(&self) -> usize {
-        self.config.concurrency.min(MAX_BATCH)
+        InFlight::of(self.config.concurrency, MAX_BATCH).batch
     }
 
     async fn deliver(&self, batch: &[Attempt]) -> Result<(), Failure> {

@@ -463,31 +463,3 @@ fn broker_errors_are_classified_by_their_reply_code() {
     assert!(matches!(error, SinkError::Unreachable { .. }), "{error:?}");
     assert_eq!(code, None);
 }
-
-/// `concurrency` counts publishes awaiting a confirm: batches of up to 64, as many as it takes.
-#[test]
-fn concurrency_counts_publishes_in_batches_of_up_to_64() {
-    for (publishes, batch, batches) in [
-        (1, 1, 1),
-        (8, 8, 1),
-        (64, 64, 1),
-        (256, 64, 4),
-        (1000, 64, 16),
-    ] {
-        let config = RabbitMqSinkConfig {
-            url: SecretString::new("amqp://127.0.0.1:5672/%2f"),
-            exchange: "kirim".into(),
-            declare: true,
-            routing_key: Template::parse("{type}").unwrap(),
-            concurrency: publishes,
-            timeout: Duration::from_secs(5),
-            ca_file: None,
-        };
-        let sink = RabbitMqSink::new("bus", &config);
-        assert_eq!(
-            (sink.max_batch(), sink.concurrency()),
-            (batch, batches),
-            "concurrency = {publishes}"
-        );
-    }
-}

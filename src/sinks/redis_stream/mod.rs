@@ -30,7 +30,7 @@ use redis::{Cmd, RedisResult, Script, ServerErrorKind};
 use tokio::sync::OnceCell;
 
 use self::classify::classify;
-use super::{Attempt, Failure, Sink, SinkError};
+use super::{Attempt, Failure, InFlight, Sink, SinkError};
 use crate::config::SecretString;
 use crate::store::StoredEvent;
 
@@ -230,11 +230,11 @@ impl Sink for RedisStreamSink {
     /// Pipelines in flight: `concurrency` counts events, sent in pipelines of up to
     /// [`MAX_BATCH`].
     fn concurrency(&self) -> usize {
-        self.concurrency.div_ceil(self.max_batch())
+        InFlight::of(self.concurrency, MAX_BATCH).batches
     }
 
     fn max_batch(&self) -> usize {
-        self.concurrency.min(MAX_BATCH)
+        InFlight::of(self.concurrency, MAX_BATCH).batch
     }
 
     async fn deliver(&self, batch: &[Attempt]) -> Result<(), Failure> {

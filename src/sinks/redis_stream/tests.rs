@@ -348,19 +348,3 @@ async fn tls_with_a_private_ca_and_a_password() {
         );
     }
 }
-
-/// `concurrency` counts events in flight: pipelines of up to 64 events, as many as it takes.
-#[test]
-fn concurrency_counts_events_not_pipelines() {
-    for (events, batch, pipelines) in [(1, 1, 1), (2, 2, 1), (64, 64, 1), (65, 64, 2), (256, 64, 4)]
-    {
-        let mut config = config("redis://127.0.0.1:6379/0", "s", 1000);
-        config.concurrency = events;
-        let sink = RedisStreamSink::new("bus", &config);
-        assert_eq!(
-            (sink.max_batch(), sink.concurrency()),
-            (batch, pipelines),
-            "concurrency = {events}"
-        );
-    }
-}
