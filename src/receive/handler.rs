@@ -296,10 +296,14 @@ impl Receiver {
         } else if req.method() != Method::POST {
             Err(Rejection::MethodNotAllowed)
         } else {
-            // A debug span: at the default level it is never built, which saves its cost on
-            // every request; the warnings and errors below carry the ids themselves.
-            let (delivery_id, event_id) = ids(req.headers());
-            let span = tracing::debug_span!("delivery", delivery_id, event_id);
+            // A debug span: at the default level it is never built (nor its fields looked up),
+            // which saves its cost on every request; the warnings and errors below carry the
+            // ids themselves.
+            let span = tracing::debug_span!(
+                "delivery",
+                delivery_id = ids(req.headers()).0,
+                event_id = ids(req.headers()).1,
+            );
             self.receive(req).instrument(span).await
         };
         Ok(respond(result, &self.settings.metrics))
