@@ -165,3 +165,17 @@ impl Drop for TlsFront {
         self.task.abort();
     }
 }
+
+/// Asserts that `failure` (of a sink that cannot connect, because of `what`) delivered
+/// nothing, counts as unreachable (no attempt counted), and shows none of `secrets`.
+pub fn assert_refused_quietly(failure: &crate::sinks::Failure, what: &str, secrets: &[&str]) {
+    assert_eq!(failure.delivered, 0, "{what}: {failure:?}");
+    assert!(
+        matches!(failure.error, crate::sinks::SinkError::Unreachable { .. }),
+        "{what}: {failure:?}"
+    );
+    let text = format!("{failure:?} {}", failure.error);
+    for secret in secrets {
+        assert!(!text.contains(secret), "{what}: shows a secret: {text}");
+    }
+}
