@@ -1,8 +1,9 @@
-//! What the broker sinks' tests ([`nats`](crate::nats), [`rabbitmq`](crate::rabbitmq),
-//! [`redis_stream`](crate::redis_stream)) share: waiting for a sink to pause as unreachable,
-//! checking a stopped daemon's store for dead letters and leftovers, and the kill -9 under load
-//! driver ([`kill_9_under_load`]), to which each broker's test gives only its sink and a count
-//! of what its broker holds, and then reads the broker itself.
+//! What the sink tests share: waiting for a sink to pause as unreachable (the
+//! [`relay`](crate::relay) tests too), and for the broker sinks' tests ([`nats`](crate::nats),
+//! [`rabbitmq`](crate::rabbitmq), [`redis_stream`](crate::redis_stream)) checking a stopped
+//! daemon's store for dead letters and leftovers, and the kill -9 under load driver
+//! ([`kill_9_under_load`]), to which each broker's test gives only its sink and a count of what
+//! its broker holds, and then reads the broker itself.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};

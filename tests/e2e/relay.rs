@@ -27,7 +27,6 @@ use crate::target::{refused_addr, Hit, Plan, Target, PATH};
 /// The relay secret of the signed sinks (not a kirim.dev secret).
 const SINK_SECRET: &str = "whsec_cmVsYXktc2luay1zZWNyZXQtZm9yLWUyZS10ZXN0cw";
 /// The log message of a failed attempt that will be retried.
-const UNREACHABLE: &str = "sink unreachable; pausing deliveries and probing with back-off";
 
 /// One `[[sinks]]` table of kind `http`.
 #[derive(Debug, Clone)]
@@ -186,25 +185,6 @@ fn dead_summary(letter: &DeadLetter) -> String {
         letter.state.attempts,
         letter.state.last_error
     )
-}
-
-/// Waits until the daemon has logged that `sink` is unreachable and paused.
-async fn wait_for_unreachable(daemon: &Daemon, sink: &str) {
-    let found = daemon
-        .stderr
-        .wait_for(|lines, _| {
-            lines
-                .iter()
-                .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-                .any(|log| log["message"] == UNREACHABLE && log["sink"] == sink)
-                .then_some(())
-        })
-        .await;
-    assert!(
-        found.is_some(),
-        "the daemon did not log that sink {sink} is unreachable; stderr:\n{}",
-        daemon.stderr_text()
-    );
 }
 
 /// Milliseconds between two instants (negative when `to` is earlier).
@@ -409,7 +389,7 @@ async fn failed_attempts_are_retried_until_delivered() {
 
     // The "late" relay refuses connections: wait until the daemon noticed and paused that sink
     // (a refused connection counts no attempt against the events), then bring it up.
-    wait_for_unreachable(&daemon, "late").await;
+    crate::brokers::wait_paused(&daemon, "late").await;
     let late = Target::start_on(late_addr).await;
     let up = Instant::now();
     late.wait_acknowledged(&ids).await;
@@ -642,7 +622,7 @@ async fn a_down_relay_does_not_slow_the_receive_path_and_catches_up() {
         );
         slowest = slowest.max(took);
     }
-    wait_for_unreachable(&daemon, "app").await;
+    crate::brokers::wait_paused(&daemon, "app").await;
 
     // The service comes up still warming up: its first two answers are 503.
     let target = Target::start_on(addr).await;
