@@ -26,7 +26,6 @@ use crate::target::{refused_addr, Hit, Plan, Target, PATH};
 
 /// The relay secret of the signed sinks (not a kirim.dev secret).
 const SINK_SECRET: &str = "whsec_cmVsYXktc2luay1zZWNyZXQtZm9yLWUyZS10ZXN0cw";
-/// The log message of a failed attempt that will be retried.
 
 /// One `[[sinks]]` table of kind `http`.
 #[derive(Debug, Clone)]
