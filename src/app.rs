@@ -527,6 +527,8 @@ async fn open_store(config: &Config) -> anyhow::Result<Store> {
             let store_path = config.store.path.clone();
             let options = StoreOptions {
                 min_free_bytes: config.store.min_free_bytes,
+                cache_bytes: config.store.cache_bytes,
+                memtable_bytes: config.store.memtable_bytes,
                 ..StoreOptions::default()
             };
             Ok(tokio::task::spawn_blocking(move || {

@@ -25,6 +25,12 @@ const RETENTION_DAYS_RANGE: RangeInclusive<u32> = 2..=365;
 /// `store.min_free_bytes` when not set: 512 MiB, room for the engine's flushes and compactions
 /// after admissions stop.
 const DEFAULT_MIN_FREE_BYTES: u64 = 512 * 1024 * 1024;
+/// `store.cache_mib` / `store.memtable_mib` when not set (the embedded engine's defaults).
+const DEFAULT_CACHE_MIB: u32 = 8;
+const DEFAULT_MEMTABLE_MIB: u32 = 8;
+const CACHE_MIB_RANGE: RangeInclusive<u32> = 1..=65536;
+const MEMTABLE_MIB_RANGE: RangeInclusive<u32> = 1..=1024;
+const MIB: u64 = 1024 * 1024;
 const DEFAULT_KEEP_DELIVERED_HOURS: u32 = 0;
 const KEEP_DELIVERED_HOURS_RANGE: RangeInclusive<u32> = 0..=8760;
 const KNOWN_ENGINES: &[&str] = &["embedded", "postgres"];
@@ -67,6 +73,12 @@ pub struct StoreConfig {
     /// turns the check off. Embedded engine only: with [`StoreEngine::Postgres`] the key is
     /// refused and this is 0 (no local disk to watch).
     pub min_free_bytes: u64,
+    /// The embedded engine's block cache, `cache_mib` (MiB). Default 8; 1..=65536. Embedded
+    /// engine only (refused with [`StoreEngine::Postgres`]).
+    pub cache_bytes: u64,
+    /// The embedded engine's memtable of events, `memtable_mib` (MiB); every other keyspace
+    /// gets a quarter of it (at least 1 MiB). Default 8; 1..=1024. Embedded engine only.
+    pub memtable_bytes: u64,
     /// The storage engine and its own settings, `engine`. Default [`StoreEngine::Embedded`].
     pub engine: StoreEngine,
 }
@@ -120,6 +132,8 @@ pub(super) struct RawStore {
     // engine = "embedded" only.
     path: Option<PathBuf>,
     min_free_bytes: Option<u64>,
+    cache_mib: Option<u32>,
+    memtable_mib: Option<u32>,
     // engine = "postgres" only.
     url: Option<String>,
     url_env: Option<String>,
@@ -182,6 +196,18 @@ impl RawStore {
             " hours",
         )?;
         let keep_delivered = Duration::from_secs(u64::from(keep_delivered_hours) * 3600);
+        let cache_mib = check_range(
+            "store.cache_mib",
+            self.cache_mib.unwrap_or(DEFAULT_CACHE_MIB),
+            CACHE_MIB_RANGE,
+            " MiB",
+        )?;
+        let memtable_mib = check_range(
+            "store.memtable_mib",
+            self.memtable_mib.unwrap_or(DEFAULT_MEMTABLE_MIB),
+            MEMTABLE_MIB_RANGE,
+            " MiB",
+        )?;
         let (path, min_free_bytes, engine) = if postgres {
             self.refuse_embedded_keys()?;
             let engine = StoreEngine::Postgres(self.validate_postgres(env)?);
@@ -202,6 +228,8 @@ impl RawStore {
             retention_days,
             keep_delivered,
             min_free_bytes,
+            cache_bytes: u64::from(cache_mib) * MIB,
+            memtable_bytes: u64::from(memtable_mib) * MIB,
             engine,
         })
     }
@@ -210,6 +238,8 @@ impl RawStore {
         let keys = [
             ("path", self.path.is_some()),
             ("min_free_bytes", self.min_free_bytes.is_some()),
+            ("cache_mib", self.cache_mib.is_some()),
+            ("memtable_mib", self.memtable_mib.is_some()),
         ];
         match keys.into_iter().find(|(_, set)| *set) {
             Some((key, _)) => Err(invalid(
@@ -413,6 +443,31 @@ mod tests {
             assert_eq!(store.engine.name(), "embedded");
             assert_eq!(store.path, PathBuf::from("./data"));
             assert_eq!(store.min_free_bytes, 512 * 1024 * 1024);
+            assert_eq!(store.cache_bytes, 8 * 1024 * 1024);
+            assert_eq!(store.memtable_bytes, 8 * 1024 * 1024);
+        }
+    }
+
+    #[test]
+    fn engine_memory_is_set_in_mib_within_its_ranges() {
+        let store = parse(&with_store("cache_mib = 64\nmemtable_mib = 2")).unwrap();
+        assert_eq!(store.cache_bytes, 64 * 1024 * 1024);
+        assert_eq!(store.memtable_bytes, 2 * 1024 * 1024);
+        for (line, key, fragment) in [
+            (
+                "cache_mib = 0",
+                "store.cache_mib",
+                "between 1 and 65536 MiB, got 0",
+            ),
+            ("cache_mib = 65537", "store.cache_mib", "got 65537"),
+            (
+                "memtable_mib = 0",
+                "store.memtable_mib",
+                "between 1 and 1024 MiB, got 0",
+            ),
+            ("memtable_mib = 1025", "store.memtable_mib", "got 1025"),
+        ] {
+            assert_invalid(&parse_err(&with_store(line)), key, fragment);
         }
     }
 
@@ -427,6 +482,8 @@ mod tests {
                 retention_days: 35,
                 keep_delivered: Duration::ZERO,
                 min_free_bytes: 0,
+                cache_bytes: 8 * 1024 * 1024,
+                memtable_bytes: 8 * 1024 * 1024,
                 engine: StoreEngine::Postgres(PostgresConfig {
                     url: SecretString::new(URL),
                     schema: "kirimhook".to_owned(),
@@ -500,6 +557,8 @@ mod tests {
         for (line, key) in [
             ("path = \"./data\"", "store.path"),
             ("min_free_bytes = 0", "store.min_free_bytes"),
+            ("cache_mib = 8", "store.cache_mib"),
+            ("memtable_mib = 8", "store.memtable_mib"),
         ] {
             let err = parse_err(&postgres(&format!("url = \"{URL}\"\n{line}")));
             assert_invalid(&err, key, "applies to the embedded engine only");

@@ -53,12 +53,16 @@ use crate::receive::envelope::DedupeKey;
 use guard::{DiskWatch, FreeSpaceProbe, Guard};
 use writer::{AdmitCommand, Command, Maintenance, SweepReport};
 
-/// Memtable size of every keyspace but `events` (the engine's default, 64 MiB, stays for
-/// that one). The keys, indexes, queue and counters grow slowly: with 64 MiB memtables they
-/// never filled one before the journal reached its limit (512 MiB), and then the engine
-/// flushed all of them at once, one after the other, and admissions waited seconds behind
-/// that I/O. Small memtables make each of them flush on its own, a little at a time.
-const SMALL_MEMTABLE_SIZE: u64 = 8 * 1024 * 1024;
+/// Engine memory when `[store]` does not say: the block cache and the memtable of `events`.
+/// Every other keyspace gets a quarter of the memtable size (at least 1 MiB): keys, indexes,
+/// queue entries and counters are small, and they must still fill and flush their memtables
+/// on their own, a little at a time. (With the engine's 64 MiB default they never filled one
+/// before the journal reached its limit, and then the engine flushed all of them at once and
+/// admissions waited seconds behind that I/O.)
+pub const DEFAULT_CACHE_BYTES: u64 = 8 * 1024 * 1024;
+/// See [`DEFAULT_CACHE_BYTES`].
+pub const DEFAULT_MEMTABLE_BYTES: u64 = 8 * 1024 * 1024;
+const MIN_MEMTABLE_BYTES: u64 = 1024 * 1024;
 
 /// How many commands the writer's queue holds before callers wait (back-pressure).
 const QUEUE_CAPACITY: usize = 8192;
@@ -89,6 +93,10 @@ pub struct StoreOptions {
     pub free_space: FreeSpaceProbe,
     /// How long a free-space sample is trusted while admissions are accepted.
     pub free_space_sample_every: Duration,
+    /// The engine's block cache, shared by every keyspace.
+    pub cache_bytes: u64,
+    /// The memtable of `events`; the other keyspaces get a quarter of it.
+    pub memtable_bytes: u64,
 }
 
 impl Default for StoreOptions {
@@ -97,6 +105,8 @@ impl Default for StoreOptions {
             min_free_bytes: 0,
             free_space: guard::statvfs_probe(),
             free_space_sample_every: guard::DISK_SAMPLE_TTL,
+            cache_bytes: DEFAULT_CACHE_BYTES,
+            memtable_bytes: DEFAULT_MEMTABLE_BYTES,
         }
     }
 }
@@ -165,6 +175,32 @@ pub(crate) struct Keyspaces {
     meta: Keyspace,
 }
 
+impl Keyspaces {
+    /// Every keyspace with its name.
+    fn named(&self) -> [(&'static str, &Keyspace); 9] {
+        [
+            ("events", &self.events),
+            ("quarantine", &self.quarantine),
+            ("dedupe", &self.dedupe),
+            ("dedupe_by_time", &self.dedupe_by_time),
+            ("queue", &self.queue),
+            ("dead_letters", &self.dead_letters),
+            ("signatures", &self.signatures),
+            ("signatures_by_time", &self.signatures_by_time),
+            ("meta", &self.meta),
+        ]
+    }
+}
+
+/// The memtable size of keyspace `name` when `events` gets `memtable_bytes`.
+fn memtable_limit(name: &str, memtable_bytes: u64) -> u64 {
+    if name == "events" {
+        memtable_bytes
+    } else {
+        (memtable_bytes / 4).max(MIN_MEMTABLE_BYTES)
+    }
+}
+
 const NEXT_SEQ: &[u8] = b"next_seq";
 const RECOVERY_DROPPED: &[u8] = b"recovery:dropped_total";
 const RECOVERY_LAST: &[u8] = b"recovery:last";
@@ -210,16 +246,13 @@ impl Store {
         check_not_damaged(path)?;
         let db = Database::builder(path)
             .manual_journal_persist(true)
+            .cache_size(options.cache_bytes)
             .open()
             .map_err(|e| open_error(path, e))?;
         let ks = |name: &str| {
+            let size = memtable_limit(name, options.memtable_bytes);
             db.keyspace(name, || {
-                let options = KeyspaceCreateOptions::default();
-                if name == "events" {
-                    options
-                } else {
-                    options.max_memtable_size(SMALL_MEMTABLE_SIZE)
-                }
+                KeyspaceCreateOptions::default().max_memtable_size(size)
             })
             .map_err(|e| open_error(path, e))
         };
@@ -270,9 +303,15 @@ impl Store {
         let (committed_tx, committed) = watch::channel(next_seq.saturating_sub(1));
         let (requeued_tx, requeued) = watch::channel(0);
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
+        let memtables = keyspaces
+            .named()
+            .into_iter()
+            .map(|(name, ks)| (ks.clone(), memtable_limit(name, options.memtable_bytes)))
+            .collect();
         let writer = writer::Writer::new(
             db.clone(),
             keyspaces.clone(),
+            memtables,
             next_seq,
             committed_tx,
             requeued_tx,

@@ -814,6 +814,7 @@ async fn low_disk_refuses_admissions_but_not_outcomes_and_recovers_in_place() {
         min_free_bytes: 500_000,
         free_space: probe,
         free_space_sample_every: Duration::ZERO,
+        ..StoreOptions::default()
     };
     let store = Store::open_with(dir.path(), vec!["stdout".into()], options).unwrap();
     assert_eq!(
@@ -967,4 +968,42 @@ mod conformance {
     }
 
     conformance_tests!(open);
+}
+
+/// `memtable_mib` holds for a store created with larger memtables: the writer seals the
+/// events' memtable once it passes the configured size, whatever size the keyspace was made
+/// with (here the engine's 64 MiB default).
+#[tokio::test]
+async fn memtables_stay_within_the_configured_size_of_an_older_store() {
+    use fjall::AbstractTree as _;
+    let dir = tempfile::tempdir().unwrap();
+    let big = StoreOptions {
+        memtable_bytes: 64 * 1024 * 1024,
+        ..StoreOptions::default()
+    };
+    let store = Store::open_with(dir.path(), vec!["stdout".into()], big).unwrap();
+    store.admit(event(&["k:first"], "{}")).await.unwrap();
+    store.close().await.unwrap();
+    drop(store);
+
+    let limit = 1024 * 1024;
+    let small = StoreOptions {
+        memtable_bytes: limit,
+        ..StoreOptions::default()
+    };
+    let store = Store::open_with(dir.path(), vec!["stdout".into()], small).unwrap();
+    let body = format!("{{\"pad\":\"{}\"}}", "x".repeat(4000));
+    let mut largest = 0;
+    for i in 0..1000 {
+        let key = format!("k:{i}");
+        store.admit(event(&[key.as_str()], &body)).await.unwrap();
+        largest = largest.max(store.inner.events.tree.active_memtable().size());
+    }
+    // 1000 events of 4 KiB: 4 MiB went through a memtable allowed 1 MiB (plus the one batch
+    // written before the writer looks).
+    assert!(
+        largest < limit + 64 * 1024,
+        "the events' memtable grew to {largest} bytes, over its {limit}-byte limit"
+    );
+    assert_eq!(store.counts().events, 1001);
 }

@@ -16,7 +16,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use fjall::{Database, PersistMode};
+use fjall::{AbstractTree as _, Database, PersistMode};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::guard::{DiskWatch, Guard};
@@ -102,6 +102,8 @@ pub(super) enum Maintenance {
 pub(super) struct Writer {
     db: Database,
     ks: Keyspaces,
+    /// Each keyspace with the memtable size it must stay under ([`Writer::bound_memtables`]).
+    memtables: Vec<(fjall::Keyspace, u64)>,
     next_seq: u64,
     committed: watch::Sender<u64>,
     requeued: watch::Sender<u64>,
@@ -197,6 +199,7 @@ impl Writer {
     pub fn new(
         db: Database,
         ks: Keyspaces,
+        memtables: Vec<(fjall::Keyspace, u64)>,
         next_seq: u64,
         committed: watch::Sender<u64>,
         requeued: watch::Sender<u64>,
@@ -209,6 +212,7 @@ impl Writer {
         let mut writer = Writer {
             db,
             ks,
+            memtables,
             next_seq,
             committed,
             requeued,
@@ -307,6 +311,20 @@ impl Writer {
         }
         if let Err(e) = self.guard.sync() {
             tracing::warn!(error = %e, "cannot sync the store's acknowledged mark");
+        }
+    }
+
+    /// Seals every memtable that has grown past its configured size, so that the engine
+    /// flushes it. The engine does this by itself with the size a keyspace was created with;
+    /// this keeps `[store] memtable_mib` true for a store created with other sizes (before
+    /// it was set, or by an older kirimhook with the engine's 64 MiB default).
+    fn bound_memtables(&self) {
+        for (ks, limit) in &self.memtables {
+            if ks.tree.active_memtable().size() > *limit {
+                if let Err(e) = ks.rotate_memtable() {
+                    tracing::warn!(error = %e, "cannot seal a full memtable of the store");
+                }
+            }
         }
     }
 
@@ -503,6 +521,7 @@ impl Writer {
                             Pending::Settle(None) => {}
                         }
                     }
+                    self.bound_memtables();
                 }
                 Err(e) => {
                     // fjall refuses every later write after a failed journal write or fsync:
