@@ -81,6 +81,11 @@ impl DedupeKey {
         self.0
     }
 
+    /// A key read back from the store, as it was written (not parsed again).
+    pub(crate) fn from_stored(key: String) -> Self {
+        DedupeKey(key)
+    }
+
     /// `prefix` followed by `parts`, built with one allocation.
     fn build(prefix: &str, parts: &[&str]) -> Self {
         let len = prefix.len() + parts.iter().map(|p| p.len()).sum::<usize>();

@@ -791,9 +791,7 @@ impl Writer {
                 // Delivered events younger than the keep window stay (for replay); seqs follow
                 // arrival, so the first young one ends the sweep.
                 if keep_events_until_ms > 0 {
-                    let received = record::decode(seq, &value)
-                        .map(|e| e.meta.received_at_ms)
-                        .unwrap_or(0);
+                    let received = record::received_at_ms(&value).unwrap_or(0);
                     if received >= keep_events_until_ms {
                         events_low = seq;
                         break;
