@@ -529,6 +529,7 @@ async fn open_store(config: &Config) -> anyhow::Result<Store> {
                 min_free_bytes: config.store.min_free_bytes,
                 cache_bytes: config.store.cache_bytes,
                 memtable_bytes: config.store.memtable_bytes,
+                keep_delivered: !config.store.keep_delivered.is_zero(),
                 ..StoreOptions::default()
             };
             Ok(tokio::task::spawn_blocking(move || {

@@ -97,6 +97,12 @@ pub struct StoreOptions {
     pub cache_bytes: u64,
     /// The memtable of `events`; the other keyspaces get a quarter of it.
     pub memtable_bytes: u64,
+    /// Whether delivered events stay until the sweep removes them (the default; the daemon
+    /// keeps them only with `store.keep_delivered_hours` > 0, for replay). When false, an
+    /// event goes as soon as its last queue entry does, mostly while it is still in the
+    /// engine's memtable: it then costs no table file, no compaction and no memory for an
+    /// index of it.
+    pub keep_delivered: bool,
 }
 
 impl Default for StoreOptions {
@@ -107,6 +113,7 @@ impl Default for StoreOptions {
             free_space_sample_every: guard::DISK_SAMPLE_TTL,
             cache_bytes: DEFAULT_CACHE_BYTES,
             memtable_bytes: DEFAULT_MEMTABLE_BYTES,
+            keep_delivered: true,
         }
     }
 }
@@ -318,6 +325,7 @@ impl Store {
             db.clone(),
             keyspaces.clone(),
             memtables,
+            options.keep_delivered,
             next_seq,
             committed_tx,
             requeued_tx,

@@ -1007,3 +1007,81 @@ async fn memtables_stay_within_the_configured_size_of_an_older_store() {
     );
     assert_eq!(store.counts().events, 1001);
 }
+
+/// Without `keep_delivered`, an event goes with its last queue entry, not at the next sweep;
+/// a dead letter sent again brings its event back, and it goes again once delivered. The
+/// counters follow, and a restart finds the same.
+#[tokio::test]
+async fn without_keep_delivered_an_event_goes_with_its_last_queue_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = || StoreOptions {
+        keep_delivered: false,
+        ..StoreOptions::default()
+    };
+    let sinks = || vec!["a".to_owned(), "b".to_owned()];
+    let store = Store::open_with(dir.path(), sinks(), options()).unwrap();
+    let both = NewDelivery {
+        sinks: sinks(),
+        ..event(&["kirim:1"], "{\"n\":1}")
+    };
+    let only_b = NewDelivery {
+        sinks: vec!["b".into()],
+        ..event(&["kirim:2"], "{\"n\":2}")
+    };
+    store.admit(both).await.unwrap();
+    store.admit(only_b).await.unwrap();
+    let present = |events: Vec<Option<StoredEvent>>| -> Vec<bool> {
+        events.iter().map(Option::is_some).collect()
+    };
+
+    store
+        .apply_changes_durably("a", vec![Change::Delivered(1)])
+        .await
+        .unwrap();
+    assert_eq!(present(store.events(vec![1, 2]).await.unwrap()), [true, true]);
+    assert_eq!(store.counts().events, 2, "b still owes seq 1");
+
+    store
+        .apply_changes_durably("b", vec![Change::Delivered(1), Change::Delivered(2)])
+        .await
+        .unwrap();
+    assert_eq!(present(store.events(vec![1, 2]).await.unwrap()), [false, false]);
+    assert_eq!(store.counts().events, 0);
+    // Settled twice: nothing more is counted.
+    store
+        .apply_changes_durably("b", vec![Change::Delivered(2)])
+        .await
+        .unwrap();
+    assert_eq!(store.counts().events, 0);
+
+    // A dead letter keeps its copy; sent again, the event is back until delivered.
+    let third = NewDelivery {
+        sinks: vec!["a".into()],
+        ..event(&["kirim:3"], "{\"n\":3}")
+    };
+    store.admit(third).await.unwrap();
+    let state = AttemptState {
+        attempts: 5,
+        ..AttemptState::default()
+    };
+    store
+        .apply_changes_durably("a", vec![Change::DeadLetter(3, state)])
+        .await
+        .unwrap();
+    assert_eq!(store.retry_dead_letters("a", None).await.unwrap(), 1);
+    let back = store.events(vec![3]).await.unwrap();
+    assert_eq!(back[0].as_ref().map(|e| e.body.clone()), Some(b"{\"n\":3}".to_vec()));
+    store
+        .apply_changes_durably("a", vec![Change::Delivered(3)])
+        .await
+        .unwrap();
+    assert_eq!(present(store.events(vec![3]).await.unwrap()), [false]);
+    assert_eq!(store.counts().events, 0);
+    store.close().await.unwrap();
+    drop(store);
+
+    let store = Store::open_with(dir.path(), sinks(), options()).unwrap();
+    assert_eq!(present(store.events(vec![1, 2, 3]).await.unwrap()), [false, false, false]);
+    assert_eq!(store.counts().events, 0);
+    assert_eq!(store.counts().dead_letters("a"), 0);
+}

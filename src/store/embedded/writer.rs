@@ -104,6 +104,9 @@ pub(super) struct Writer {
     ks: Keyspaces,
     /// Each keyspace with the memtable size it must stay under ([`Writer::bound_memtables`]).
     memtables: Vec<(fjall::Keyspace, u64)>,
+    /// Delivered events stay until the sweep (for replay); otherwise they go with their
+    /// last queue entry ([`Writer::settle`]).
+    keep_delivered: bool,
     next_seq: u64,
     committed: watch::Sender<u64>,
     requeued: watch::Sender<u64>,
@@ -200,6 +203,7 @@ impl Writer {
         db: Database,
         ks: Keyspaces,
         memtables: Vec<(fjall::Keyspace, u64)>,
+        keep_delivered: bool,
         next_seq: u64,
         committed: watch::Sender<u64>,
         requeued: watch::Sender<u64>,
@@ -213,6 +217,7 @@ impl Writer {
             db,
             ks,
             memtables,
+            keep_delivered,
             next_seq,
             committed,
             requeued,
@@ -591,6 +596,17 @@ impl Writer {
         Ok(new)
     }
 
+    /// Whether a queue other than `sink`'s still holds `seq`, counting this batch's changes.
+    /// Every queue counts, also that of a sink no longer configured.
+    fn owed_elsewhere(&self, overlay: &Overlay, sink: &str, seq: u64) -> Result<bool, StoreError> {
+        for (other, low) in &self.lows.queue {
+            if other != sink && seq >= *low && self.queued(overlay, &queue::key(other, seq))? {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     /// Adds `sink`'s outcomes to the batch. A dead letter copies the event record, so it
     /// outlives the event's removal.
     fn settle(
@@ -610,6 +626,14 @@ impl Writer {
                         batch.remove(&self.ks.queue, key.as_slice());
                         overlay.queue.insert(key, false);
                         counts.remove_queued(sink);
+                        if !self.keep_delivered && !self.owed_elsewhere(overlay, sink, seq)? {
+                            // Written once at admission (a requeue writes it again only
+                            // after it was removed), so a weak tombstone is enough: it and
+                            // the record cancel out when the memtable is flushed or the
+                            // table compacted, instead of a tombstone kept for ever after.
+                            batch.remove_weak(&self.ks.events, seq.to_be_bytes());
+                            counts.events = counts.events.saturating_sub(1);
+                        }
                     }
                 }
                 Change::Retry(seq, state) => {
