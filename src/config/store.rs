@@ -65,8 +65,9 @@ pub struct StoreConfig {
     /// (spec 9.3 requires dedupe keys to be kept at least 38 hours). Every engine.
     pub retention_days: u32,
     /// How long an event stays in the store after every sink has taken it, so that
-    /// `kirimhook replay` can send it again, `keep_delivered_hours`. Default 0 (removed at
-    /// the next sweep); 0..=8760 hours. Every engine.
+    /// `kirimhook replay` can send it again, `keep_delivered_hours`. Default 0 (removed with
+    /// its last queue entry on the embedded engine, at the next sweep on PostgreSQL);
+    /// 0..=8760 hours. Every engine.
     pub keep_delivered: Duration,
     /// Free bytes the store's filesystem must keep, `min_free_bytes`: below it new deliveries
     /// get 503 + `Retry-After` (nothing is written) until space is back. Default 512 MiB; 0
