@@ -265,7 +265,14 @@ impl Store {
         let ks = |name: &str| {
             let size = memtable_limit(name, options.memtable_bytes);
             db.keyspace(name, || {
-                KeyspaceCreateOptions::default().max_memtable_size(size)
+                let options = KeyspaceCreateOptions::default().max_memtable_size(size);
+                if name.ends_with("_by_time") {
+                    // Only ever scanned in ranges by the sweep, never looked up by key: a
+                    // bloom filter would cost memory and flush work for nothing.
+                    options.filter_policy(fjall::config::FilterPolicy::disabled())
+                } else {
+                    options
+                }
             })
             .map_err(|e| open_error(path, e))
         };

@@ -1038,14 +1038,20 @@ async fn without_keep_delivered_an_event_goes_with_its_last_queue_entry() {
         .apply_changes_durably("a", vec![Change::Delivered(1)])
         .await
         .unwrap();
-    assert_eq!(present(store.events(vec![1, 2]).await.unwrap()), [true, true]);
+    assert_eq!(
+        present(store.events(vec![1, 2]).await.unwrap()),
+        [true, true]
+    );
     assert_eq!(store.counts().events, 2, "b still owes seq 1");
 
     store
         .apply_changes_durably("b", vec![Change::Delivered(1), Change::Delivered(2)])
         .await
         .unwrap();
-    assert_eq!(present(store.events(vec![1, 2]).await.unwrap()), [false, false]);
+    assert_eq!(
+        present(store.events(vec![1, 2]).await.unwrap()),
+        [false, false]
+    );
     assert_eq!(store.counts().events, 0);
     // Settled twice: nothing more is counted.
     store
@@ -1070,7 +1076,10 @@ async fn without_keep_delivered_an_event_goes_with_its_last_queue_entry() {
         .unwrap();
     assert_eq!(store.retry_dead_letters("a", None).await.unwrap(), 1);
     let back = store.events(vec![3]).await.unwrap();
-    assert_eq!(back[0].as_ref().map(|e| e.body.clone()), Some(b"{\"n\":3}".to_vec()));
+    assert_eq!(
+        back[0].as_ref().map(|e| e.body.clone()),
+        Some(b"{\"n\":3}".to_vec())
+    );
     store
         .apply_changes_durably("a", vec![Change::Delivered(3)])
         .await
@@ -1081,7 +1090,10 @@ async fn without_keep_delivered_an_event_goes_with_its_last_queue_entry() {
     drop(store);
 
     let store = Store::open_with(dir.path(), sinks(), options()).unwrap();
-    assert_eq!(present(store.events(vec![1, 2, 3]).await.unwrap()), [false, false, false]);
+    assert_eq!(
+        present(store.events(vec![1, 2, 3]).await.unwrap()),
+        [false, false, false]
+    );
     assert_eq!(store.counts().events, 0);
     assert_eq!(store.counts().dead_letters("a"), 0);
 }
