@@ -14,8 +14,8 @@ use kirimhook::{app, check, shutdown, systemd, telemetry};
 /// per request, and unlike mimalloc it did not raise peak RSS (README, Performance).
 ///
 /// Its settings are compiled in from `.cargo/config.toml` (`JEMALLOC_SYS_WITH_MALLOC_CONF`):
-/// a background thread gives freed pages back to the system within about a second, so
-/// memory goes back after a burst or a drained backlog. `_RJEM_MALLOC_CONF` in the
+/// one arena per CPU, and a background thread that gives freed pages back to the system
+/// within about a second, so memory goes back after a burst or a drained backlog. `_RJEM_MALLOC_CONF` in the
 /// environment overrides them.
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
