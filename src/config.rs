@@ -1376,7 +1376,7 @@ mod tests {
                 retention_days: 35,
                 keep_delivered: Duration::ZERO,
                 min_free_bytes: 512 * 1024 * 1024,
-                cache_bytes: 8 * 1024 * 1024,
+                cache_bytes: 32 * 1024 * 1024,
                 memtable_bytes: 8 * 1024 * 1024,
                 engine: StoreEngine::Embedded,
             }

@@ -26,7 +26,7 @@ const RETENTION_DAYS_RANGE: RangeInclusive<u32> = 2..=365;
 /// after admissions stop.
 const DEFAULT_MIN_FREE_BYTES: u64 = 512 * 1024 * 1024;
 /// `store.cache_mib` / `store.memtable_mib` when not set (the embedded engine's defaults).
-const DEFAULT_CACHE_MIB: u32 = 8;
+const DEFAULT_CACHE_MIB: u32 = 32;
 const DEFAULT_MEMTABLE_MIB: u32 = 8;
 const CACHE_MIB_RANGE: RangeInclusive<u32> = 1..=65536;
 const MEMTABLE_MIB_RANGE: RangeInclusive<u32> = 1..=1024;
@@ -74,7 +74,7 @@ pub struct StoreConfig {
     /// turns the check off. Embedded engine only: with [`StoreEngine::Postgres`] the key is
     /// refused and this is 0 (no local disk to watch).
     pub min_free_bytes: u64,
-    /// The embedded engine's block cache, `cache_mib` (MiB). Default 8; 1..=65536. Embedded
+    /// The embedded engine's block cache, `cache_mib` (MiB). Default 32; 1..=65536. Embedded
     /// engine only (refused with [`StoreEngine::Postgres`]).
     pub cache_bytes: u64,
     /// The embedded engine's memtable of events, `memtable_mib` (MiB); every other keyspace
@@ -444,7 +444,7 @@ mod tests {
             assert_eq!(store.engine.name(), "embedded");
             assert_eq!(store.path, PathBuf::from("./data"));
             assert_eq!(store.min_free_bytes, 512 * 1024 * 1024);
-            assert_eq!(store.cache_bytes, 8 * 1024 * 1024);
+            assert_eq!(store.cache_bytes, 32 * 1024 * 1024);
             assert_eq!(store.memtable_bytes, 8 * 1024 * 1024);
         }
     }
@@ -483,7 +483,7 @@ mod tests {
                 retention_days: 35,
                 keep_delivered: Duration::ZERO,
                 min_free_bytes: 0,
-                cache_bytes: 8 * 1024 * 1024,
+                cache_bytes: 32 * 1024 * 1024,
                 memtable_bytes: 8 * 1024 * 1024,
                 engine: StoreEngine::Postgres(PostgresConfig {
                     url: SecretString::new(URL),
