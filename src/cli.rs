@@ -1,11 +1,13 @@
-//! The command line (clap derive). Parsing only; `main` runs what it describes.
+//! The command line (clap derive). Parsing only; `main` runs what it describes. The shell
+//! completion scripts and the manual page are generated from the same definitions
+//! ([`completion_script`], [`man_page`]), so they never drift from what the binary accepts.
 //!
 //! This module imports nothing else from the crate: the types and the defaults of the flags
 //! live here, and the modules that act on them (`telemetry`, `ops::*`) import them from here.
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory as _, Parser, Subcommand, ValueEnum};
 
 /// Where the admin listener is unless `--admin` says otherwise (the `[admin] listen` default).
 pub const DEFAULT_ADMIN_URL: &str = "http://127.0.0.1:9090";
@@ -16,6 +18,40 @@ pub const DEFAULT_LIMIT: usize = 100;
 pub const DEFAULT_API_BASE: &str = "https://api.kirim.chat";
 /// The environment variable holding the API key unless `--api-key-env` says otherwise.
 pub const DEFAULT_API_KEY_ENV: &str = "KIRIM_API_KEY";
+
+/// The completion script of `shell` for every command and flag.
+pub fn completion_script(shell: clap_complete::Shell) -> Vec<u8> {
+    let mut out = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "kirimhook", &mut out);
+    out
+}
+
+/// The manual page of kirimhook (`command` `None`: the synopsis and the list of commands) or
+/// of one of its commands (`kirimhook-<command>`, with every flag), in roff. `None` when no
+/// command has that name.
+pub fn man_page(command: Option<&str>) -> Option<Vec<u8>> {
+    let cli = Cli::command();
+    let page = match command {
+        None => cli,
+        Some(name) => {
+            let sub = cli.find_subcommand(name)?.clone();
+            let title = format!("kirimhook-{name}");
+            sub.name(title.clone()).bin_name(format!("kirimhook {name}")).display_name(title)
+        }
+    };
+    let mut out = Vec::new();
+    // Rendering into a Vec cannot fail.
+    clap_mangen::Man::new(page).render(&mut out).ok()?;
+    Some(out)
+}
+
+/// The names of kirimhook's commands, as typed.
+pub fn command_names() -> Vec<String> {
+    Cli::command()
+        .get_subcommands()
+        .map(|c| c.get_name().to_owned())
+        .collect()
+}
 
 /// Log line format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -76,6 +112,19 @@ pub enum Command {
     /// Operator commands, answered by a running daemon's admin listener.
     #[command(flatten)]
     Admin(AdminCommand),
+    /// Print the completion script for a shell, e.g. `kirimhook completions bash >
+    /// /etc/bash_completion.d/kirimhook`.
+    Completions {
+        /// The shell to complete in.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff), e.g. `kirimhook man | man -l -`; with a command, that
+    /// command's own page (`kirimhook-<command>`, every flag).
+    Man {
+        /// A command, such as `serve` (default: the page of kirimhook itself).
+        command: Option<String>,
+    },
 }
 
 /// The operator commands: they speak to a running daemon's admin listener (`[admin] listen`).

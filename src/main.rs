@@ -100,6 +100,24 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Completions { shell } => {
+            print_stdout(kirimhook::cli::completion_script(shell))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man { command } => match kirimhook::cli::man_page(command.as_deref()) {
+            Some(page) => {
+                print_stdout(page)?;
+                Ok(ExitCode::SUCCESS)
+            }
+            None => {
+                telemetry::stderr_line(&format!(
+                    "error: no command named `{}`; commands: {}",
+                    command.unwrap_or_default(),
+                    kirimhook::cli::command_names().join(", ")
+                ));
+                Ok(ExitCode::FAILURE)
+            }
+        },
         Command::Admin(command) => {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -119,11 +137,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 /// Writes a command's output to stdout. A reader that has gone (`kirimhook ... | head -1`) is
 /// not an error of the command's (`print!` would panic); any other write error is.
-fn print_stdout(text: &str) -> std::io::Result<()> {
+fn print_stdout(text: impl AsRef<[u8]>) -> std::io::Result<()> {
     use std::io::Write as _;
     let mut stdout = std::io::stdout().lock();
     match stdout
-        .write_all(text.as_bytes())
+        .write_all(text.as_ref())
         .and_then(|()| stdout.flush())
     {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),

@@ -491,3 +491,85 @@ fn a_reader_that_went_away_is_no_panic() {
     assert_eq!(out.status.code(), Some(0), "stderr: {stderr}");
     assert!(!stderr.contains("panicked"), "stderr: {stderr}");
 }
+
+/// Every shell's completion script comes out of the binary, non-empty, naming every command.
+#[test]
+fn completions_for_every_shell_name_every_command() {
+    let help = text(&kirimhook(&["--help"]).stdout);
+    let commands: Vec<&str> = ["serve", "check-config", "sign", "send", "accounts", "status"]
+        .into_iter()
+        .chain(["dead-letters", "quarantine", "replay", "completions", "man"])
+        .collect();
+    for command in &commands {
+        assert!(help.contains(command), "--help does not list {command}");
+    }
+    for shell in ["bash", "zsh", "fish", "elvish", "powershell"] {
+        let out = kirimhook(&["completions", shell]);
+        assert_eq!(out.status.code(), Some(0), "completions {shell}: {}", text(&out.stderr));
+        let script = text(&out.stdout);
+        for command in &commands {
+            assert!(script.contains(command), "the {shell} script does not name {command}");
+        }
+    }
+    let out = kirimhook(&["completions", "tcsh"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("tcsh"), "{}", text(&out.stderr));
+}
+
+/// `kirimhook man` and each command's page render with groff without a warning (`-ww` turns
+/// every warning on); an unknown command is refused by name. Without groff the rendering is
+/// skipped (the pages are still checked to be roff naming kirimhook).
+#[test]
+fn man_pages_render_without_warnings() {
+    let groff = Command::new("groff").arg("--version").output().is_ok();
+    if !groff {
+        eprintln!("skipped: rendering the man pages needs groff (apt install groff-base)");
+    }
+    let mut pages = vec![None];
+    pages.extend(
+        ["serve", "check-config", "sign", "send", "status", "dead-letters", "replay"].map(Some),
+    );
+    for page in pages {
+        let mut args = vec!["man"];
+        args.extend(page);
+        let out = kirimhook(&args);
+        assert_eq!(out.status.code(), Some(0), "man {page:?}: {}", text(&out.stderr));
+        let roff = text(&out.stdout);
+        let title = match page {
+            None => "kirimhook".to_owned(),
+            Some(name) => format!("kirimhook-{name}"),
+        };
+        assert!(roff.contains(".TH"), "man {page:?} is not roff");
+        assert!(roff.contains(&title), "man {page:?} does not name {title}");
+        if groff {
+            let rendered = render_roff(out.stdout);
+            assert!(
+                rendered.status.success() && rendered.stderr.is_empty(),
+                "groff on man {page:?}: {}",
+                text(&rendered.stderr)
+            );
+        }
+    }
+    let out = kirimhook(&["man", "no-such-command"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("no-such-command") && stderr.contains("serve"), "{stderr}");
+}
+
+fn render_roff(roff: Vec<u8>) -> Output {
+    use std::io::Write as _;
+    let mut child = Command::new("groff")
+        .args(["-man", "-Tutf8", "-ww", "-z"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run groff");
+    child
+        .stdin
+        .take()
+        .expect("groff's stdin")
+        .write_all(&roff)
+        .expect("write to groff");
+    child.wait_with_output().expect("groff's answer")
+}
