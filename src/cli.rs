@@ -36,7 +36,9 @@ pub fn man_page(command: Option<&str>) -> Option<Vec<u8>> {
         Some(name) => {
             let sub = cli.find_subcommand(name)?.clone();
             let title = format!("kirimhook-{name}");
-            sub.name(title.clone()).bin_name(format!("kirimhook {name}")).display_name(title)
+            sub.name(title.clone())
+                .bin_name(format!("kirimhook {name}"))
+                .display_name(title)
         }
     };
     let mut out = Vec::new();

@@ -73,7 +73,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let body = std::fs::read(&file)
                 .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
             let signature = secret.sign(timestamp.unwrap_or_else(send::unix_now), &body);
-            print_stdout(&format!("{signature}\n"))?;
+            print_stdout(format!("{signature}\n"))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Send(args) => {
@@ -81,7 +81,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .enable_all()
                 .build()?;
             let (status, body) = runtime.block_on(send::send(&args))?;
-            print_stdout(&format!("{status}\n{body}\n"))?;
+            print_stdout(format!("{status}\n{body}\n"))?;
             Ok(if (200..300).contains(&status) {
                 ExitCode::SUCCESS
             } else {
@@ -94,9 +94,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .build()?;
             let list = runtime.block_on(accounts::list(&args))?;
             if args.json {
-                print_stdout(&accounts::to_json(&list))?;
+                print_stdout(accounts::to_json(&list))?;
             } else {
-                print_stdout(&accounts::to_table(&list))?;
+                print_stdout(accounts::to_table(&list))?;
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -496,19 +496,34 @@ fn a_reader_that_went_away_is_no_panic() {
 #[test]
 fn completions_for_every_shell_name_every_command() {
     let help = text(&kirimhook(&["--help"]).stdout);
-    let commands: Vec<&str> = ["serve", "check-config", "sign", "send", "accounts", "status"]
-        .into_iter()
-        .chain(["dead-letters", "quarantine", "replay", "completions", "man"])
-        .collect();
+    let commands: Vec<&str> = [
+        "serve",
+        "check-config",
+        "sign",
+        "send",
+        "accounts",
+        "status",
+    ]
+    .into_iter()
+    .chain(["dead-letters", "quarantine", "replay", "completions", "man"])
+    .collect();
     for command in &commands {
         assert!(help.contains(command), "--help does not list {command}");
     }
     for shell in ["bash", "zsh", "fish", "elvish", "powershell"] {
         let out = kirimhook(&["completions", shell]);
-        assert_eq!(out.status.code(), Some(0), "completions {shell}: {}", text(&out.stderr));
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "completions {shell}: {}",
+            text(&out.stderr)
+        );
         let script = text(&out.stdout);
         for command in &commands {
-            assert!(script.contains(command), "the {shell} script does not name {command}");
+            assert!(
+                script.contains(command),
+                "the {shell} script does not name {command}"
+            );
         }
     }
     let out = kirimhook(&["completions", "tcsh"]);
@@ -527,13 +542,27 @@ fn man_pages_render_without_warnings() {
     }
     let mut pages = vec![None];
     pages.extend(
-        ["serve", "check-config", "sign", "send", "status", "dead-letters", "replay"].map(Some),
+        [
+            "serve",
+            "check-config",
+            "sign",
+            "send",
+            "status",
+            "dead-letters",
+            "replay",
+        ]
+        .map(Some),
     );
     for page in pages {
         let mut args = vec!["man"];
         args.extend(page);
         let out = kirimhook(&args);
-        assert_eq!(out.status.code(), Some(0), "man {page:?}: {}", text(&out.stderr));
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "man {page:?}: {}",
+            text(&out.stderr)
+        );
         let roff = text(&out.stdout);
         let title = match page {
             None => "kirimhook".to_owned(),
@@ -553,7 +582,10 @@ fn man_pages_render_without_warnings() {
     let out = kirimhook(&["man", "no-such-command"]);
     assert_eq!(out.status.code(), Some(1));
     let stderr = text(&out.stderr);
-    assert!(stderr.contains("no-such-command") && stderr.contains("serve"), "{stderr}");
+    assert!(
+        stderr.contains("no-such-command") && stderr.contains("serve"),
+        "{stderr}"
+    );
 }
 
 fn render_roff(roff: Vec<u8>) -> Output {
