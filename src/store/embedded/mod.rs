@@ -188,7 +188,7 @@ pub(crate) struct Keyspaces {
 
 impl Keyspaces {
     /// Every keyspace with its name.
-    fn named(&self) -> [(&'static str, &Keyspace); 9] {
+    pub(super) fn named(&self) -> [(&'static str, &Keyspace); 9] {
         [
             ("events", &self.events),
             ("quarantine", &self.quarantine),
@@ -204,7 +204,7 @@ impl Keyspaces {
 }
 
 /// The memtable size of keyspace `name` when `events` gets `memtable_bytes`.
-fn memtable_limit(name: &str, memtable_bytes: u64) -> u64 {
+pub(super) fn memtable_limit(name: &str, memtable_bytes: u64) -> u64 {
     if name == "events" {
         memtable_bytes
     } else {
@@ -327,15 +327,10 @@ impl Store {
         let (committed_tx, committed) = watch::channel(next_seq.saturating_sub(1));
         let (requeued_tx, requeued) = watch::channel(0);
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
-        let memtables = keyspaces
-            .named()
-            .into_iter()
-            .map(|(name, ks)| (ks.clone(), memtable_limit(name, options.memtable_bytes)))
-            .collect();
         let writer = writer::Writer::new(
             db.clone(),
             keyspaces.clone(),
-            memtables,
+            options.memtable_bytes,
             options.keep_delivered,
             next_seq,
             committed_tx,

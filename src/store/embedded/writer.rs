@@ -20,7 +20,9 @@ use fjall::{AbstractTree as _, Database, PersistMode};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::guard::{DiskWatch, Guard};
-use super::{be_u64, queue, record, Change, Keyspaces, Shared, StoreError, NEXT_SEQ};
+use super::{
+    be_u64, memtable_limit, queue, record, Change, Keyspaces, Shared, StoreError, NEXT_SEQ,
+};
 use crate::receive::envelope::DedupeKey;
 use crate::store::model::{Admission, Counts, Destination, Swept};
 
@@ -102,8 +104,9 @@ pub(super) enum Maintenance {
 pub(super) struct Writer {
     db: Database,
     ks: Keyspaces,
-    /// Each keyspace with the memtable size it must stay under ([`Writer::bound_memtables`]).
-    memtables: Vec<(fjall::Keyspace, u64)>,
+    /// `[store] memtable_mib`: what each keyspace's memtable must stay under
+    /// ([`Writer::bound_memtables`]).
+    memtable_bytes: u64,
     /// Delivered events stay until the sweep (for replay); otherwise they go with their
     /// last queue entry ([`Writer::settle`]).
     keep_delivered: bool,
@@ -202,7 +205,7 @@ impl Writer {
     pub fn new(
         db: Database,
         ks: Keyspaces,
-        memtables: Vec<(fjall::Keyspace, u64)>,
+        memtable_bytes: u64,
         keep_delivered: bool,
         next_seq: u64,
         committed: watch::Sender<u64>,
@@ -216,7 +219,7 @@ impl Writer {
         let mut writer = Writer {
             db,
             ks,
-            memtables,
+            memtable_bytes,
             keep_delivered,
             next_seq,
             committed,
@@ -324,8 +327,8 @@ impl Writer {
     /// this keeps `[store] memtable_mib` true for a store created with other sizes (before
     /// it was set, or by an older kirimhook with the engine's 64 MiB default).
     fn bound_memtables(&self) {
-        for (ks, limit) in &self.memtables {
-            if ks.tree.active_memtable().size() > *limit {
+        for (name, ks) in self.ks.named() {
+            if ks.tree.active_memtable().size() > memtable_limit(name, self.memtable_bytes) {
                 if let Err(e) = ks.rotate_memtable() {
                     tracing::warn!(error = %e, "cannot seal a full memtable of the store");
                 }
