@@ -27,14 +27,16 @@ pub fn completion_script(shell: clap_complete::Shell) -> Vec<u8> {
 }
 
 /// The manual page of kirimhook (`command` `None`: the synopsis and the list of commands) or
-/// of one of its commands (`kirimhook-<command>`, with every flag), in roff. `None` when no
-/// command has that name.
-pub fn man_page(command: Option<&str>) -> Option<Vec<u8>> {
+/// of one of its commands (`kirimhook-<command>`, with every flag), in roff. `Ok(None)` when
+/// no command has that name.
+pub fn man_page(command: Option<&str>) -> std::io::Result<Option<Vec<u8>>> {
     let cli = Cli::command();
     let page = match command {
         None => cli,
         Some(name) => {
-            let sub = cli.find_subcommand(name)?.clone();
+            let Some(sub) = cli.find_subcommand(name).cloned() else {
+                return Ok(None);
+            };
             let title = format!("kirimhook-{name}");
             sub.name(title.clone())
                 .bin_name(format!("kirimhook {name}"))
@@ -42,9 +44,8 @@ pub fn man_page(command: Option<&str>) -> Option<Vec<u8>> {
         }
     };
     let mut out = Vec::new();
-    // Rendering into a Vec cannot fail.
-    clap_mangen::Man::new(page).render(&mut out).ok()?;
-    Some(out)
+    clap_mangen::Man::new(page).render(&mut out)?;
+    Ok(Some(out))
 }
 
 /// The names of kirimhook's commands, as typed.

@@ -104,7 +104,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             print_stdout(kirimhook::cli::completion_script(shell))?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Man { command } => match kirimhook::cli::man_page(command.as_deref()) {
+        Command::Man { command } => match kirimhook::cli::man_page(command.as_deref())? {
             Some(page) => {
                 print_stdout(page)?;
                 Ok(ExitCode::SUCCESS)
