@@ -23,17 +23,20 @@
 //!   keys (`<kind>/config.rs`, listed in [`sinks::config`]) and the classification of its own
 //!   failures ([`sinks::http::classify`] for HTTP statuses, [`sinks::redis_stream::classify`]
 //!   for Redis errors).
-//! - [`metrics`]: counters the receive path and the dispatchers bump; [`admin`] serves them
-//!   with health, readiness and the operator API on a second, loopback listener.
+//! - [`metrics`]: counters the receive path and the dispatchers bump, and the live feed of
+//!   what happens ([`activity`], for `kirimhook tail`); [`admin`] serves them with health,
+//!   readiness and the operator API on a second, loopback listener.
 //! - [`app`]: wires it all under one shutdown token and applies reloads (SIGHUP); [`config`],
 //!   [`cli`] (imports nothing else from the crate), [`check`] (`check-config`), [`telemetry`],
 //!   [`shutdown`] and [`systemd`] are the edges.
 //! - [`ops`]: the command-line clients, never run inside the daemon: [`ops::admin_cli`] (the
-//!   admin API's client), [`ops::accounts`], [`ops::send`] (`sign`, `send`) and [`ops::client`].
+//!   admin API's client), [`ops::tail`] (the live view), [`ops::accounts`], [`ops::send`]
+//!   (`sign`, `send`) and [`ops::client`].
 //! - [`health`]: faults no retry heals (stdout consumer gone, store gone): admissions stop with
 //!   503, `/readyz` says why, and the daemon exits for its supervisor.
 //! - [`time`]: stored millisecond times written as RFC 3339, without a panic for any value.
 
+pub mod activity;
 pub mod admin;
 pub mod app;
 pub mod check;

@@ -13,6 +13,9 @@
 //! bytes) are not kept here: [`Metrics::render`] takes a [`Snapshot`] that the admin listener
 //! reads from the store for each scrape, so a gauge is never stale and never left behind.
 //!
+//! The live feed `kirimhook tail` watches ([`Activity`]) rides along: every part that counts
+//! an outcome holds this handle, and the same places publish it (free while nobody watches).
+//!
 //! This module does no I/O and knows nothing of HTTP; `handler`, `dispatch` and `admin` call it.
 
 use std::collections::HashMap;
@@ -28,6 +31,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Registry, Unit};
 
+use crate::activity::Activity;
 use crate::receive::envelope::Source;
 use crate::receive::signature::VerifyError;
 
@@ -225,6 +229,7 @@ struct Inner {
     events: Family<EventLabels, Counter>,
     flush: Histogram,
     sinks: HashMap<String, SinkCounters>,
+    activity: Activity,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -338,8 +343,14 @@ impl Metrics {
                 events,
                 flush,
                 sinks,
+                activity: Activity::new(),
             }),
         }
+    }
+
+    /// The live feed of what happens, for `kirimhook tail`.
+    pub fn activity(&self) -> &Activity {
+        &self.inner.activity
     }
 
     /// Counts one request to the webhook listener.

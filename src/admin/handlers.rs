@@ -16,7 +16,7 @@ use super::api::{
 };
 use super::render::{event_detail, quarantine_summary, summary};
 use super::response::{json, printable, text, AdminResponse, ApiError};
-use super::routes::{page_query, route, Route};
+use super::routes::{page_query, route, tail_query, Route};
 use super::{health, Admin, BODY_TIMEOUT, MAX_BODY_BYTES};
 use crate::metrics;
 use crate::store;
@@ -49,6 +49,13 @@ impl Admin {
             Route::QuarantineEntry(seq) => self.quarantine_entry(seq).await,
             Route::DropQuarantine => self.drop_quarantine(req).await,
             Route::Replay(sink) => self.replay(&sink, req).await,
+            Route::Tail => {
+                let filter = tail_query(query.as_deref())?;
+                if let Some(sink) = &filter.sink {
+                    self.sink(sink)?;
+                }
+                self.tail(filter)
+            }
         }
     }
 
@@ -220,7 +227,7 @@ impl Admin {
     }
 
     /// The configured sink called `name`, or a 404 naming it.
-    fn sink<'a>(&'a self, name: &str) -> Result<&'a str, ApiError> {
+    pub(super) fn sink<'a>(&'a self, name: &str) -> Result<&'a str, ApiError> {
         self.sinks
             .iter()
             .find(|s| *s == name)

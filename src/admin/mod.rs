@@ -19,6 +19,7 @@
 //! | GET | `/v1/quarantine/{seq}` | one quarantined delivery with its body |
 //! | POST | `/v1/quarantine/drop` | `{"seqs":[..]}` or `{"all":true}` |
 //! | POST | `/v1/sinks/{sink}/replay` | `{"since":"RFC 3339"}`: queue retained events again for one sink |
+//! | GET | `/v1/tail[?events=GLOB,..&sink=NAME]` | the live feed, one JSON object per line, until the client goes |
 //!
 //! Ready means: the webhook listener serves, the store answers a write round-trip within
 //! [`READY_TIMEOUT`], and no shutdown is under way. Errors are JSON
@@ -34,7 +35,7 @@
 //! to change entries), or the operator CLI itself (that is [`crate::ops::admin_cli`], a client of this API).
 //!
 //! Layout: `api` holds the JSON types shared with the CLI; `routes` maps a method and path to a
-//! `Route` (pure); `handlers` answers each route from the store; `health` answers `/healthz`
+//! `Route` (pure); `handlers` answers each route from the store; `tail` streams the live feed; `health` answers `/healthz`
 //! and `/readyz`; `snapshot` computes and caches the gauges `/metrics` renders; `render` turns
 //! stored records into the API's views (pure); `response` builds the JSON and text answers and
 //! the one error type every failure becomes.
@@ -46,6 +47,7 @@ mod render;
 mod response;
 mod routes;
 mod snapshot;
+mod tail;
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -68,7 +70,7 @@ pub use api::{
     ErrorBody, ErrorReport, EventDetail, QuarantinePage, QuarantineSummary, Readiness,
     ReplayRequest, Selection, SinkReport, StatusReport, DEFAULT_LIMIT, MAX_LIMIT, MAX_SEQS,
 };
-pub use response::AdminResponse;
+pub use response::{AdminBody, AdminResponse};
 
 /// Largest request body the admin API reads.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -156,6 +158,8 @@ pub async fn serve(listener: TcpListener, admin: Arc<Admin>, shutdown: Cancellat
 }
 
 impl crate::receive::server::Handler for Admin {
+    type Body = AdminBody;
+
     fn respond(
         self: Arc<Self>,
         req: Request<hyper::body::Incoming>,

@@ -13,7 +13,54 @@ use super::api::ErrorBody;
 use crate::store;
 
 /// The response type of every admin request.
-pub type AdminResponse = Response<Full<Bytes>>;
+pub type AdminResponse = Response<AdminBody>;
+
+/// An admin answer's body: whole (JSON, text), or a feed of chunks that ends when its sender
+/// goes (`/v1/tail`).
+#[derive(Debug)]
+pub enum AdminBody {
+    /// The whole answer, with its length.
+    Whole(Full<Bytes>),
+    /// Chunks as they come.
+    Feed(tokio::sync::mpsc::Receiver<Bytes>),
+}
+
+impl From<Full<Bytes>> for AdminBody {
+    fn from(body: Full<Bytes>) -> AdminBody {
+        AdminBody::Whole(body)
+    }
+}
+
+impl hyper::body::Body for AdminBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        match self.get_mut() {
+            AdminBody::Whole(body) => std::pin::Pin::new(body).poll_frame(cx),
+            AdminBody::Feed(chunks) => chunks
+                .poll_recv(cx)
+                .map(|chunk| chunk.map(|bytes| Ok(hyper::body::Frame::data(bytes)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            AdminBody::Whole(body) => body.is_end_stream(),
+            AdminBody::Feed(_) => false,
+        }
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        match self {
+            AdminBody::Whole(body) => body.size_hint(),
+            AdminBody::Feed(_) => hyper::body::SizeHint::default(),
+        }
+    }
+}
 
 /// An error answer before or while handling a route.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,7 +142,7 @@ pub(super) fn json<T: Serialize>(status: StatusCode, value: &T) -> AdminResponse
             .into_bytes()
     });
     body.push(b'\n');
-    let mut response = Response::new(Full::new(Bytes::from(body)));
+    let mut response = Response::new(Full::new(Bytes::from(body)).into());
     *response.status_mut() = status;
     response
         .headers_mut()
@@ -109,7 +156,7 @@ pub(super) fn text(
     content_type: &'static str,
     body: impl Into<Bytes>,
 ) -> AdminResponse {
-    let mut response = Response::new(Full::new(body.into()));
+    let mut response = Response::new(Full::new(body.into()).into());
     *response.status_mut() = status;
     response
         .headers_mut()

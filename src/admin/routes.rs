@@ -23,6 +23,7 @@ pub(super) enum Route {
     QuarantineEntry(u64),
     DropQuarantine,
     Replay(String),
+    Tail,
 }
 
 /// Maps a method and path to a route. Sinks are not checked here.
@@ -63,6 +64,7 @@ pub(super) fn route(method: &Method, path: &str) -> Result<Route, ApiError> {
             get(Route::DeadLetter((*sink).to_owned(), seq(id)?))
         }
         ["v1", "sinks", sink, "replay"] => post(Route::Replay((*sink).to_owned())),
+        ["v1", "tail"] => get(Route::Tail),
         ["v1", "quarantine"] => get(Route::Quarantine),
         ["v1", "quarantine", "drop"] => post(Route::DropQuarantine),
         ["v1", "quarantine", id] => get(Route::QuarantineEntry(seq(id)?)),
@@ -115,6 +117,66 @@ pub(super) fn page_query(query: Option<&str>) -> Result<PageQuery, ApiError> {
         }
     }
     Ok(page)
+}
+
+/// Parses the filter of a `/v1/tail` request: `events` (comma-separated event-type globs)
+/// and `sink`; anything else is a 400.
+pub(super) fn tail_query(query: Option<&str>) -> Result<crate::activity::Filter, ApiError> {
+    let mut filter = crate::activity::Filter::default();
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let value = decode_query_value(value).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "{}: `{}` is not percent-encoded UTF-8",
+                printable(key),
+                printable(value)
+            ))
+        })?;
+        match key {
+            "events" => filter.events.extend(
+                value
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|glob| !glob.is_empty())
+                    .map(str::to_owned),
+            ),
+            "sink" if !value.is_empty() => filter.sink = Some(value),
+            "sink" => return Err(ApiError::bad_request("sink: give a sink's name")),
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "unknown query parameter `{}` (known: events, sink)",
+                    printable(other)
+                )))
+            }
+        }
+    }
+    Ok(filter)
+}
+
+/// A query value with `%XX` escapes and `+` decoded; `None` when that is not UTF-8 or an
+/// escape is cut short.
+fn decode_query_value(value: &str) -> Option<String> {
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            byte => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 #[cfg(test)]
@@ -180,6 +242,22 @@ mod tests {
         let bad = err(Method::GET, "/v1/sinks/app/dead-letters/abc");
         assert_eq!(bad.status, StatusCode::BAD_REQUEST);
         assert!(bad.message.contains("`abc`"), "{bad:?}");
+    }
+
+    #[test]
+    fn tail_queries() {
+        assert_eq!(route(&Method::GET, "/v1/tail").unwrap(), Route::Tail);
+        assert_eq!(
+            tail_query(None).unwrap(),
+            crate::activity::Filter::default()
+        );
+        let filter = tail_query(Some("events=message.%2A%2C%20contact.updated&sink=app")).unwrap();
+        assert_eq!(filter.events, ["message.*", "contact.updated"]);
+        assert_eq!(filter.sink.as_deref(), Some("app"));
+        for bad in ["sink=", "events=%ZZ", "events=%C3", "events=%", "limit=2"] {
+            let e = tail_query(Some(bad)).unwrap_err();
+            assert_eq!(e.status, StatusCode::BAD_REQUEST, "{bad}");
+        }
     }
 
     #[test]

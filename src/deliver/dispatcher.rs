@@ -23,6 +23,7 @@ use tokio::task::{Id, JoinSet};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
+use crate::activity::{Activity, What};
 use crate::config::RetryPolicy;
 use crate::deliver::backoff as retry;
 use crate::health::Fault;
@@ -68,6 +69,8 @@ struct Dispatcher<S> {
     outcomes: Vec<Settlement>,
     /// Delivered, failed attempts, dead-lettered.
     counters: SinkCounters,
+    /// Where each outcome is shown to `kirimhook tail`.
+    activity: Activity,
     /// Set when the sink can never deliver again in this process ([`SinkError::Gone`]).
     gone: Option<String>,
     /// When a claim last came back empty: the next one waits [`Store::idle_claim_gap`]
@@ -120,6 +123,7 @@ pub async fn run_until<S: Sink>(
         batches: HashMap::new(),
         outcomes: Vec::new(),
         counters: metrics.sink(&name),
+        activity: metrics.activity().clone(),
         gone: None,
         empty_claim_at: None,
     };
@@ -287,8 +291,17 @@ impl<S: Sink> Dispatcher<S> {
                 code,
             }) => (delivered.min(batch.len()), Some(error), code),
         };
+        let latency_ms = now_ms().saturating_sub(started_ms);
         let mut batch = batch.into_iter();
         for claim in batch.by_ref().take(delivered) {
+            self.activity.publish(|| What::Delivered {
+                sink: self.name.clone(),
+                seq: claim.seq,
+                event_type: claim.event.meta.event_type.clone(),
+                event_id: claim.event.meta.event_id.clone(),
+                attempt: claim.state.attempts + 1,
+                latency_ms,
+            });
             self.outcomes
                 .push(Settlement::of(&claim, Outcome::Delivered));
         }
@@ -308,6 +321,19 @@ impl<S: Sink> Dispatcher<S> {
                 // Nothing was delivered and the event is not to blame: no attempt is counted
                 // against the event (the metric counts the failed probe).
                 self.counters.failed_attempt();
+                if let Some(claim) = batch.as_slice().first() {
+                    self.activity.publish(|| What::Failed {
+                        sink: self.name.clone(),
+                        seq: claim.seq,
+                        event_type: claim.event.meta.event_type.clone(),
+                        event_id: claim.event.meta.event_id.clone(),
+                        attempt: claim.state.attempts + 1,
+                        latency_ms,
+                        status: code,
+                        error: message.clone(),
+                        retry_in_ms: None,
+                    });
+                }
                 self.unreachable(&message);
             }
             Some(error) => {
@@ -380,6 +406,7 @@ impl<S: Sink> Dispatcher<S> {
                     fastrand::f64(),
                 );
                 state.next_attempt_ms = now_ms().saturating_add(wait.as_millis() as u64);
+                self.show_failure(claim, &state, started_ms, code, &error, Some(wait));
                 tracing::warn!(
                     sink = %self.name, seq, attempt = state.attempts, error = %error,
                     retry_in_ms = wait.as_millis() as u64, "delivery failed; will retry"
@@ -387,6 +414,7 @@ impl<S: Sink> Dispatcher<S> {
                 Outcome::Retry(state)
             }
             error => {
+                self.show_failure(claim, &state, started_ms, code, &error, None);
                 tracing::error!(
                     sink = %self.name, seq, attempts = state.attempts, error = %error,
                     "delivery failed; moved to the dead letters"
@@ -395,6 +423,41 @@ impl<S: Sink> Dispatcher<S> {
                 Outcome::DeadLetter(state)
             }
         }
+    }
+
+    /// Shows a failed attempt in the live feed: retried in `retry`, or (`None`) dead-lettered.
+    fn show_failure(
+        &self,
+        claim: &Claim,
+        state: &store::AttemptState,
+        started_ms: u64,
+        status: Option<u16>,
+        error: &SinkError,
+        retry: Option<Duration>,
+    ) {
+        let meta = &claim.event.meta;
+        self.activity.publish(|| match retry {
+            Some(wait) => What::Failed {
+                sink: self.name.clone(),
+                seq: claim.seq,
+                event_type: meta.event_type.clone(),
+                event_id: meta.event_id.clone(),
+                attempt: state.attempts,
+                latency_ms: now_ms().saturating_sub(started_ms),
+                status,
+                error: error.to_string(),
+                retry_in_ms: Some(wait.as_millis() as u64),
+            },
+            None => What::DeadLettered {
+                sink: self.name.clone(),
+                seq: claim.seq,
+                event_type: meta.event_type.clone(),
+                event_id: meta.event_id.clone(),
+                attempts: state.attempts,
+                status,
+                error: error.to_string(),
+            },
+        });
     }
 
     /// A delivery task panicked: each of its events counts a failed attempt (so a sink that

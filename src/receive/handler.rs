@@ -17,6 +17,7 @@ use hyper::header::{HeaderMap, HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_TYPE,
 use hyper::{Method, Request, Response, StatusCode};
 use tracing::Instrument;
 
+use crate::activity::What;
 use crate::health::Health;
 use crate::metrics::{Metrics, Outcome};
 use crate::receive::envelope::{self, Classified, Hints};
@@ -240,6 +241,14 @@ impl Routed {
     }
 }
 
+/// The parts of a delivery a `kirimhook tail` line shows besides its type and source.
+struct Shown {
+    event_id: Option<String>,
+    phone_number_id: Option<String>,
+    delivery_id: Option<String>,
+    attempt: Option<String>,
+}
+
 /// Handles requests against one store.
 pub struct Receiver {
     settings: ReceiveSettings,
@@ -291,6 +300,12 @@ impl Receiver {
         B: Body,
         B::Error: std::error::Error + Send + Sync + 'static,
     {
+        // Only while `kirimhook tail` watches: a refusal's line names the delivery.
+        let activity = self.settings.metrics.activity();
+        let delivery_id = activity
+            .watched()
+            .then(|| header_str(req.headers(), "x-kirim-delivery-id").map(str::to_owned))
+            .flatten();
         let result = if req.uri().path() != self.settings.path {
             Err(Rejection::NotFound)
         } else if req.method() != Method::POST {
@@ -306,6 +321,16 @@ impl Receiver {
             );
             self.receive(req).instrument(span).await
         };
+        if let Err(rejection) = &result {
+            activity.publish(|| {
+                let (outcome, status, _, _) = rejection.parts();
+                What::Rejected {
+                    status: status.as_u16(),
+                    reason: outcome.as_str().to_owned(),
+                    delivery_id,
+                }
+            });
+        }
         Ok(respond(result, &self.settings.metrics))
     }
 
@@ -419,6 +444,13 @@ impl Receiver {
             }
         };
         let counted = (meta.event_type.clone(), meta.source);
+        // What a `kirimhook tail` line shows, gathered only while someone watches.
+        let shown = self.settings.metrics.activity().watched().then(|| Shown {
+            event_id: meta.event_id.clone(),
+            phone_number_id: meta.phone_number_ids.first().cloned(),
+            delivery_id: header_str(headers, "x-kirim-delivery-id").map(str::to_owned),
+            attempt: header_str(headers, "x-kirim-attempt").map(str::to_owned),
+        });
         let mut routed = match destination {
             Destination::Events => Some(self.route(&meta)),
             Destination::Quarantine => None,
@@ -434,10 +466,45 @@ impl Receiver {
                 .unwrap_or_default(),
         };
 
+        let queued_for = match &shown {
+            Some(_) => delivery.sinks.clone(),
+            None => Vec::new(),
+        };
         let started = std::time::Instant::now();
         let admitted = self.store.admit(delivery).await;
         let metrics = &self.settings.metrics;
         metrics.store_flush(started.elapsed());
+        if let (Some(shown), Ok(admission)) = (shown, &admitted) {
+            let (event_type, source) =
+                (counted.0.clone(), counted.1.map(|s| s.as_str().to_owned()));
+            metrics
+                .activity()
+                .publish(|| match (*admission, quarantine_reason) {
+                    (Admission::New { seq }, None) => What::Accepted {
+                        seq,
+                        event_type,
+                        source,
+                        event_id: shown.event_id,
+                        phone_number_id: shown.phone_number_id,
+                        delivery_id: shown.delivery_id,
+                        sinks: queued_for,
+                    },
+                    (Admission::New { seq }, Some(reason)) => What::Quarantined {
+                        seq,
+                        reason: reason.to_owned(),
+                        event_type,
+                        event_id: shown.event_id,
+                        delivery_id: shown.delivery_id,
+                    },
+                    (Admission::Duplicate, _) => What::Duplicate {
+                        event_type,
+                        source,
+                        event_id: shown.event_id,
+                        delivery_id: shown.delivery_id,
+                        attempt: shown.attempt,
+                    },
+                });
+        }
         match admitted {
             Ok(Admission::New { seq }) => match quarantine_reason {
                 None => {

@@ -53,14 +53,19 @@ use crate::tls::Tls;
 
 /// What answers the requests of one listener.
 pub trait Handler: Send + Sync + 'static {
+    /// The body of its answers.
+    type Body: hyper::body::Body<Data = Bytes, Error = Infallible> + Send + 'static;
+
     /// Answers one request; every failure is a response.
     fn respond(
         self: Arc<Self>,
         req: Request<Incoming>,
-    ) -> impl Future<Output = Result<Response<Full<Bytes>>, Infallible>> + Send;
+    ) -> impl Future<Output = Result<Response<Self::Body>, Infallible>> + Send;
 }
 
 impl Handler for Receiver {
+    type Body = Full<Bytes>;
+
     fn respond(
         self: Arc<Self>,
         req: Request<Incoming>,
