@@ -115,6 +115,9 @@ pub enum Command {
     /// Operator commands, answered by a running daemon's admin listener.
     #[command(flatten)]
     Admin(AdminCommand),
+    /// Watch a running daemon live: each delivery accepted, duplicate, quarantined or
+    /// rejected, and each sink's delivered, failed and dead-lettered events, as they happen.
+    Tail(TailArgs),
     /// Print the completion script for a shell, e.g. `kirimhook completions bash >
     /// /etc/bash_completion.d/kirimhook`.
     Completions {
@@ -152,6 +155,10 @@ pub struct AdminArgs {
     /// The daemon's admin listener (its `[admin] listen`).
     #[arg(long, value_name = "URL", default_value = DEFAULT_ADMIN_URL)]
     pub admin: String,
+    /// Take the admin listener's address from the daemon's config (its `[admin] listen`)
+    /// instead of --admin.
+    #[arg(long, value_name = "FILE", conflicts_with = "admin")]
+    pub config: Option<PathBuf>,
     /// Print the admin API's JSON answer instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -276,6 +283,28 @@ pub struct ReplayArgs {
     /// The admin listener.
     #[command(flatten)]
     pub admin: AdminArgs,
+}
+
+/// Arguments of `kirimhook tail`.
+#[derive(Debug, Clone, Args)]
+pub struct TailArgs {
+    /// The daemon's admin listener (its `[admin] listen`).
+    #[arg(long, value_name = "URL", default_value = DEFAULT_ADMIN_URL)]
+    pub admin: String,
+    /// Take the admin listener's address from the daemon's config (its `[admin] listen`)
+    /// instead of --admin.
+    #[arg(long, value_name = "FILE", conflicts_with = "admin")]
+    pub config: Option<PathBuf>,
+    /// Print one JSON object per line (for jq) instead of aligned text.
+    #[arg(long)]
+    pub json: bool,
+    /// Only lines about events of these types: comma-separated globs, as in a sink's
+    /// `events` filter (message.*,contact.updated). Rejected requests are then not shown.
+    #[arg(long, value_name = "TYPES", value_delimiter = ',')]
+    pub events: Vec<String>,
+    /// Only this sink's outcomes, and the events accepted for it.
+    #[arg(long, value_name = "NAME")]
+    pub sink: Option<String>,
 }
 
 /// A secret given on the command line or, to keep it out of `ps`, through the environment.

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use clap::Parser as _;
 use kirimhook::cli::{Cli, Command};
 use kirimhook::config::{Config, MissingFiles};
-use kirimhook::ops::{accounts, admin_cli, send};
+use kirimhook::ops::{accounts, admin_cli, send, tail};
 use kirimhook::{app, check, shutdown, systemd, telemetry};
 
 /// jemalloc instead of glibc's malloc: the receive path allocates and frees small buffers on
@@ -97,6 +97,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 print_stdout(accounts::to_json(&list))?;
             } else {
                 print_stdout(accounts::to_table(&list))?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Tail(args) => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let ended = runtime.block_on(tail::run(&args, telemetry::stderr_line))?;
+            if ended == tail::Ended::DaemonStopped {
+                telemetry::stderr_line("the daemon closed the stream (it is stopping)");
             }
             Ok(ExitCode::SUCCESS)
         }

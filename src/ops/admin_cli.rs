@@ -91,6 +91,14 @@ pub enum AdminError {
         /// The API's message.
         message: String,
     },
+    /// `--config` could not tell where the admin listener is.
+    #[error("--config {path}: {reason}")]
+    Config {
+        /// The file given.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// Something answered, but not kirimhook's admin API.
     #[error(
         "{url} answered {status} but not with the admin API's JSON ({cause}); is --admin the \
@@ -126,7 +134,23 @@ impl AdminUrl {
         Ok(AdminUrl(trimmed))
     }
 
-    fn uri(&self, path: &str) -> Result<Uri, AdminError> {
+    /// `--admin url`, or the `[admin] listen` of the config at `config` when given.
+    pub fn choose(url: &str, config: Option<&std::path::Path>) -> Result<AdminUrl, AdminError> {
+        match config {
+            None => AdminUrl::parse(url),
+            Some(path) => {
+                let failed = |reason: String| AdminError::Config {
+                    path: path.display().to_string(),
+                    reason,
+                };
+                let text = std::fs::read_to_string(path).map_err(|e| failed(e.to_string()))?;
+                let listen = admin_listen(&text).map_err(failed)?;
+                AdminUrl::parse(&format!("http://{listen}"))
+            }
+        }
+    }
+
+    pub(crate) fn uri(&self, path: &str) -> Result<Uri, AdminError> {
         format!("{}{path}", self.0)
             .parse()
             .map_err(|_| AdminError::InvalidUrl {
@@ -140,6 +164,47 @@ impl std::fmt::Display for AdminUrl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.0)
     }
+}
+
+/// Where to reach the admin listener of a daemon with this config: its `[admin] listen`
+/// (default [`crate::cli::DEFAULT_ADMIN_URL`]'s), a wildcard address reached on loopback.
+/// Only `[admin]` is read, so a config whose secrets this user cannot read still works.
+pub fn admin_listen(config: &str) -> Result<std::net::SocketAddr, String> {
+    let table: toml::Table = config.parse().map_err(|e| format!("not TOML: {e}"))?;
+    let admin = match table.get("admin") {
+        None => None,
+        Some(toml::Value::Table(admin)) => Some(admin),
+        Some(_) => return Err("[admin] is not a table".into()),
+    };
+    let key = |name: &str| admin.and_then(|a| a.get(name));
+    if let Some(enabled) = key("enabled") {
+        match enabled.as_bool() {
+            Some(true) => {}
+            Some(false) => {
+                return Err("the admin listener is off ([admin] enabled = false)".into());
+            }
+            None => return Err("admin.enabled is not true or false".into()),
+        }
+    }
+    let listen = match key("listen") {
+        None => crate::cli::DEFAULT_ADMIN_URL.trim_start_matches("http://"),
+        Some(value) => value
+            .as_str()
+            .ok_or("admin.listen is not a string (\"HOST:PORT\")")?,
+    };
+    let mut addr: std::net::SocketAddr = listen.parse().map_err(|_| {
+        format!(
+            "admin.listen `{}` is not an IP address and port",
+            printable(listen)
+        )
+    })?;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr {
+            std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    Ok(addr)
 }
 
 /// A client of one admin listener.
@@ -349,7 +414,10 @@ pub async fn run(command: &AdminCommand) -> Result<Answer, AdminError> {
 }
 
 fn client(args: &AdminArgs) -> Result<AdminClient, AdminError> {
-    Ok(AdminClient::new(AdminUrl::parse(&args.admin)?))
+    Ok(AdminClient::new(AdminUrl::choose(
+        &args.admin,
+        args.config.as_deref(),
+    )?))
 }
 
 /// The raw JSON answer with `--json`, else the rendered text.
@@ -819,6 +887,42 @@ mod tests {
         // `cli` imports nothing from the crate, so it spells these out; they must not drift.
         assert_eq!(crate::cli::DEFAULT_LIMIT, admin::DEFAULT_LIMIT);
         assert!(AdminUrl::parse(crate::cli::DEFAULT_ADMIN_URL).is_ok());
+    }
+
+    #[test]
+    fn the_admin_address_of_a_config() {
+        let default = crate::cli::DEFAULT_ADMIN_URL.trim_start_matches("http://");
+        assert_eq!(admin_listen("").unwrap().to_string(), default);
+        assert_eq!(
+            admin_listen("[admin]\nlisten = \"127.0.0.2:9191\"")
+                .unwrap()
+                .to_string(),
+            "127.0.0.2:9191"
+        );
+        assert_eq!(
+            admin_listen("[admin]\nlisten = \"0.0.0.0:9191\"")
+                .unwrap()
+                .to_string(),
+            "127.0.0.1:9191"
+        );
+        assert_eq!(
+            admin_listen("[admin]\nlisten = \"[::]:9191\"")
+                .unwrap()
+                .to_string(),
+            "[::1]:9191"
+        );
+        // Secrets and the rest are not read.
+        assert!(admin_listen("[[verify.secrets]]\nvalue_file = \"/nowhere\"").is_ok());
+        for (bad, says) in [
+            ("[admin]\nenabled = false", "enabled = false"),
+            ("[admin]\nlisten = 9090", "not a string"),
+            ("[admin]\nlisten = \"localhost:9090\"", "not an IP address"),
+            ("admin = 1", "not a table"),
+            ("[admin", "not TOML"),
+        ] {
+            let e = admin_listen(bad).unwrap_err();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
     }
 
     #[test]

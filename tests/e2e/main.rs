@@ -9,6 +9,7 @@
 //! can cut, to take a service away from one daemon), [`brokers`] (what the broker sinks' tests
 //! share: the kill -9 under load driver, the checks after an outage). Tests: [`accept`], [`admin`],
 //! [`reject`], [`durability`], [`cli`], [`cluster`] (several instances on PostgreSQL), [`first_run`], [`stdout_only`], [`relay`],
+//! [`tail`] (`kirimhook tail`, the live view),
 //! [`redis_stream`] (the Redis Streams sink on a real Redis), [`nats`] (the NATS JetStream
 //! sink), [`rabbitmq`] (the RabbitMQ sink on a real broker, cut off by a proxy), [`systemd`],
 //! [`tls`].
@@ -37,4 +38,5 @@ mod relay;
 mod reload;
 mod stdout_only;
 mod systemd;
+mod tail;
 mod tls;
