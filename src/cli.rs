@@ -48,6 +48,23 @@ pub fn man_page(command: Option<&str>) -> std::io::Result<Option<Vec<u8>>> {
     Ok(Some(out))
 }
 
+/// Every manual page, as (file name, roff): `kirimhook.1`, then `kirimhook-<command>.1` for
+/// each command.
+pub fn man_pages() -> std::io::Result<Vec<(String, Vec<u8>)>> {
+    let mut pages = Vec::new();
+    let names = std::iter::once(None).chain(command_names().into_iter().map(Some));
+    for name in names {
+        let file = match &name {
+            None => "kirimhook.1".to_owned(),
+            Some(name) => format!("kirimhook-{name}.1"),
+        };
+        if let Some(page) = man_page(name.as_deref())? {
+            pages.push((file, page));
+        }
+    }
+    Ok(pages)
+}
+
 /// The names of kirimhook's commands, as typed.
 pub fn command_names() -> Vec<String> {
     Cli::command()
@@ -130,6 +147,10 @@ pub enum Command {
     Man {
         /// A command, such as `serve` (default: the page of kirimhook itself).
         command: Option<String>,
+        /// Write every page into DIR instead (kirimhook.1 and kirimhook-<command>.1 for each
+        /// command), for a package or `/usr/local/share/man/man1`.
+        #[arg(long, value_name = "DIR", conflicts_with = "command")]
+        out_dir: Option<PathBuf>,
     },
 }
 

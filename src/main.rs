@@ -114,7 +114,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             print_stdout(kirimhook::cli::completion_script(shell))?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Man { command } => match kirimhook::cli::man_page(command.as_deref())? {
+        Command::Man {
+            out_dir: Some(dir), ..
+        } => {
+            for (file, page) in kirimhook::cli::man_pages()? {
+                let path = dir.join(&file);
+                std::fs::write(&path, page)
+                    .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man { command, .. } => match kirimhook::cli::man_page(command.as_deref())? {
             Some(page) => {
                 print_stdout(page)?;
                 Ok(ExitCode::SUCCESS)

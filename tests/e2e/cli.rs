@@ -493,7 +493,7 @@ fn a_reader_that_went_away_is_no_panic() {
 }
 
 /// Every command of kirimhook, as typed.
-const COMMANDS: [&str; 11] = [
+const COMMANDS: [&str; 12] = [
     "serve",
     "check-config",
     "sign",
@@ -503,6 +503,7 @@ const COMMANDS: [&str; 11] = [
     "dead-letters",
     "quarantine",
     "replay",
+    "tail",
     "completions",
     "man",
 ];
@@ -523,6 +524,11 @@ fn stdout_of(args: &[&str]) -> Vec<u8> {
 #[test]
 fn completions_for_every_shell_name_every_command() {
     let help = text(&stdout_of(&["--help"]));
+    assert_eq!(
+        kirimhook::cli::command_names(),
+        COMMANDS,
+        "COMMANDS must list every command, so that the checks below cover it"
+    );
     for command in COMMANDS {
         assert!(help.contains(command), "--help does not list {command}");
     }
