@@ -1,5 +1,6 @@
 //! `kirimhook tail` against a running daemon: what happens shows up in order (accepted,
-//! duplicate, rejected, a relay's failed attempt and its delivery on the retry), the filters
+//! duplicate, quarantined, rejected, a relay's failed attempt and its delivery on the retry, a
+//! dead letter), the filters
 //! keep to one sink, and a viewer that stops reading holds back nothing: the daemon keeps
 //! answering 200 while the viewer is stalled, and the viewer is told what it lost.
 //!
@@ -13,7 +14,7 @@ use tokio::task::JoinSet;
 
 use crate::admin::{admin_url, http_sink};
 use crate::daemon::{temp_dir, Daemon, Lines, Settings};
-use crate::fixtures::{kirim_event, new_event_id, now};
+use crate::fixtures::{kirim_delivery, kirim_event, new_event_id, now};
 use crate::target::{Plan, Target};
 
 /// A running `kirimhook tail`, killed when dropped.
@@ -100,7 +101,9 @@ async fn deliveries_and_a_relay_outcome_appear_in_order() {
     let mut client = daemon.client();
     let first = new_event_id();
     let retried = new_event_id();
+    let refused = new_event_id();
     app.plan_for(&retried, [Plan::status(500).with_body("try later")]);
+    app.plan_for(&refused, [Plan::status(400)]);
     let delivery = kirim_event(&first);
     let accepted = json!({"status": "accepted"});
     client
@@ -115,6 +118,18 @@ async fn deliveries_and_a_relay_outcome_appear_in_order() {
         .send(&kirim_event(&retried))
         .await
         .expect(200, accepted, "retried");
+    client.send(&kirim_event(&refused)).await.expect(
+        200,
+        json!({"status": "accepted"}),
+        "refused by the app",
+    );
+    let odd = new_event_id();
+    let unrecognised = kirim_delivery(&odd, "contact.created", b"not json".to_vec());
+    client.send(&unrecognised).await.expect(
+        200,
+        json!({"status": "quarantined"}),
+        "an authentic delivery with a body that is not JSON",
+    );
     let forged = kirim_event(&new_event_id())
         .with_header("X-Kirim-Delivery-Id", "wbd_forged")
         .with_header("X-Kirim-Signature", &format!("t={},v1=00", now()));
@@ -128,6 +143,8 @@ async fn deliveries_and_a_relay_outcome_appear_in_order() {
             let lines: Vec<Value> = lines.iter().map(|l| parse(l)).collect();
             position(&lines, "delivered", Some("app"), &retried)
                 .and(position(&lines, "delivered", Some("stdout"), &retried))
+                .and(position(&lines, "dead_lettered", Some("app"), &refused))
+                .and(lines.iter().position(|l| l["kind"] == "rejected"))
                 .map(|_| lines)
         })
         .await
@@ -164,6 +181,20 @@ async fn deliveries_and_a_relay_outcome_appear_in_order() {
     assert_eq!(lines[failed]["attempt"], 1);
     assert!(lines[failed]["retry_in_ms"].is_u64(), "{}", lines[failed]);
     assert_eq!(lines[delivered]["attempt"], 2);
+
+    let dead = &lines[at("dead_lettered", Some("app"), &refused)];
+    assert!(at("accepted", None, &refused) < at("dead_lettered", Some("app"), &refused));
+    assert_eq!(
+        (dead["status"].as_u64(), dead["attempts"].as_u64()),
+        (Some(400), Some(1)),
+        "{dead}"
+    );
+    let quarantined = &lines[at("quarantined", None, &odd)];
+    assert_eq!(quarantined["reason"], "not_json", "{quarantined}");
+    assert!(
+        position(&lines, "accepted", None, &odd).is_none(),
+        "a quarantined delivery is not an accepted event"
+    );
 
     let rejected = lines
         .iter()
