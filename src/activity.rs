@@ -8,8 +8,15 @@
 //! - With nobody watching it costs one atomic load: the line is never even built.
 //! - Up to [`MAX_VIEWERS`] viewers watch at once, each at its own pace.
 //!
+//! Order: lines are in the order they were published. An event's `accepted` line is
+//! published when the receive path hears that the commit is durable, which is also when the
+//! sinks are woken for it; a sink answers after at least a claim and a delivery, so its lines
+//! come later in practice, but a very quick sink (stdout) on a busy machine can come first.
+//! `seq` ties the lines of one event together.
+//!
 //! Lines carry what the logs carry (types, ids, sink names, status codes, error texts), never
-//! a body, a header value beyond the ids, or a secret. Nothing here is stored: a line
+//! an event's body, a header value beyond the ids, or a secret; text from a request is cut to
+//! [`MAX_FIELD_BYTES`]. Nothing here is stored: a line
 //! published while nobody watches is gone.
 //!
 //! What it is not: the HTTP side of the feed (that is `admin`'s `/v1/tail`, which filters and
@@ -25,6 +32,9 @@ use crate::receive::route::glob_match;
 
 /// Lines kept for the slowest viewer; past that, it loses the oldest.
 pub const RING_LINES: usize = 4096;
+/// Longest text a line takes from a request (ids, types, attempt): a sender may put hundreds
+/// of kilobytes into a header, which would otherwise sit in the ring for every slow viewer.
+pub const MAX_FIELD_BYTES: usize = 200;
 /// Viewers at once; one more is refused.
 pub const MAX_VIEWERS: usize = 16;
 
@@ -178,6 +188,19 @@ impl What {
             What::Rejected { .. } | What::Lost { .. } => None,
         }
     }
+}
+
+/// `text` cut to at most [`MAX_FIELD_BYTES`] bytes (on a character boundary, `…` added), for a
+/// field that came from a request.
+pub fn clip(text: &str) -> String {
+    if text.len() <= MAX_FIELD_BYTES {
+        return text.to_owned();
+    }
+    let mut end = MAX_FIELD_BYTES - '…'.len_utf8();
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
 }
 
 /// Which lines a viewer wants: `events` (event-type globs, as in a sink's `events` filter)
@@ -441,6 +464,15 @@ mod tests {
         };
         assert!(app.passes(&accepted(&["archive", "app"])));
         assert!(!app.passes(&accepted(&["archive"])));
+    }
+
+    #[test]
+    fn fields_from_requests_are_clipped() {
+        assert_eq!(clip("wbd_1"), "wbd_1");
+        let long = "é".repeat(300);
+        let clipped = clip(&long);
+        assert!(clipped.len() <= MAX_FIELD_BYTES, "{}", clipped.len());
+        assert!(clipped.ends_with('…') && clipped.starts_with("éé"));
     }
 
     #[test]

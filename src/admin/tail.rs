@@ -3,10 +3,12 @@
 //!
 //! Each request becomes one viewer and one task that reads the feed, keeps the lines its
 //! [`Filter`] passes, and hands them to the response body through a channel of
-//! [`CHUNKS`] chunks. A client that stops reading fills that channel; the task then waits,
+//! [`CHUNKS`] chunks (each at most [`LINES_PER_CHUNK`] lines, or about [`CHUNK_BYTES`]). A
+//! client that stops reading fills that channel; the task then waits,
 //! the feed moves on without it, and once it reads again it is told how many lines it lost.
 //! So a stalled viewer holds back neither the receive path nor a sink. An empty line every
-//! [`HEARTBEAT`] shows that the daemon is there while nothing happens (and lets a gone client
+//! [`HEARTBEAT`] without a chunk shows that the daemon is there while nothing (or nothing the
+//! filter keeps) happens (and lets a gone client
 //! be noticed); the stream ends at shutdown.
 //!
 //! What it is not: the feed itself, or its filters (both in `activity`).
@@ -27,6 +29,8 @@ use crate::activity::{Filter, Viewer, MAX_VIEWERS};
 const CHUNKS: usize = 8;
 /// Most lines written in one chunk.
 const LINES_PER_CHUNK: usize = 256;
+/// A chunk takes no more lines once it is this large.
+const CHUNK_BYTES: usize = 64 * 1024;
 /// How often an idle stream carries an empty line.
 pub const HEARTBEAT: Duration = Duration::from_secs(15);
 
@@ -62,10 +66,13 @@ async fn feed(
     chunks: mpsc::Sender<Bytes>,
     shutdown: CancellationToken,
 ) {
+    // Counted from the last chunk sent, not the last line seen: lines the filter drops do not
+    // keep the stream silent.
+    let mut last_sent = tokio::time::Instant::now();
     loop {
         let first = tokio::select! {
             line = viewer.next() => Some(line),
-            () = tokio::time::sleep(HEARTBEAT) => None,
+            () = tokio::time::sleep_until(last_sent + HEARTBEAT) => None,
             () = chunks.closed() => return,
             () = shutdown.cancelled() => return,
         };
@@ -83,7 +90,7 @@ async fn feed(
                         }
                     }
                     taken += 1;
-                    next = if taken < LINES_PER_CHUNK {
+                    next = if taken < LINES_PER_CHUNK && chunk.len() < CHUNK_BYTES {
                         viewer.try_next()
                     } else {
                         None
@@ -98,5 +105,6 @@ async fn feed(
             sent = chunks.send(Bytes::from(chunk)) => if sent.is_err() { return },
             () = shutdown.cancelled() => return,
         }
+        last_sent = tokio::time::Instant::now();
     }
 }

@@ -23,7 +23,7 @@ use tokio::task::{Id, JoinSet};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
-use crate::activity::{Activity, What};
+use crate::activity::{clip, Activity, What};
 use crate::config::RetryPolicy;
 use crate::deliver::backoff as retry;
 use crate::health::Fault;
@@ -297,8 +297,8 @@ impl<S: Sink> Dispatcher<S> {
             self.activity.publish(|| What::Delivered {
                 sink: self.name.clone(),
                 seq: claim.seq,
-                event_type: claim.event.meta.event_type.clone(),
-                event_id: claim.event.meta.event_id.clone(),
+                event_type: claim.event.meta.event_type.as_deref().map(clip),
+                event_id: claim.event.meta.event_id.as_deref().map(clip),
                 attempt: claim.state.attempts + 1,
                 latency_ms,
             });
@@ -325,8 +325,8 @@ impl<S: Sink> Dispatcher<S> {
                     self.activity.publish(|| What::Failed {
                         sink: self.name.clone(),
                         seq: claim.seq,
-                        event_type: claim.event.meta.event_type.clone(),
-                        event_id: claim.event.meta.event_id.clone(),
+                        event_type: claim.event.meta.event_type.as_deref().map(clip),
+                        event_id: claim.event.meta.event_id.as_deref().map(clip),
                         attempt: claim.state.attempts + 1,
                         latency_ms,
                         status: code,
@@ -440,8 +440,8 @@ impl<S: Sink> Dispatcher<S> {
             Some(wait) => What::Failed {
                 sink: self.name.clone(),
                 seq: claim.seq,
-                event_type: meta.event_type.clone(),
-                event_id: meta.event_id.clone(),
+                event_type: meta.event_type.as_deref().map(clip),
+                event_id: meta.event_id.as_deref().map(clip),
                 attempt: state.attempts,
                 latency_ms: now_ms().saturating_sub(started_ms),
                 status,
@@ -451,8 +451,8 @@ impl<S: Sink> Dispatcher<S> {
             None => What::DeadLettered {
                 sink: self.name.clone(),
                 seq: claim.seq,
-                event_type: meta.event_type.clone(),
-                event_id: meta.event_id.clone(),
+                event_type: meta.event_type.as_deref().map(clip),
+                event_id: meta.event_id.as_deref().map(clip),
                 attempts: state.attempts,
                 status,
                 error: error.to_string(),

@@ -17,7 +17,7 @@ use hyper::header::{HeaderMap, HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_TYPE,
 use hyper::{Method, Request, Response, StatusCode};
 use tracing::Instrument;
 
-use crate::activity::What;
+use crate::activity::{clip, What};
 use crate::health::Health;
 use crate::metrics::{Metrics, Outcome};
 use crate::receive::envelope::{self, Classified, Hints};
@@ -243,6 +243,7 @@ impl Routed {
 
 /// The parts of a delivery a `kirimhook tail` line shows besides its type and source.
 struct Shown {
+    event_type: Option<String>,
     event_id: Option<String>,
     phone_number_id: Option<String>,
     delivery_id: Option<String>,
@@ -304,7 +305,7 @@ impl Receiver {
         let activity = self.settings.metrics.activity();
         let delivery_id = activity
             .watched()
-            .then(|| header_str(req.headers(), "x-kirim-delivery-id").map(str::to_owned))
+            .then(|| header_str(req.headers(), "x-kirim-delivery-id").map(clip))
             .flatten();
         let result = if req.uri().path() != self.settings.path {
             Err(Rejection::NotFound)
@@ -446,10 +447,11 @@ impl Receiver {
         let counted = (meta.event_type.clone(), meta.source);
         // What a `kirimhook tail` line shows, gathered only while someone watches.
         let shown = self.settings.metrics.activity().watched().then(|| Shown {
-            event_id: meta.event_id.clone(),
-            phone_number_id: meta.phone_number_ids.first().cloned(),
-            delivery_id: header_str(headers, "x-kirim-delivery-id").map(str::to_owned),
-            attempt: header_str(headers, "x-kirim-attempt").map(str::to_owned),
+            event_type: meta.event_type.as_deref().map(clip),
+            event_id: meta.event_id.as_deref().map(clip),
+            phone_number_id: meta.phone_number_ids.first().map(|id| clip(id)),
+            delivery_id: header_str(headers, "x-kirim-delivery-id").map(clip),
+            attempt: header_str(headers, "x-kirim-attempt").map(clip),
         });
         let mut routed = match destination {
             Destination::Events => Some(self.route(&meta)),
@@ -475,8 +477,7 @@ impl Receiver {
         let metrics = &self.settings.metrics;
         metrics.store_flush(started.elapsed());
         if let (Some(shown), Ok(admission)) = (shown, &admitted) {
-            let (event_type, source) =
-                (counted.0.clone(), counted.1.map(|s| s.as_str().to_owned()));
+            let (event_type, source) = (shown.event_type, counted.1.map(|s| s.as_str().to_owned()));
             metrics
                 .activity()
                 .publish(|| match (*admission, quarantine_reason) {
