@@ -17,8 +17,8 @@
 //! keeps the connections that are doing work and sheds the others:
 //! - at `max_connections`, the connections that are not handling a request (idle keep-alive
 //!   ones, and ones that have not finished their request head: slowloris) are closed, the
-//!   longest-idle first, down to [`HEADROOM`] below the limit; a request being handled is
-//!   never cut;
+//!   longest-idle first, down to [`HEADROOM`] below the limit; a request being handled (its
+//!   answer's body included, such as the admin listener's streamed live feed) is never cut;
 //! - from three quarters of the limit on, new connections get a header timeout of at most
 //!   [`PRESSURE_HEADER_TIMEOUT`];
 //! - when every connection is handling a request, a new one is answered `503` with
@@ -54,7 +54,7 @@ use crate::tls::Tls;
 /// What answers the requests of one listener.
 pub trait Handler: Send + Sync + 'static {
     /// The body of its answers.
-    type Body: hyper::body::Body<Data = Bytes, Error = Infallible> + Send + 'static;
+    type Body: hyper::body::Body<Data = Bytes, Error = Infallible> + Send + Unpin + 'static;
 
     /// Answers one request; every failure is a response.
     fn respond(
@@ -155,8 +155,11 @@ pub async fn serve<H: Handler>(
             service_fn(move |req| {
                 let (handler, conn) = (handler.clone(), conn.clone());
                 async move {
-                    let _busy = conn.begin();
-                    handler.respond(req).await
+                    // Busy until the answer's body is written out: a streamed answer (the
+                    // admin listener's live feed) is a request being handled, never shed.
+                    let busy = conn.begin();
+                    let response = handler.respond(req).await?;
+                    Ok::<_, Infallible>(response.map(|body| Answering { body, _busy: busy }))
                 }
             })
         };
@@ -237,6 +240,35 @@ struct Conn {
 
 /// Marks a connection busy while alive.
 struct Busy(Arc<Conn>);
+
+/// An answer's body, keeping its connection busy until hyper has written it and dropped it.
+struct Answering<B> {
+    body: B,
+    _busy: Busy,
+}
+
+impl<B> hyper::body::Body for Answering<B>
+where
+    B: hyper::body::Body + Unpin,
+{
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<B::Data>, B::Error>>> {
+        std::pin::Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
 
 impl Drop for Busy {
     fn drop(&mut self) {
