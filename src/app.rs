@@ -180,6 +180,13 @@ pub async fn build(
         max_connections: config.server.max_connections,
         header_timeout: config.server.request_timeout,
     };
+    for secret in config.verify.secrets.iter().filter(|s| s.is_demo()) {
+        tracing::warn!(
+            secret_id = secret.id(),
+            "the demo secret of config.example.toml is configured: it is published, so anyone \
+             can sign deliveries with it; replace it with your kirim.dev secret"
+        );
+    }
     tracing::info!(
         addr = %addr,
         listener = source,

@@ -145,10 +145,18 @@ pub fn report(checked: &Checked, store: &str) -> String {
         config.verify.secrets.len(),
         config.sinks.len(),
     );
-    if checked.not_checked.is_empty() {
-        return format!("config OK: {summary}\n");
-    }
     let mut out = String::new();
+    for secret in config.verify.secrets.iter().filter(|s| s.is_demo()) {
+        out.push_str(&format!(
+            "warning: secret {} is the demo secret of config.example.toml: it is published, so \
+             anyone can sign deliveries with it; replace it with your kirim.dev secret\n",
+            secret.id()
+        ));
+    }
+    if checked.not_checked.is_empty() {
+        out.push_str(&format!("config OK: {summary}\n"));
+        return out;
+    }
     for file in &checked.not_checked {
         out.push_str(&format!("not checked: {file}\n"));
     }

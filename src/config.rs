@@ -2244,6 +2244,8 @@ mod tests {
         assert_eq!(config.verify.tolerance_secs, 300);
         let ids: Vec<&str> = config.verify.secrets.iter().map(|s| s.id()).collect();
         assert_eq!(ids, ["sec_DEMO0000000000000000000000"]);
+        // The value is the one the daemon and check-config warn about.
+        assert!(config.verify.secrets[0].is_demo());
         assert_eq!(config.store.path, PathBuf::from("./data"));
         assert_eq!(config.store.retention_days, 35);
         assert_eq!(config.store.keep_delivered, Duration::ZERO);

@@ -38,7 +38,13 @@ const DIGEST_LEN: usize = 32;
 pub struct SigningSecret {
     id: Arc<str>,
     mac: HmacSha256,
+    /// Whether the value is [`DEMO_SECRET`].
+    demo: bool,
 }
+
+/// The demo secret of `config.example.toml`: published, so anyone can sign with it. The daemon
+/// and `check-config` warn while it is configured.
+pub const DEMO_SECRET: &str = "whsec_DEMO_ONLY_replace_me_before_production";
 
 impl SigningSecret {
     /// Builds a secret from its id (`sec_…`, or any label the operator chose) and its value
@@ -52,7 +58,13 @@ impl SigningSecret {
         Self {
             id: Arc::from(id.into()),
             mac,
+            demo: value == DEMO_SECRET,
         }
+    }
+
+    /// Whether this is the published demo secret of `config.example.toml` ([`DEMO_SECRET`]).
+    pub fn is_demo(&self) -> bool {
+        self.demo
     }
 
     /// The secret's id, safe to log.

@@ -27,6 +27,13 @@ fn check_config_accepts_the_example_and_names_an_unknown_key() {
         "check-config on config.example.toml; stderr: {}",
         text(&out.stderr)
     );
+    assert!(
+        text(&out.stderr).contains(
+            "warning: secret sec_DEMO0000000000000000000000 is the demo secret of config.example.toml"
+        ),
+        "check-config warns about the published demo secret; stderr: {}",
+        text(&out.stderr)
+    );
 
     let dir = temp_dir();
     let settings = Settings::default();
