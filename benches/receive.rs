@@ -23,6 +23,8 @@
 //! checks that every accepted event arrives; the broker variants get the same figures from
 //! their consumer. For the PostgreSQL variants it counts the admitted deliveries in the schema
 //! and the sink work left.
+//! With `BENCH_TAIL=1`, every daemon has a `kirimhook tail --json` watching it (output
+//! discarded), to compare with a run without: what a watching operator costs.
 //! The store alone ("durable path only") is measured by `benches/store.rs`.
 //!
 //! It does not fix or tune anything, does not talk to kirim.dev, and proves nothing about another

@@ -55,6 +55,8 @@ pub struct Daemon {
     pub addr: SocketAddr,
     /// Its stderr.
     pub log: Arc<LogTail>,
+    /// With `BENCH_TAIL=1`: a `kirimhook tail --json` watching it, its output discarded.
+    _viewer: Option<KillOnDrop>,
     _dir: tempfile::TempDir,
 }
 
@@ -111,6 +113,12 @@ impl LogTail {
     /// The first WARN and ERROR lines, at most [`Self::KEEP_ALERTS`].
     pub fn alerts(&self) -> Vec<String> {
         self.alerts.lock().map(|a| a.clone()).unwrap_or_default()
+    }
+
+    /// The first kept line for which `f` says something.
+    fn find_map<T>(&self, f: impl Fn(&str) -> Option<T>) -> Option<T> {
+        let lines = self.lines.lock().ok()?;
+        lines.iter().find_map(|line| f(line))
     }
 
     fn dump(&self) -> String {
@@ -213,11 +221,16 @@ impl Daemon {
                 );
             }
         };
+        let viewer = match std::env::var("BENCH_TAIL").as_deref() {
+            Ok("1") => Some(watch(&exe, &log)?),
+            _ => None,
+        };
         let child = guard.0.take().context("the guard holds the child")?;
         Ok(Daemon {
             child,
             addr,
             log,
+            _viewer: viewer,
             _dir: dir,
         })
     }
@@ -303,10 +316,32 @@ kind = "stdout"
     )
 }
 
+/// Starts `kirimhook tail --json` on the admin listener the daemon logged (`admin
+/// listening`, logged before `listening`), its output discarded: what a watching operator
+/// costs the daemon. It connects during the warm-up.
+fn watch(exe: &std::path::Path, log: &LogTail) -> anyhow::Result<KillOnDrop> {
+    let admin = log
+        .find_map(|line| logged_addr(line, "admin listening"))
+        .context("BENCH_TAIL=1: the daemon logged no `admin listening` address")?;
+    let child = Command::new(exe)
+        .args(["tail", "--json", "--admin", &format!("http://{admin}")])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("cannot start {} tail", exe.display()))?;
+    Ok(KillOnDrop(Some(child)))
+}
+
 /// The `addr` of the JSON log line whose message is `listening`.
 fn listening_addr(line: &str) -> Option<SocketAddr> {
+    logged_addr(line, "listening")
+}
+
+/// The `addr` of the JSON log line whose message is `message`.
+fn logged_addr(line: &str, message: &str) -> Option<SocketAddr> {
     let value: serde_json::Value = serde_json::from_str(line).ok()?;
-    if value.get("message")?.as_str()? != "listening" {
+    if value.get("message")?.as_str()? != message {
         return None;
     }
     let addr = value
