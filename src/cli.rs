@@ -170,9 +170,9 @@ pub enum AdminCommand {
     Replay(ReplayArgs),
 }
 
-/// Where the admin listener is, and how to print its answer.
+/// Where a daemon's admin listener is.
 #[derive(Debug, Clone, Args)]
-pub struct AdminArgs {
+pub struct AdminTarget {
     /// The daemon's admin listener (its `[admin] listen`).
     #[arg(long, value_name = "URL", default_value = DEFAULT_ADMIN_URL)]
     pub admin: String,
@@ -180,6 +180,14 @@ pub struct AdminArgs {
     /// instead of --admin.
     #[arg(long, value_name = "FILE", conflicts_with = "admin")]
     pub config: Option<PathBuf>,
+}
+
+/// Where the admin listener is, and how to print its answer.
+#[derive(Debug, Clone, Args)]
+pub struct AdminArgs {
+    /// The admin listener.
+    #[command(flatten)]
+    pub target: AdminTarget,
     /// Print the admin API's JSON answer instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -309,13 +317,9 @@ pub struct ReplayArgs {
 /// Arguments of `kirimhook tail`.
 #[derive(Debug, Clone, Args)]
 pub struct TailArgs {
-    /// The daemon's admin listener (its `[admin] listen`).
-    #[arg(long, value_name = "URL", default_value = DEFAULT_ADMIN_URL)]
-    pub admin: String,
-    /// Take the admin listener's address from the daemon's config (its `[admin] listen`)
-    /// instead of --admin.
-    #[arg(long, value_name = "FILE", conflicts_with = "admin")]
-    pub config: Option<PathBuf>,
+    /// The admin listener.
+    #[command(flatten)]
+    pub target: AdminTarget,
     /// Print one JSON object per line (for jq) instead of aligned text.
     #[arg(long)]
     pub json: bool,

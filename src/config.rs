@@ -94,6 +94,26 @@ pub struct AdminConfig {
     pub listen: SocketAddr,
 }
 
+impl AdminConfig {
+    /// The `[admin]` table of the config file at `path`, read on its own: how the operator
+    /// commands find a daemon's admin listener (`--config`). Nothing else in the file is
+    /// validated, and no secret file is opened.
+    pub fn read(path: &Path) -> Result<AdminConfig, ConfigError> {
+        AdminConfig::from_toml_str(&read_config_file(path)?)
+    }
+
+    /// The `[admin]` table of config text, read on its own (see [`AdminConfig::read`]).
+    pub fn from_toml_str(text: &str) -> Result<AdminConfig, ConfigError> {
+        #[derive(Deserialize)]
+        struct AdminOnly {
+            #[serde(default)]
+            admin: RawAdmin,
+        }
+        let only: AdminOnly = toml::from_str(text).map_err(|err| read_error(text, &err))?;
+        only.admin.parse()
+    }
+}
+
 /// The HTTP listener and its limits (`[server]`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerConfig {
@@ -559,6 +579,22 @@ impl RawConfig {
 
 impl RawAdmin {
     fn validate(self, server: &ServerConfig) -> Result<AdminConfig, ConfigError> {
+        let AdminConfig { enabled, listen } = self.parse()?;
+        if enabled && overlaps(listen, server.listen) {
+            return Err(invalid(
+                "admin.listen",
+                format!(
+                    "`{listen}` is the port of server.listen (`{}`); the admin API must \
+                     never be reachable on the public port: pick another port",
+                    server.listen
+                ),
+            ));
+        }
+        Ok(AdminConfig { enabled, listen })
+    }
+
+    /// The table's values, each checked on its own (not against `[server]`).
+    fn parse(self) -> Result<AdminConfig, ConfigError> {
         let listen_text = self
             .listen
             .unwrap_or_else(|| DEFAULT_ADMIN_LISTEN.to_owned());
@@ -571,18 +607,10 @@ impl RawAdmin {
                 ),
             )
         })?;
-        let enabled = self.enabled.unwrap_or(true);
-        if enabled && overlaps(listen, server.listen) {
-            return Err(invalid(
-                "admin.listen",
-                format!(
-                    "`{listen}` is the port of server.listen (`{}`); the admin API must \
-                     never be reachable on the public port: pick another port",
-                    server.listen
-                ),
-            ));
-        }
-        Ok(AdminConfig { enabled, listen })
+        Ok(AdminConfig {
+            enabled: self.enabled.unwrap_or(true),
+            listen,
+        })
     }
 }
 
@@ -1620,6 +1648,26 @@ mod tests {
 
     fn with_admin(server: &str, admin: &str) -> String {
         format!("[server]\n{server}\n[admin]\n{admin}\n{}", minimal())
+    }
+
+    #[test]
+    fn the_admin_table_is_read_on_its_own() {
+        let admin = AdminConfig::from_toml_str(
+            "[admin]\nlisten = \"127.0.0.2:9191\"\n[[verify.secrets]]\nvalue_file = \"/nowhere\"",
+        )
+        .unwrap();
+        assert_eq!(admin.listen, "127.0.0.2:9191".parse().unwrap());
+        assert!(admin.enabled);
+        let default = AdminConfig::from_toml_str("").unwrap();
+        assert_eq!(default.listen, DEFAULT_ADMIN_LISTEN.parse().unwrap());
+        let off = AdminConfig::from_toml_str("[admin]\nenabled = false").unwrap();
+        assert!(!off.enabled);
+        let err = AdminConfig::from_toml_str("[admin]\nlisten = \"localhost:9090\"").unwrap_err();
+        assert_invalid(&err, "admin.listen", "not an IP address and port");
+        let err = AdminConfig::from_toml_str("[admin]\nlisten = 9090").unwrap_err();
+        assert_invalid(&err, "admin.listen", "expected a string");
+        let err = AdminConfig::from_toml_str("[admin]\nport = 9090").unwrap_err();
+        assert_eq!(err.key(), Some("admin.port"), "{err}");
     }
 
     #[test]

@@ -9,7 +9,8 @@
 //! control characters replaced before it reaches the terminal. The answer types are
 //! [`crate::admin`]'s, so client and server agree.
 //!
-//! This module knows nothing of the store or the config: only the admin API.
+//! This module knows nothing of the store, and of the config only where the admin listener is
+//! (`--config`, through [`AdminConfig::read`]): otherwise only the admin API.
 
 use std::error::Error as _;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -28,7 +29,10 @@ use crate::admin::{
     self, BodyFormat, Changed, DeadLetterDetail, DeadLetterPage, ErrorBody, EventDetail,
     QuarantinePage, ReplayRequest, Selection, StatusReport,
 };
-use crate::cli::{AdminArgs, AdminCommand, DeadLettersCommand, QuarantineCommand, Selected};
+use crate::cli::{
+    AdminArgs, AdminCommand, AdminTarget, DeadLettersCommand, QuarantineCommand, Selected,
+};
+use crate::config::AdminConfig;
 use crate::ops::accounts::{encode_query_value, error_chain, printable};
 use crate::units::human_bytes;
 
@@ -36,6 +40,8 @@ use crate::units::human_bytes;
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// The largest answer read.
 pub const MAX_ANSWER_BYTES: usize = 64 * 1024 * 1024;
+/// The largest refusal read from a streamed request.
+const MAX_ERROR_BYTES: usize = 64 * 1024;
 
 const USER_AGENT_VALUE: &str = concat!("kirimhook/", env!("CARGO_PKG_VERSION"));
 
@@ -134,20 +140,17 @@ impl AdminUrl {
         Ok(AdminUrl(trimmed))
     }
 
-    /// `--admin url`, or the `[admin] listen` of the config at `config` when given.
-    pub fn choose(url: &str, config: Option<&std::path::Path>) -> Result<AdminUrl, AdminError> {
-        match config {
-            None => AdminUrl::parse(url),
-            Some(path) => {
-                let failed = |reason: String| AdminError::Config {
-                    path: path.display().to_string(),
-                    reason,
-                };
-                let text = std::fs::read_to_string(path).map_err(|e| failed(e.to_string()))?;
-                let listen = admin_listen(&text).map_err(failed)?;
-                AdminUrl::parse(&format!("http://{listen}"))
-            }
-        }
+    /// `--admin URL`, or the `[admin]` of the `--config` file when given.
+    pub fn choose(target: &AdminTarget) -> Result<AdminUrl, AdminError> {
+        let Some(path) = &target.config else {
+            return AdminUrl::parse(&target.admin);
+        };
+        let failed = |reason: String| AdminError::Config {
+            path: path.display().to_string(),
+            reason,
+        };
+        let admin = AdminConfig::read(path).map_err(|e| failed(e.to_string()))?;
+        AdminUrl::parse(&format!("http://{}", reachable(&admin).map_err(failed)?))
     }
 
     pub(crate) fn uri(&self, path: &str) -> Result<Uri, AdminError> {
@@ -166,38 +169,13 @@ impl std::fmt::Display for AdminUrl {
     }
 }
 
-/// Where to reach the admin listener of a daemon with this config: its `[admin] listen`
-/// (default [`crate::cli::DEFAULT_ADMIN_URL`]'s), a wildcard address reached on loopback.
-/// Only `[admin]` is read, so a config whose secrets this user cannot read still works.
-pub fn admin_listen(config: &str) -> Result<std::net::SocketAddr, String> {
-    let table: toml::Table = config.parse().map_err(|e| format!("not TOML: {e}"))?;
-    let admin = match table.get("admin") {
-        None => None,
-        Some(toml::Value::Table(admin)) => Some(admin),
-        Some(_) => return Err("[admin] is not a table".into()),
-    };
-    let key = |name: &str| admin.and_then(|a| a.get(name));
-    if let Some(enabled) = key("enabled") {
-        match enabled.as_bool() {
-            Some(true) => {}
-            Some(false) => {
-                return Err("the admin listener is off ([admin] enabled = false)".into());
-            }
-            None => return Err("admin.enabled is not true or false".into()),
-        }
+/// Where to reach an admin listener configured as `admin`: its address, a wildcard address
+/// reached on loopback; an error when it is off.
+pub fn reachable(admin: &AdminConfig) -> Result<std::net::SocketAddr, String> {
+    if !admin.enabled {
+        return Err("the admin listener is off ([admin] enabled = false)".into());
     }
-    let listen = match key("listen") {
-        None => crate::cli::DEFAULT_ADMIN_URL.trim_start_matches("http://"),
-        Some(value) => value
-            .as_str()
-            .ok_or("admin.listen is not a string (\"HOST:PORT\")")?,
-    };
-    let mut addr: std::net::SocketAddr = listen.parse().map_err(|_| {
-        format!(
-            "admin.listen `{}` is not an IP address and port",
-            printable(listen)
-        )
-    })?;
+    let mut addr = admin.listen;
     if addr.ip().is_unspecified() {
         addr.set_ip(match addr {
             std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
@@ -247,29 +225,8 @@ impl AdminClient {
         body: Option<Vec<u8>>,
     ) -> Result<(T, Bytes), AdminError> {
         let url = self.url.to_string();
-        let mut request = Request::builder()
-            .method(method)
-            .uri(self.url.uri(path)?)
-            .header(ACCEPT, "application/json")
-            .header(USER_AGENT, USER_AGENT_VALUE);
-        if body.is_some() {
-            request = request.header(CONTENT_TYPE, "application/json");
-        }
-        let request = request
-            .body(Full::new(Bytes::from(body.unwrap_or_default())))
-            .map_err(|_| AdminError::InvalidUrl {
-                url: url.clone(),
-                reason: "not a valid request URL",
-            })?;
         let exchange = async {
-            let response =
-                self.client
-                    .request(request)
-                    .await
-                    .map_err(|e| AdminError::Unreachable {
-                        url: url.clone(),
-                        cause: e.source().map_or_else(|| e.to_string(), error_chain),
-                    })?;
+            let response = self.send(method, path, "application/json", body).await?;
             let status = response.status();
             let body = Limited::new(response.into_body(), MAX_ANSWER_BYTES)
                 .collect()
@@ -287,21 +244,90 @@ impl AdminClient {
                 url: url.clone(),
                 after: self.timeout,
             })??;
-        let invalid = |cause: serde_json::Error| AdminError::InvalidAnswer {
-            url: url.clone(),
-            status,
-            cause: cause.to_string(),
-        };
         if !status.is_success() {
-            let error: ErrorBody = serde_json::from_slice(&body).map_err(invalid)?;
-            return Err(AdminError::Api {
+            return Err(self.refusal(status, &body));
+        }
+        let value = serde_json::from_slice(&body).map_err(|e| self.invalid(status, &e))?;
+        Ok((value, body))
+    }
+
+    /// `GET path` answered with a stream (`/v1/tail`): its body once the answer's head is
+    /// there (within the request timeout), or the API's refusal.
+    pub async fn stream(&self, path: &str) -> Result<hyper::body::Incoming, AdminError> {
+        let url = self.url.to_string();
+        let answered = async {
+            let response = self
+                .send(Method::GET, path, "application/x-ndjson", None)
+                .await?;
+            let status = response.status();
+            if status.is_success() {
+                return Ok(response.into_body());
+            }
+            let body = Limited::new(response.into_body(), MAX_ERROR_BYTES)
+                .collect()
+                .await
+                .map(|collected| collected.to_bytes())
+                .unwrap_or_default();
+            Err(self.refusal(status, &body))
+        };
+        tokio::time::timeout(self.timeout, answered)
+            .await
+            .map_err(|_| AdminError::Timeout {
+                url,
+                after: self.timeout,
+            })?
+    }
+
+    /// Sends one request; the answer's head, or why nothing answered.
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        accept: &'static str,
+        body: Option<Vec<u8>>,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, AdminError> {
+        let mut request = Request::builder()
+            .method(method)
+            .uri(self.url.uri(path)?)
+            .header(ACCEPT, accept)
+            .header(USER_AGENT, USER_AGENT_VALUE);
+        if body.is_some() {
+            request = request.header(CONTENT_TYPE, "application/json");
+        }
+        let request = request
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .map_err(|_| AdminError::InvalidUrl {
+                url: self.url.to_string(),
+                reason: "not a valid request URL",
+            })?;
+        self.client
+            .request(request)
+            .await
+            .map_err(|e| AdminError::Unreachable {
+                url: self.url.to_string(),
+                cause: e.source().map_or_else(|| e.to_string(), error_chain),
+            })
+    }
+
+    /// The error a refusal (`status`, not 2xx) with this answer stands for.
+    fn refusal(&self, status: StatusCode, body: &[u8]) -> AdminError {
+        match serde_json::from_slice::<ErrorBody>(body) {
+            Ok(error) => AdminError::Api {
                 status,
                 code: error.error,
                 message: printable(&error.message),
-            });
+            },
+            Err(e) => self.invalid(status, &e),
         }
-        let value = serde_json::from_slice(&body).map_err(invalid)?;
-        Ok((value, body))
+    }
+
+    /// An answer that is not the admin API's JSON.
+    fn invalid(&self, status: StatusCode, cause: &serde_json::Error) -> AdminError {
+        AdminError::InvalidAnswer {
+            url: self.url.to_string(),
+            status,
+            cause: cause.to_string(),
+        }
     }
 }
 
@@ -414,10 +440,7 @@ pub async fn run(command: &AdminCommand) -> Result<Answer, AdminError> {
 }
 
 fn client(args: &AdminArgs) -> Result<AdminClient, AdminError> {
-    Ok(AdminClient::new(AdminUrl::choose(
-        &args.admin,
-        args.config.as_deref(),
-    )?))
+    Ok(AdminClient::new(AdminUrl::choose(&args.target)?))
 }
 
 /// The raw JSON answer with `--json`, else the rendered text.
@@ -891,38 +914,24 @@ mod tests {
 
     #[test]
     fn the_admin_address_of_a_config() {
-        let default = crate::cli::DEFAULT_ADMIN_URL.trim_start_matches("http://");
-        assert_eq!(admin_listen("").unwrap().to_string(), default);
+        let at = |enabled: bool, listen: &str| {
+            reachable(&AdminConfig {
+                enabled,
+                listen: listen.parse().unwrap(),
+            })
+        };
         assert_eq!(
-            admin_listen("[admin]\nlisten = \"127.0.0.2:9191\"")
-                .unwrap()
-                .to_string(),
+            at(true, "127.0.0.2:9191").unwrap().to_string(),
             "127.0.0.2:9191"
         );
         assert_eq!(
-            admin_listen("[admin]\nlisten = \"0.0.0.0:9191\"")
-                .unwrap()
-                .to_string(),
+            at(true, "0.0.0.0:9191").unwrap().to_string(),
             "127.0.0.1:9191"
         );
-        assert_eq!(
-            admin_listen("[admin]\nlisten = \"[::]:9191\"")
-                .unwrap()
-                .to_string(),
-            "[::1]:9191"
-        );
-        // Secrets and the rest are not read.
-        assert!(admin_listen("[[verify.secrets]]\nvalue_file = \"/nowhere\"").is_ok());
-        for (bad, says) in [
-            ("[admin]\nenabled = false", "enabled = false"),
-            ("[admin]\nlisten = 9090", "not a string"),
-            ("[admin]\nlisten = \"localhost:9090\"", "not an IP address"),
-            ("admin = 1", "not a table"),
-            ("[admin", "not TOML"),
-        ] {
-            let e = admin_listen(bad).unwrap_err();
-            assert!(e.contains(says), "{bad}: {e}");
-        }
+        assert_eq!(at(true, "[::]:9191").unwrap().to_string(), "[::1]:9191");
+        assert!(at(false, "127.0.0.1:9090")
+            .unwrap_err()
+            .contains("enabled = false"));
     }
 
     #[test]

@@ -12,28 +12,20 @@
 //! This module knows nothing of the daemon's internals: only the admin API's feed and its
 //! [`Line`] type.
 
-use std::error::Error as _;
 use std::io::Write as _;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
-use http_body_util::{BodyExt as _, Empty};
-use hyper::header::{ACCEPT, USER_AGENT};
-use hyper::Request;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use bytes::BytesMut;
+use http_body_util::BodyExt as _;
 
 use crate::activity::{Line, What};
-use crate::admin::ErrorBody;
 use crate::cli::TailArgs;
 use crate::ops::accounts::{encode_query_value, error_chain, printable};
-use crate::ops::admin_cli::{AdminError, AdminUrl};
+use crate::ops::admin_cli::{AdminClient, AdminError, AdminUrl};
 
 /// How long the daemon may stay silent (it sends an empty line every 15 s) before the
 /// connection is taken for dead.
 pub const SILENCE: Duration = Duration::from_secs(45);
-/// How long the daemon may take to answer the request.
-const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 /// The longest line read; a longer one is an error (the daemon's lines are far shorter).
 const MAX_LINE_BYTES: usize = 1024 * 1024;
 
@@ -49,7 +41,7 @@ pub enum Ended {
 /// Watches the daemon `args` names until it stops or the reader of stdout goes; `stderr`
 /// is told when the watching starts.
 pub async fn run(args: &TailArgs, stderr: impl Fn(&str)) -> Result<Ended, AdminError> {
-    let url = AdminUrl::choose(&args.admin, args.config.as_deref())?;
+    let url = AdminUrl::choose(&args.target)?;
     let mut query = Vec::new();
     if !args.events.is_empty() {
         query.push(format!(
@@ -64,51 +56,7 @@ pub async fn run(args: &TailArgs, stderr: impl Fn(&str)) -> Result<Ended, AdminE
         true => "/v1/tail".to_owned(),
         false => format!("/v1/tail?{}", query.join("&")),
     };
-    let request = Request::builder()
-        .uri(url.uri(&path)?)
-        .header(ACCEPT, "application/x-ndjson")
-        .header(USER_AGENT, concat!("kirimhook/", env!("CARGO_PKG_VERSION")))
-        .body(Empty::<Bytes>::new())
-        .map_err(|_| AdminError::InvalidUrl {
-            url: url.to_string(),
-            reason: "not a valid request URL",
-        })?;
-    let client = Client::builder(TokioExecutor::new()).build_http();
-    let response = tokio::time::timeout(ANSWER_TIMEOUT, client.request(request))
-        .await
-        .map_err(|_| AdminError::Timeout {
-            url: url.to_string(),
-            after: ANSWER_TIMEOUT,
-        })?
-        .map_err(|e| AdminError::Unreachable {
-            url: url.to_string(),
-            cause: e.source().map_or_else(|| e.to_string(), error_chain),
-        })?;
-    let status = response.status();
-    let mut body = response.into_body();
-    if !status.is_success() {
-        let answer = tokio::time::timeout(
-            ANSWER_TIMEOUT,
-            http_body_util::Limited::new(body, 64 * 1024).collect(),
-        )
-        .await
-        .ok()
-        .and_then(Result::ok)
-        .map(|collected| collected.to_bytes())
-        .unwrap_or_default();
-        return Err(match serde_json::from_slice::<ErrorBody>(&answer) {
-            Ok(error) => AdminError::Api {
-                status,
-                code: error.error,
-                message: printable(&error.message),
-            },
-            Err(e) => AdminError::InvalidAnswer {
-                url: url.to_string(),
-                status,
-                cause: e.to_string(),
-            },
-        });
-    }
+    let mut body = AdminClient::new(url.clone()).stream(&path).await?;
     stderr(&format!("watching {url} (times in UTC; Ctrl-C to stop)"));
 
     let style = Style::for_stdout();
