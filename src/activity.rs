@@ -106,14 +106,9 @@ pub enum What {
     },
     /// A sink has the event.
     Delivered {
-        /// The sink.
-        sink: String,
-        /// The event's seq.
-        seq: u64,
-        /// Its event type.
-        event_type: Option<String>,
-        /// Its event id.
-        event_id: Option<String>,
+        /// The sink and the event.
+        #[serde(flatten)]
+        event: SinkEvent,
         /// This sink's attempt at it (1-based).
         attempt: u32,
         /// How long the attempt took (the whole batch it went in).
@@ -121,14 +116,9 @@ pub enum What {
     },
     /// An attempt failed.
     Failed {
-        /// The sink.
-        sink: String,
-        /// The event's seq.
-        seq: u64,
-        /// Its event type.
-        event_type: Option<String>,
-        /// Its event id.
-        event_id: Option<String>,
+        /// The sink and the event.
+        #[serde(flatten)]
+        event: SinkEvent,
         /// This sink's attempt at it (1-based).
         attempt: u32,
         /// How long the attempt took.
@@ -143,14 +133,9 @@ pub enum What {
     },
     /// A sink gave up on the event: it is in the sink's dead letters.
     DeadLettered {
-        /// The sink.
-        sink: String,
-        /// The event's seq.
-        seq: u64,
-        /// Its event type.
-        event_type: Option<String>,
-        /// Its event id.
-        event_id: Option<String>,
+        /// The sink and the event.
+        #[serde(flatten)]
+        event: SinkEvent,
         /// Attempts made.
         attempts: u32,
         /// The sink's own status code of the last attempt, when it gave one.
@@ -166,12 +151,12 @@ pub enum What {
 }
 
 impl What {
-    /// The sink this line is about, for sink outcomes.
-    pub fn sink(&self) -> Option<&str> {
+    /// The sink and event a sink's outcome is about.
+    pub fn sink_event(&self) -> Option<&SinkEvent> {
         match self {
-            What::Delivered { sink, .. }
-            | What::Failed { sink, .. }
-            | What::DeadLettered { sink, .. } => Some(sink),
+            What::Delivered { event, .. }
+            | What::Failed { event, .. }
+            | What::DeadLettered { event, .. } => Some(event),
             _ => None,
         }
     }
@@ -181,11 +166,8 @@ impl What {
         match self {
             What::Accepted { event_type, .. }
             | What::Duplicate { event_type, .. }
-            | What::Quarantined { event_type, .. }
-            | What::Delivered { event_type, .. }
-            | What::Failed { event_type, .. }
-            | What::DeadLettered { event_type, .. } => event_type.as_deref(),
-            What::Rejected { .. } | What::Lost { .. } => None,
+            | What::Quarantined { event_type, .. } => event_type.as_deref(),
+            other => other.sink_event()?.event_type.as_deref(),
         }
     }
 }
@@ -201,6 +183,19 @@ pub fn clip(text: &str) -> String {
         end -= 1;
     }
     format!("{}…", &text[..end])
+}
+
+/// Which sink and which event a sink's outcome line is about (flattened into the line).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SinkEvent {
+    /// The sink.
+    pub sink: String,
+    /// The event's seq.
+    pub seq: u64,
+    /// Its event type.
+    pub event_type: Option<String>,
+    /// Its event id.
+    pub event_id: Option<String>,
 }
 
 /// Which lines a viewer wants: `events` (event-type globs, as in a sink's `events` filter)
@@ -222,7 +217,7 @@ impl Filter {
         if let Some(wanted) = &self.sink {
             let about_it = match what {
                 What::Accepted { sinks, .. } => sinks.iter().any(|s| s == wanted),
-                other => other.sink() == Some(wanted.as_str()),
+                other => other.sink_event().is_some_and(|e| &e.sink == wanted),
             };
             if !about_it {
                 return false;
@@ -368,10 +363,12 @@ mod tests {
 
     fn delivered(sink: &str, event_type: &str) -> What {
         What::Delivered {
-            sink: sink.into(),
-            seq: 1,
-            event_type: Some(event_type.into()),
-            event_id: None,
+            event: SinkEvent {
+                sink: sink.into(),
+                seq: 1,
+                event_type: Some(event_type.into()),
+                event_id: None,
+            },
             attempt: 1,
             latency_ms: 3,
         }
@@ -485,6 +482,18 @@ mod tests {
         assert_eq!(
             json,
             r#"{"at":"2026-12-07T10:21:07.312Z","kind":"rejected","status":401,"reason":"invalid_signature","delivery_id":null}"#
+        );
+        assert_eq!(serde_json::from_str::<Line>(&json).unwrap(), line);
+
+        // A sink's outcome: the sink and event fields sit beside the others.
+        let line = Line {
+            at: "2026-12-07T10:21:07.312Z".into(),
+            what: delivered("app", "message.received"),
+        };
+        let json = serde_json::to_string(&line).unwrap();
+        assert_eq!(
+            json,
+            r#"{"at":"2026-12-07T10:21:07.312Z","kind":"delivered","sink":"app","seq":1,"event_type":"message.received","event_id":null,"attempt":1,"latency_ms":3}"#
         );
         assert_eq!(serde_json::from_str::<Line>(&json).unwrap(), line);
     }

@@ -23,7 +23,7 @@ use tokio::task::{Id, JoinSet};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
-use crate::activity::{clip, Activity, What};
+use crate::activity::{clip, Activity, SinkEvent, What};
 use crate::config::RetryPolicy;
 use crate::deliver::backoff as retry;
 use crate::health::Fault;
@@ -295,10 +295,7 @@ impl<S: Sink> Dispatcher<S> {
         let mut batch = batch.into_iter();
         for claim in batch.by_ref().take(delivered) {
             self.activity.publish(|| What::Delivered {
-                sink: self.name.clone(),
-                seq: claim.seq,
-                event_type: claim.event.meta.event_type.as_deref().map(clip),
-                event_id: claim.event.meta.event_id.as_deref().map(clip),
+                event: self.sink_event(&claim),
                 attempt: claim.state.attempts + 1,
                 latency_ms,
             });
@@ -323,10 +320,7 @@ impl<S: Sink> Dispatcher<S> {
                 self.counters.failed_attempt();
                 if let Some(claim) = batch.as_slice().first() {
                     self.activity.publish(|| What::Failed {
-                        sink: self.name.clone(),
-                        seq: claim.seq,
-                        event_type: claim.event.meta.event_type.as_deref().map(clip),
-                        event_id: claim.event.meta.event_id.as_deref().map(clip),
+                        event: self.sink_event(claim),
                         attempt: claim.state.attempts + 1,
                         latency_ms,
                         status: code,
@@ -425,6 +419,17 @@ impl<S: Sink> Dispatcher<S> {
         }
     }
 
+    /// What a live-feed line says of this sink and `claim`'s event.
+    fn sink_event(&self, claim: &Claim) -> SinkEvent {
+        let meta = &claim.event.meta;
+        SinkEvent {
+            sink: self.name.clone(),
+            seq: claim.seq,
+            event_type: meta.event_type.as_deref().map(clip),
+            event_id: meta.event_id.as_deref().map(clip),
+        }
+    }
+
     /// Shows a failed attempt in the live feed: retried in `retry`, or (`None`) dead-lettered.
     fn show_failure(
         &self,
@@ -435,13 +440,9 @@ impl<S: Sink> Dispatcher<S> {
         error: &SinkError,
         retry: Option<Duration>,
     ) {
-        let meta = &claim.event.meta;
         self.activity.publish(|| match retry {
             Some(wait) => What::Failed {
-                sink: self.name.clone(),
-                seq: claim.seq,
-                event_type: meta.event_type.as_deref().map(clip),
-                event_id: meta.event_id.as_deref().map(clip),
+                event: self.sink_event(claim),
                 attempt: state.attempts,
                 latency_ms: now_ms().saturating_sub(started_ms),
                 status,
@@ -449,10 +450,7 @@ impl<S: Sink> Dispatcher<S> {
                 retry_in_ms: Some(wait.as_millis() as u64),
             },
             None => What::DeadLettered {
-                sink: self.name.clone(),
-                seq: claim.seq,
-                event_type: meta.event_type.as_deref().map(clip),
-                event_id: meta.event_id.as_deref().map(clip),
+                event: self.sink_event(claim),
                 attempts: state.attempts,
                 status,
                 error: error.to_string(),

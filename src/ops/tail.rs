@@ -18,7 +18,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use http_body_util::BodyExt as _;
 
-use crate::activity::{Line, What};
+use crate::activity::{Line, SinkEvent, What};
 use crate::cli::TailArgs;
 use crate::ops::accounts::{encode_query_value, error_chain, printable};
 use crate::ops::admin_cli::{AdminClient, AdminError, AdminUrl};
@@ -174,6 +174,7 @@ fn describe(what: &What) -> (&'static str, &'static str, Vec<String>) {
             String::new()
         }
     };
+    let about = |e: &SinkEvent| vec![e.sink.clone(), or_dash(&e.event_type), text(&e.event_id)];
     const GREEN: &str = "32";
     const YELLOW: &str = "33";
     const RED: &str = "31";
@@ -254,70 +255,60 @@ fn describe(what: &What) -> (&'static str, &'static str, Vec<String>) {
             vec![format!("{status} {reason}"), text(delivery_id)],
         ),
         What::Delivered {
-            sink,
-            event_type,
-            event_id,
+            event,
             attempt: n,
             latency_ms,
-            ..
         } => (
             "delivered",
             GREEN,
-            vec![
-                sink.clone(),
-                or_dash(event_type),
-                text(event_id),
-                format!("{latency_ms} ms"),
-                attempt(*n),
-            ],
+            [about(event), vec![format!("{latency_ms} ms"), attempt(*n)]].concat(),
         ),
         What::Failed {
-            sink,
-            event_type,
-            event_id,
+            event,
             attempt: n,
             latency_ms,
             status: code,
             error,
             retry_in_ms,
-            ..
         } => (
             "failed",
             YELLOW,
-            vec![
-                sink.clone(),
-                or_dash(event_type),
-                text(event_id),
-                status(code),
-                format!("{latency_ms} ms"),
-                attempt(*n),
-                match retry_in_ms {
-                    Some(ms) => format!("retry in {}", seconds(*ms)),
-                    None => "sink unreachable, probing".into(),
-                },
-                error.clone(),
-            ],
+            [
+                about(event),
+                vec![
+                    status(code),
+                    format!("{latency_ms} ms"),
+                    attempt(*n),
+                    match retry_in_ms {
+                        Some(ms) => format!("retry in {}", seconds(*ms)),
+                        None => "sink unreachable, probing".into(),
+                    },
+                    error.clone(),
+                ],
+            ]
+            .concat(),
         ),
         What::DeadLettered {
-            sink,
-            event_type,
-            event_id,
+            event,
             attempts,
             status: code,
             error,
-            seq,
         } => (
             "dead-letter",
             RED,
-            vec![
-                sink.clone(),
-                or_dash(event_type),
-                text(event_id),
-                format!("after {attempts} attempt(s)"),
-                status(code),
-                error.clone(),
-                format!("(kirimhook dead-letters show --sink {sink} {seq})"),
-            ],
+            [
+                about(event),
+                vec![
+                    format!("after {attempts} attempt(s)"),
+                    status(code),
+                    error.clone(),
+                    format!(
+                        "(kirimhook dead-letters show --sink {} {})",
+                        event.sink, event.seq
+                    ),
+                ],
+            ]
+            .concat(),
         ),
         What::Lost { lines } => (
             "lost",
@@ -366,10 +357,12 @@ mod tests {
              wbd_01J  -> app, archive\n"
         );
         let delivered = line(What::Delivered {
-            sink: "app".into(),
-            seq: 7,
-            event_type: Some("message.received".into()),
-            event_id: None,
+            event: SinkEvent {
+                sink: "app".into(),
+                seq: 7,
+                event_type: Some("message.received".into()),
+                event_id: None,
+            },
             attempt: 1,
             latency_ms: 12,
         });
@@ -378,10 +371,12 @@ mod tests {
             "10:21:07.312  delivered    app  message.received  12 ms\n"
         );
         let failed = line(What::Failed {
-            sink: "app".into(),
-            seq: 7,
-            event_type: None,
-            event_id: None,
+            event: SinkEvent {
+                sink: "app".into(),
+                seq: 7,
+                event_type: None,
+                event_id: None,
+            },
             attempt: 2,
             latency_ms: 30,
             status: Some(503),
