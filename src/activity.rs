@@ -23,7 +23,7 @@
 //! writes the lines as JSON) or its client (`ops::tail`).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
@@ -238,7 +238,7 @@ pub struct Activity {
 }
 
 struct Inner {
-    sender: broadcast::Sender<Arc<Line>>,
+    sender: broadcast::Sender<Arc<Published>>,
     viewers: AtomicUsize,
 }
 
@@ -283,12 +283,8 @@ impl Activity {
         if !self.watched() {
             return;
         }
-        let line = Line {
-            at: crate::time::rfc3339_ms(crate::store::millis(std::time::SystemTime::now())),
-            what: what(),
-        };
         // An error means the last viewer left meanwhile: nobody to tell.
-        let _ = self.inner.sender.send(Arc::new(line));
+        let _ = self.inner.sender.send(Published::now(what()));
     }
 
     /// A new viewer, seeing every line published from now on; `None` when [`MAX_VIEWERS`]
@@ -310,7 +306,7 @@ impl Activity {
 
 /// One viewer's place in the feed. Dropping it stops the watching.
 pub struct Viewer {
-    receiver: broadcast::Receiver<Arc<Line>>,
+    receiver: broadcast::Receiver<Arc<Published>>,
     activity: Activity,
 }
 
@@ -322,30 +318,54 @@ impl Drop for Viewer {
 
 impl Viewer {
     /// The next line, or a [`What::Lost`] line when this viewer fell behind. Waits for one.
-    pub async fn next(&mut self) -> Arc<Line> {
+    pub async fn next(&mut self) -> Arc<Published> {
         match self.receiver.recv().await {
             Ok(line) => line,
-            Err(broadcast::error::RecvError::Lagged(lines)) => lost(lines),
+            Err(broadcast::error::RecvError::Lagged(lines)) => Published::now(What::Lost { lines }),
             // The sender lives in `activity`, which this viewer holds.
             Err(broadcast::error::RecvError::Closed) => std::future::pending().await,
         }
     }
 
     /// The next line if one is waiting, without waiting.
-    pub fn try_next(&mut self) -> Option<Arc<Line>> {
+    pub fn try_next(&mut self) -> Option<Arc<Published>> {
         match self.receiver.try_recv() {
             Ok(line) => Some(line),
-            Err(broadcast::error::TryRecvError::Lagged(lines)) => Some(lost(lines)),
+            Err(broadcast::error::TryRecvError::Lagged(lines)) => {
+                Some(Published::now(What::Lost { lines }))
+            }
             Err(_) => None,
         }
     }
 }
 
-fn lost(lines: u64) -> Arc<Line> {
-    Arc::new(Line {
-        at: crate::time::rfc3339_ms(crate::store::millis(std::time::SystemTime::now())),
-        what: What::Lost { lines },
-    })
+/// A line as the viewers share it: its JSON is encoded once, by the first viewer that writes
+/// it, however many viewers pass it on.
+#[derive(Debug)]
+pub struct Published {
+    /// The line.
+    pub line: Line,
+    json: OnceLock<Vec<u8>>,
+}
+
+impl Published {
+    /// `what`, stamped now.
+    fn now(what: What) -> Arc<Published> {
+        Arc::new(Published {
+            line: Line {
+                at: crate::time::rfc3339_ms(crate::store::millis(std::time::SystemTime::now())),
+                what,
+            },
+            json: OnceLock::new(),
+        })
+    }
+
+    /// The line as JSON (one object, no newline).
+    pub fn json(&self) -> &[u8] {
+        // A line is plain data: encoding it cannot fail.
+        self.json
+            .get_or_init(|| serde_json::to_vec(&self.line).unwrap_or_default())
+    }
 }
 
 #[cfg(test)]
@@ -395,8 +415,8 @@ mod tests {
         activity.publish(|| rejected(401));
         activity.publish(|| rejected(413));
         for viewer in [&mut a, &mut b] {
-            assert_eq!(viewer.next().await.what, rejected(401));
-            assert_eq!(viewer.try_next().unwrap().what, rejected(413));
+            assert_eq!(viewer.next().await.line.what, rejected(401));
+            assert_eq!(viewer.try_next().unwrap().line.what, rejected(413));
             assert!(viewer.try_next().is_none());
         }
         drop(a);
@@ -406,13 +426,24 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn viewers_share_one_line_and_its_json() {
+        let activity = Activity::new();
+        let (mut a, mut b) = (activity.watch().unwrap(), activity.watch().unwrap());
+        activity.publish(|| rejected(401));
+        let (x, y) = (a.next().await, b.next().await);
+        assert!(Arc::ptr_eq(&x, &y));
+        assert_eq!(x.json(), serde_json::to_vec(&y.line).unwrap());
+        assert!(std::ptr::eq(x.json(), y.json()), "encoded once");
+    }
+
+    #[tokio::test]
     async fn a_slow_viewer_loses_the_oldest_lines_and_is_told_how_many() {
         let activity = Activity::new();
         let mut viewer = activity.watch().unwrap();
         for _ in 0..RING_LINES + 10 {
             activity.publish(|| rejected(401));
         }
-        assert_eq!(viewer.next().await.what, What::Lost { lines: 10 });
+        assert_eq!(viewer.next().await.line.what, What::Lost { lines: 10 });
         let mut seen = 0;
         while viewer.try_next().is_some() {
             seen += 1;

@@ -34,6 +34,7 @@ use crate::metrics::Metrics;
 use crate::receive::handler::{Live, ReceiveSettings, Receiver};
 use crate::receive::route::{RouteTable, Routes};
 use crate::receive::server::{self, Limits};
+use crate::receive::signature::DEMO_SECRET_WARNING;
 use crate::shutdown::Signals;
 use crate::store::postgres::{redact_url, PgSettings};
 use crate::store::{Store, StoreOptions};
@@ -183,8 +184,8 @@ pub async fn build(
     for secret in config.verify.secrets.iter().filter(|s| s.is_demo()) {
         tracing::warn!(
             secret_id = secret.id(),
-            "the demo secret of config.example.toml is configured: it is published, so anyone \
-             can sign deliveries with it; replace it with your kirim.dev secret"
+            "secret {} {DEMO_SECRET_WARNING}",
+            secret.id()
         );
     }
     tracing::info!(

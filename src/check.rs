@@ -11,6 +11,7 @@
 //! is never opened, so a running daemon on the same store is not disturbed. This module does
 //! not read the config (see [`crate::config`]).
 
+use crate::receive::signature::DEMO_SECRET_WARNING;
 use std::fs::OpenOptions;
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
@@ -148,8 +149,7 @@ pub fn report(checked: &Checked, store: &str) -> String {
     let mut out = String::new();
     for secret in config.verify.secrets.iter().filter(|s| s.is_demo()) {
         out.push_str(&format!(
-            "warning: secret {} is the demo secret of config.example.toml: it is published, so \
-             anyone can sign deliveries with it; replace it with your kirim.dev secret\n",
+            "warning: secret {} {DEMO_SECRET_WARNING}\n",
             secret.id()
         ));
     }

@@ -83,11 +83,9 @@ async fn feed(
                 let mut next = Some(line);
                 let mut taken = 0;
                 while let Some(line) = next {
-                    if filter.passes(&line.what) {
-                        // A line is plain data: it always encodes.
-                        if serde_json::to_writer(&mut chunk, line.as_ref()).is_ok() {
-                            chunk.push(b'\n');
-                        }
+                    if filter.passes(&line.line.what) {
+                        chunk.extend_from_slice(line.json());
+                        chunk.push(b'\n');
                     }
                     taken += 1;
                     next = if taken < LINES_PER_CHUNK && chunk.len() < CHUNK_BYTES {

@@ -46,6 +46,10 @@ pub struct SigningSecret {
 /// and `check-config` warn while it is configured.
 pub const DEMO_SECRET: &str = "whsec_DEMO_ONLY_replace_me_before_production";
 
+/// What the daemon and `check-config` say of a configured [`DEMO_SECRET`], after its id.
+pub const DEMO_SECRET_WARNING: &str = "is the demo secret of config.example.toml: it is \
+     published, so anyone can sign deliveries with it; replace it with your kirim.dev secret";
+
 impl SigningSecret {
     /// Builds a secret from its id (`sec_…`, or any label the operator chose) and its value
     /// (the whole `whsec_…` string as given by kirim.dev).
